@@ -1,0 +1,148 @@
+"""L_inf projected gradient ascent on the pixels (Madry et al.), as AdvDM uses it.
+
+    x' <- clip_[0,1]( Pi_eps( x' + alpha * sign(grad L(x')) ) )
+
+The budget is enforced again after rounding to the output's bit depth, so the file that
+is saved holds it exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .draws import Draws
+from .model import DiffusionModel
+from .objectives import OBJECTIVES
+
+Progress = Callable[[int, int, Tensor], None]
+
+# Per-method defaults where the method's authors differ from AdvDM.
+METHOD_DEFAULTS = {
+    "advdm": {},
+    "mist": {},
+    "sds": {"random_start": False},  # Diff-Protect starts from the clean image
+    "photoguard": {"step_decay": True},  # step decays linearly to 1/100 of its start
+}
+
+PRESETS = {
+    "fast": dict(epsilon=8.0, step_size=1.0, steps=30, samples=1),
+    "balanced": dict(epsilon=12.0, step_size=1.0, steps=60, samples=1),
+    "strong": dict(epsilon=16.0, step_size=1.0, steps=100, samples=2),
+}
+
+
+@dataclass
+class ProtectConfig:
+    method: str = "advdm"
+    epsilon: float = 16.0  # L_inf budget, in 1/255 units
+    step_size: float = 1.0  # PGD step, in 1/255 units
+    steps: int = 100
+    samples: int = 1  # Monte-Carlo (t, noise) samples per step, batched in one forward
+    t_min: float = 0.0  # timestep range, as fractions of the training schedule
+    t_max: float = 1.0
+    seed: int = 0
+    random_start: Optional[bool] = None  # None: the method's default
+    step_decay: Optional[bool] = None
+    sds_ascend: bool = False  # SDS(+) instead of SDS(-)
+
+    def __post_init__(self):
+        if self.method not in OBJECTIVES:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(OBJECTIVES)}")
+        if not 0 < self.epsilon <= 255:
+            raise ValueError(f"epsilon is in 1/255 units and must be in (0, 255], got {self.epsilon}")
+        if self.step_size <= 0:
+            raise ValueError(f"step size must be positive, got {self.step_size}")
+        if self.steps < 0 or self.samples < 1:
+            raise ValueError("steps must be >= 0 and samples >= 1")
+        defaults = METHOD_DEFAULTS[self.method]
+        if self.random_start is None:
+            self.random_start = defaults.get("random_start", True)
+        if self.step_decay is None:
+            self.step_decay = defaults.get("step_decay", False)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ProtectConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantize(x: Tensor, original: Tensor, epsilon: float, levels: int = 255, mask: Optional[Tensor] = None) -> Tensor:
+    """Round to the output's grid (k / levels) and project onto the budget *there*:
+    every stored value is within floor(epsilon * levels / 255) steps of the original's."""
+    orig_k = (original * levels).round()
+    budget = float(int(epsilon * levels / 255 + 1e-6))
+    k = (x * levels).round()
+    k = torch.minimum(torch.maximum(k, orig_k - budget), orig_k + budget).clamp(0, levels)
+    if mask is not None:
+        k = torch.where(mask > 0, k, orig_k)
+    return k / levels
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad bottom and right so both sides are a multiple (differentiable)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def protect(
+    model: DiffusionModel,
+    image: Tensor,
+    config: ProtectConfig,
+    *,
+    mask: Optional[Tensor] = None,
+    progress: Optional[Progress] = None,
+    levels: int = 255,
+) -> Tensor:
+    """Protect one image (1, 3, H, W) in [0, 1]; returns it on the k/levels grid, same size.
+
+    mask (1, 1, H, W) in [0, 1] limits where (and how strongly) pixels may change.
+    progress(step, total, current) is called after every step; raise from it to cancel.
+    """
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(image.shape)}")
+    with torch.inference_mode(False), torch.enable_grad():
+        original = (image.detach().float().cpu().clone() * levels).round().clamp(0, levels) / levels
+        original = original.to(model.device)
+        if mask is not None:
+            mask = mask.detach().float().clone().to(model.device).clamp(0, 1)
+        eps = config.epsilon / 255
+        limit = eps * (mask if mask is not None else torch.ones_like(original))
+        draws = Draws(model, config.seed, config.t_min, config.t_max)
+        objective = OBJECTIVES[config.method](model, original, **_objective_kwargs(config))
+
+        delta = torch.zeros_like(original)
+        if config.random_start:
+            delta = draws.uniform(original.shape, -1, 1) * limit
+        delta = (original + delta).clamp(0, 1) - original
+        for step in range(config.steps):
+            alpha = config.step_size / 255
+            if config.step_decay:
+                alpha *= 1 - 0.99 * step / max(config.steps - 1, 1)
+            x = (original + delta).requires_grad_(True)
+            loss = objective(pad_to_multiple(x, model.pixel_multiple), draws)
+            (grad,) = torch.autograd.grad(loss, x)
+            delta = delta + alpha * grad.sign()
+            delta = delta.clamp(-limit, limit)
+            delta = (original + delta).clamp(0, 1) - original
+            if progress is not None:
+                progress(step + 1, config.steps, (original + delta).detach())
+        return quantize(original + delta, original, config.epsilon, levels, mask).cpu()
+
+
+def _objective_kwargs(config: ProtectConfig) -> dict:
+    kwargs = {"samples": config.samples}
+    if config.method == "sds":
+        kwargs["ascend"] = config.sds_ascend
+    return kwargs

@@ -1,0 +1,96 @@
+"""The objectives of AdvDM and its family, each a scalar to *maximise* over the pixels.
+
+An objective is built once per image (targets and clean latents are encoded there, not
+per step) and then called as ``objective(pixels, draws)`` at every PGD step.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .draws import Draws
+from .model import DiffusionModel, Latent, diffusion_loss, loss_weight, noised
+from .texture import target_texture
+
+Objective = Callable[[Tensor, Draws], Tensor]
+
+# Mist weighs the semantic loss 1e4 against a *sum* of squared latent differences at
+# 512x512 (4x64x64 latent elements); expressed per element so it holds at any size.
+MIST_TEXTURE_WEIGHT = 4 * 64 * 64 / 1e4
+
+
+def encode(model: DiffusionModel, pixels: Tensor) -> Latent:
+    return model.encode(pixels.to(model.device, model.dtype))
+
+
+def posterior_sample(latent: Latent, draws: Draws) -> Tensor:
+    """z = s * E(x), a reparameterised posterior sample as in the official AdvDM code."""
+    if latent.std is None:
+        return latent.mean
+    return latent.sample(draws.normal(latent.mean.shape).to(latent.mean.dtype))
+
+
+def semantic_loss(model: DiffusionModel, z: Tensor, draws: Draws, samples: int) -> Tensor:
+    """Monte-Carlo diffusion training loss, all samples batched in one forward."""
+    sigma = draws.sigmas(samples)
+    noise = draws.normal((samples, *z.shape[1:])).to(z.dtype)
+    return diffusion_loss(model, z, sigma, noise).mean()
+
+
+def advdm(model: DiffusionModel, clean: Tensor, samples: int = 1) -> Objective:
+    def objective(pixels: Tensor, draws: Draws) -> Tensor:
+        return semantic_loss(model, posterior_sample(encode(model, pixels), draws), draws, samples)
+
+    return objective
+
+
+def sds(model: DiffusionModel, clean: Tensor, samples: int = 1, ascend: bool = False) -> Objective:
+    """Score distillation (Xue et al. 2024): the loss gradient with the denoiser's Jacobian
+    dropped, so the denoiser runs without autograd and only the encoder is differentiated.
+    SDS(-) (their default) descends the loss, SDS(+) ascends it."""
+    sign = 1.0 if ascend else -1.0
+
+    def objective(pixels: Tensor, draws: Draws) -> Tensor:
+        z = posterior_sample(encode(model, pixels), draws)
+        sigma = draws.sigmas(samples)
+        noise = draws.normal((samples, *z.shape[1:])).to(z.dtype)
+        with torch.no_grad():
+            x = noised(model.prediction, z.detach().expand_as(noise), sigma, noise)
+            denoised = model.denoise(x, sigma)
+            w = loss_weight(model.prediction, sigma).view(-1, 1, 1, 1)
+            # d/dz of w * ||D - z||^2 with dD/dz taken as zero
+            grad_z = (2 * w * (z.detach() - denoised).float()).mean(0, keepdim=True)
+        return sign * (grad_z.to(z.dtype) * z).sum()
+
+    return objective
+
+
+def mist(model: DiffusionModel, clean: Tensor, samples: int = 1) -> Objective:
+    """Mist's fused objective: pull the latent towards a target texture (textural loss)
+    while raising the diffusion loss (semantic loss)."""
+    with torch.no_grad():
+        target = encode(model, target_texture(clean.shape[-2], clean.shape[-1]).to(clean)).mean
+
+    def objective(pixels: Tensor, draws: Draws) -> Tensor:
+        latent = encode(model, pixels)
+        z = posterior_sample(latent, draws)
+        textural = (latent.mean.float() - target.float()).pow(2).mean()
+        return semantic_loss(model, z, draws, samples) - MIST_TEXTURE_WEIGHT * textural
+
+    return objective
+
+
+def photoguard(model: DiffusionModel, clean: Tensor, samples: int = 1) -> Objective:
+    """PhotoGuard's encoder attack: pull the posterior mean to the latent of flat grey."""
+    with torch.no_grad():
+        target = encode(model, torch.full_like(clean, 0.5)).mean.float()
+
+    def objective(pixels: Tensor, draws: Draws) -> Tensor:
+        return -(encode(model, pixels).mean.float() - target).norm()
+
+    return objective
+
+
+OBJECTIVES = {"advdm": advdm, "mist": mist, "photoguard": photoguard, "sds": sds}
