@@ -61,27 +61,15 @@ def _tiny_unet(sdxl: bool = False):
     )
 
 
-def build(name: str, device="cpu", dtype=torch.float32, seed: int = 0) -> DiffusionModel:
-    """builtin:<name> for name in BUILTINS."""
+def tiny_parts(name: str, seed: int = 0):
+    """(denoising network, VAE, conditioning) of builtin:<name>, seeded, float32 on the CPU."""
     if name not in BUILTINS:
         raise ValueError(f"unknown builtin model {name!r}; choose one of {', '.join(BUILTINS)}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    if name in ("tiny-sd3", "tiny-flux"):
-        return _tiny_flow(name, device, dtype, gen)
-    vae = _tiny_vae().to(device).eval()
-    unet = _tiny_unet(sdxl=name == "tiny-sdxl").to(device, dtype).eval()
     cond = Conditioning(context=torch.randn(1, CONTEXT_TOKENS, 32, generator=gen))
-    if name == "tiny-sdxl":
+    if name in ("tiny-sdxl", "tiny-sd3", "tiny-flux"):
         cond.pooled = torch.randn(1, 32, generator=gen)
-    for module in (vae, unet):
-        module.requires_grad_(False)
-    prediction = "v" if name == "tiny-sd2v" else "eps"
-    return unet_model(unet, vae, cond, scaled_linear_alphas_cumprod(), prediction, scale=TINY_SCALE[4], name=f"builtin:{name}")
-
-
-def _tiny_flow(name: str, device, dtype, gen) -> DiffusionModel:
-    vae = _tiny_vae(latent_channels=16).to(device).eval()
     if name == "tiny-sd3":
         from diffusers import SD3Transformer2DModel
 
@@ -90,7 +78,7 @@ def _tiny_flow(name: str, device, dtype, gen) -> DiffusionModel:
             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
             caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=64,
         )
-    else:
+    elif name == "tiny-flux":
         from diffusers import FluxTransformer2DModel
 
         net = FluxTransformer2DModel(
@@ -98,8 +86,17 @@ def _tiny_flow(name: str, device, dtype, gen) -> DiffusionModel:
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
             guidance_embeds=True, axes_dims_rope=(4, 6, 6),
         )
-    net = net.to(device, dtype).eval()
-    for module in (vae, net):
-        module.requires_grad_(False)
-    cond = Conditioning(context=torch.randn(1, CONTEXT_TOKENS, 32, generator=gen), pooled=torch.randn(1, 32, generator=gen))
-    return flow_model(net, vae, cond, TINY_SCALE[16], 0.0, flow_shift=3.0, name=f"builtin:{name}")
+    else:
+        net = _tiny_unet(sdxl=name == "tiny-sdxl")
+    vae = _tiny_vae(latent_channels=16 if name in ("tiny-sd3", "tiny-flux") else 4)
+    return net.eval().requires_grad_(False), vae.eval().requires_grad_(False), cond
+
+
+def build(name: str, device="cpu", dtype=torch.float32, seed: int = 0) -> DiffusionModel:
+    """builtin:<name> for name in BUILTINS: the denoiser in dtype, the VAE in float32."""
+    net, vae, cond = tiny_parts(name, seed)
+    net, vae = net.to(device, dtype), vae.to(device)
+    if name in ("tiny-sd3", "tiny-flux"):
+        return flow_model(net, vae, cond, TINY_SCALE[16], 0.0, flow_shift=3.0, name=f"builtin:{name}")
+    prediction = "v" if name == "tiny-sd2v" else "eps"
+    return unet_model(net, vae, cond, scaled_linear_alphas_cumprod(), prediction, TINY_SCALE[4], name=f"builtin:{name}")

@@ -1,0 +1,24 @@
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+
+
+def smooth_image(height=32, width=32, seed=0):
+    """A smooth natural-ish test image on the 8-bit grid, (1, 3, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(height, width), mode="bilinear")
+    return (x * 255).round() / 255
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from advdm import builtin
+
+    return builtin.build("tiny")
