@@ -14,7 +14,7 @@ WARNING = "builtin tiny model: random weights, for smoke tests only; it protects
 BUILTINS = ("tiny", "tiny-sd2v", "tiny-sdxl", "tiny-sd3", "tiny-flux")
 CONTEXT_TOKENS = 8
 # Scales that give the tiny VAEs' latents about unit variance, as SD's scale factors do.
-TINY_SCALE = {4: 4.0, 16: 4.5}
+TINY_SCALE = {4: 2.7, 16: 4.8}
 
 
 def scaled_linear_alphas_cumprod(steps: int = 1000) -> torch.Tensor:
@@ -26,10 +26,11 @@ def scaled_linear_alphas_cumprod(steps: int = 1000) -> torch.Tensor:
 def _tiny_vae(latent_channels: int = 4):
     from diffusers import AutoencoderKL
 
+    # 8x downsampling like SD's VAE, so latents (and attention) are as small as SD's
     vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=16,

@@ -12,9 +12,9 @@ def test_advdm_raises_the_loss_on_fresh_samples_above_clean_and_noise(tiny):
     image = smooth_image()
     protected = protect(tiny, image, ProtectConfig(epsilon=8, steps=100, seed=0))
     # fresh (t, noise) samples: a seed the attack never drew from
-    clean = fixed_loss(tiny, image, samples=32, seed=999)
-    prot = fixed_loss(tiny, protected, samples=32, seed=999)
-    noisy = fixed_loss(tiny, noise_control(image, 8), samples=32, seed=999)
+    clean = fixed_loss(tiny, image, samples=64, seed=999)
+    prot = fixed_loss(tiny, protected, samples=64, seed=999)
+    noisy = fixed_loss(tiny, noise_control(image, 8), samples=64, seed=999)
     assert prot - clean > 0.003
     assert prot - clean > 10 * abs(noisy - clean)
 
@@ -22,8 +22,8 @@ def test_advdm_raises_the_loss_on_fresh_samples_above_clean_and_noise(tiny):
 def test_loss_rises_with_steps(tiny):
     image = smooth_image(seed=1)
     losses = [
-        fixed_loss(tiny, protect(tiny, image, ProtectConfig(epsilon=8, steps=n)), samples=32, seed=7)
-        for n in (0, 10, 40)
+        fixed_loss(tiny, protect(tiny, image, ProtectConfig(epsilon=8, steps=n, samples=4)), samples=64, seed=7)
+        for n in (0, 20, 80)
     ]
     assert losses[0] < losses[1] < losses[2]
 
@@ -64,8 +64,8 @@ def test_odd_sizes_keep_their_size(tiny):
 
 def test_mask_keeps_unmasked_pixels(tiny):
     image = smooth_image()
-    mask = torch.zeros(1, 1, 32, 32)
-    mask[..., 8:20, 4:30] = 1
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:40, 8:60] = 1
     out = protect(tiny, image, ProtectConfig(epsilon=8, steps=5), mask=mask)
     changed = (out != image).any(dim=1, keepdim=True)
     assert not changed[mask == 0].any()
@@ -134,7 +134,7 @@ def test_progress_callback_and_cancel(tiny):
 
     def progress(step, total, current):
         seen.append((step, total))
-        assert current.shape == (1, 3, 32, 32)
+        assert current.shape == (1, 3, 64, 64)
         if step == 3:
             raise Cancel
 

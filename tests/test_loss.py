@@ -21,7 +21,7 @@ def test_unet_loss_matches_textbook(name, prediction_type):
     image = smooth_image(32, 24)
     t = torch.tensor([0, 17, 500, 999])
     g = torch.Generator().manual_seed(3)
-    noise = torch.randn(4, 4, 16, 12, generator=g)
+    noise = torch.randn(4, 4, 4, 3, generator=g)
     with torch.no_grad():
         z = _latent(vae, image, builtin.TINY_SCALE[4]).expand(4, -1, -1, -1)
         noisy = scheduler.add_noise(z, noise, t)
@@ -42,7 +42,7 @@ def test_flow_loss_matches_textbook_sd3():
     t = torch.tensor([0.1, 0.5, 0.9])
     sigma = flow_sigma(t, 3.0)
     g = torch.Generator().manual_seed(4)
-    noise = torch.randn(3, 16, 16, 16, generator=g)
+    noise = torch.randn(3, 16, 4, 4, generator=g)
     with torch.no_grad():
         z = _latent(vae, image, builtin.TINY_SCALE[16]).expand(3, -1, -1, -1)
         s = sigma.view(-1, 1, 1, 1)
@@ -57,11 +57,11 @@ def test_flow_loss_matches_textbook_sd3():
 def test_encoder_noise_gives_the_reparameterised_sample():
     model = builtin.build("tiny")
     image = smooth_image()
-    t, noise = torch.tensor([300]), torch.randn(1, 4, 16, 16)
+    t, noise = torch.tensor([300]), torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         mean_loss = advdm_loss(model, image, t, noise)
-        zero = advdm_loss(model, image, t, noise, encoder_noise=torch.zeros(1, 4, 16, 16))
-        sampled = advdm_loss(model, image, t, noise, encoder_noise=torch.randn(1, 4, 16, 16) * 1e3)
+        zero = advdm_loss(model, image, t, noise, encoder_noise=torch.zeros(1, 4, 8, 8))
+        sampled = advdm_loss(model, image, t, noise, encoder_noise=torch.randn(1, 4, 8, 8) * 1e3)
     assert zero == mean_loss and sampled != mean_loss
 
 
