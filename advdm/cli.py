@@ -1,0 +1,235 @@
+"""Command line: python -m advdm {protect, measure, selftest}."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import __version__, builtin
+from .attack import PRESETS, ProtectConfig, protect
+from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
+from .images import ImageError, load_image, output_path, save_png, warn_if_lossy
+from .measure import format_measurement, measure
+from .objectives import OBJECTIVES
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="single-file .safetensors/.ckpt (SD1.x, SD2.x, SDXL), "
+                   "a diffusers folder, or builtin:NAME (random weights, smoke tests only: "
+                   + ", ".join(builtin.BUILTINS) + ")")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="denoiser precision (auto: float16 on CUDA, else float32); the VAE stays float32")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"conditioning prompt (default {DEFAULT_PROMPT!r})")
+    p.add_argument("--prediction", choices=["eps", "v"], help="override the parameterisation "
+                   "(single-file SD2.x is taken as the 768 v model; pass eps for the 512 base)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m advdm", description="Protect images from diffusion-model mimicry (AdvDM and family).")
+    parser.add_argument("--version", action="version", version=f"advdm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("protect", help="protect images; writes <name>_protected.png to the output folder")
+    p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("-o", "--output-dir", type=Path, required=True)
+    _model_args(p)
+    p.add_argument("--preset", default="balanced", choices=sorted(PRESETS), help="defaults for the knobs below: "
+                   + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+    p.add_argument("--method", default="advdm", choices=sorted(OBJECTIVES))
+    p.add_argument("--epsilon", type=float, help="L_inf budget in /255 (0-255)")
+    p.add_argument("--step-size", type=float, help="PGD step in /255")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--samples", type=int, help="Monte-Carlo (t, noise) samples per step, batched")
+    p.add_argument("--t-range", type=float, nargs=2, metavar=("MIN", "MAX"), help="timestep range as fractions 0-1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask", type=Path, help="grayscale image of the input's size: white = protect, black = keep")
+    p.add_argument("--sds-ascend", action="store_true", help="SDS(+): ascend the loss (default SDS(-) descends)")
+    p.add_argument("--suffix", default="_protected")
+    p.add_argument("--format", default="png", choices=["png", "jpg", "jpeg", "webp"],
+                   help="output format; lossy formats wash the protection out, so PNG is written anyway")
+    p.add_argument("--first-frame", action="store_true", help="protect the first frame of animated images "
+                   "(otherwise they are refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    p.add_argument("--measure", action="store_true", help="measure each result against its original")
+
+    m = sub.add_parser("measure", help="diffusion loss on original vs protected, with a same-budget noise control")
+    m.add_argument("original", type=Path)
+    m.add_argument("protected", type=Path)
+    _model_args(m)
+    m.add_argument("--samples", type=int, default=16, help="fixed (t, noise) samples")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--json", action="store_true")
+
+    sub.add_parser("selftest", help="protect a generated image with builtin:tiny and check the result")
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"protect": cmd_protect, "measure": cmd_measure, "selftest": cmd_selftest}[args.command](args)
+    except (CheckpointError, ImageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; files already written are complete, nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+def _load(args) -> "torch.nn.Module":
+    device = pick_device(args.device)
+    if args.checkpoint.startswith("builtin:"):
+        print(f"warning: {builtin.WARNING}", file=sys.stderr)
+    return load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.prompt, args.prediction)
+
+
+def _config(args) -> ProtectConfig:
+    knobs = {k: getattr(args, k) for k in ("epsilon", "step_size", "steps", "samples") if getattr(args, k) is not None}
+    if args.t_range:
+        knobs["t_min"], knobs["t_max"] = args.t_range
+    return ProtectConfig.preset(args.preset, method=args.method, seed=args.seed, sds_ascend=args.sds_ascend, **knobs)
+
+
+def _expand(paths: list) -> list:
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def _mask_for(path: Optional[Path], size) -> Optional[torch.Tensor]:
+    if path is None:
+        return None
+    mask = load_image(path).rgb.mean(dim=1, keepdim=True)
+    if tuple(mask.shape[-2:]) != tuple(size):
+        raise ImageError(f"{path}: mask is {mask.shape[-1]}x{mask.shape[-2]}, the image {size[1]}x{size[0]}")
+    return mask
+
+
+def _progress_bar(name: str, total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=name, unit="step", leave=True, file=sys.stderr)
+
+    def progress(step, total, current):
+        bar.update(step - bar.n)
+        if step == total:
+            bar.close()
+
+    return progress
+
+
+def protect_file(model, source: Path, out: Path, config: ProtectConfig, *, mask_path=None, overwrite=False,
+                 checkpoint="", first_frame=False):
+    """Protect one file into out; returns (original, protected) tensors."""
+    image = load_image(source, first_frame=first_frame)
+    for note in image.notes:
+        print(f"{source}: {note}", file=sys.stderr)
+    mask = _mask_for(mask_path, image.rgb.shape[-2:])
+    if out.exists() and not overwrite:
+        raise ImageError(f"{out}: already exists (pass --overwrite to replace it)")
+    protected = protect(model, image.rgb, config, mask=mask, progress=_progress_bar(source.name, config.steps),
+                        levels=image.levels)
+    metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict()})}
+    save_png(out, protected, alpha=image.alpha, levels=image.levels, metadata=metadata, icc_profile=image.icc_profile,
+             overwrite=overwrite, source=source)
+    _check_budget(out, image.rgb, config.epsilon)
+    return image.rgb, protected
+
+
+def _check_budget(path: Path, original: torch.Tensor, epsilon: float) -> None:
+    """Read the saved file back: the budget must hold on what is on disk."""
+    saved = load_image(path).rgb
+    levels = 255.0
+    over = ((saved - original).abs() * levels).max().item() - epsilon
+    if saved.shape != original.shape or over > 1e-3 * levels / 255:
+        path.unlink(missing_ok=True)
+        raise ImageError(f"{path}: saved file breaks the budget or size; removed (please report this bug)")
+
+
+def cmd_protect(args) -> int:
+    config = _config(args)
+    sources = _expand(args.images)
+    if not sources:
+        print("error: no images found", file=sys.stderr)
+        return 2
+    if args.format != "png":
+        print(f"warning: {warn_if_lossy(Path('output.' + args.format))}", file=sys.stderr)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    model = _load(args)
+    failed = []
+    for source in sources:
+        started = time.time()
+        try:
+            out = output_path(source, args.output_dir, args.suffix)
+            original, protected = protect_file(model, source, out, config, mask_path=args.mask, overwrite=args.overwrite,
+                                               checkpoint=Path(args.checkpoint).name, first_frame=args.first_frame)
+        except ImageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(source)
+            continue
+        print(f"{source} -> {out} ({time.time() - started:.1f} s)")
+        if args.measure:
+            print(format_measurement(measure(model, original, protected)))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if failed:
+        print(f"{len(failed)} of {len(sources)} images failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_measure(args) -> int:
+    original, protected = load_image(args.original).rgb, load_image(args.protected).rgb
+    if original.shape != protected.shape:
+        raise ImageError(f"{args.protected}: size {protected.shape[-1]}x{protected.shape[-2]} differs from "
+                         f"{args.original} ({original.shape[-1]}x{original.shape[-2]})")
+    result = measure(_load(args), original, protected, samples=args.samples, seed=args.seed)
+    print(json.dumps(result, indent=1) if args.json else format_measurement(result))
+    return 0
+
+
+def cmd_selftest(args) -> int:
+    """End to end on builtin:tiny: load, protect, save, read back, check budget, size and alpha."""
+    import numpy as np
+    from PIL import Image
+
+    print(f"warning: {builtin.WARNING}", file=sys.stderr)
+    started = time.time()
+    model = builtin.build("tiny")
+    config = ProtectConfig(epsilon=8, steps=20)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "selftest.png"
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, (40, 52, 4), dtype=np.uint8)
+        Image.fromarray(pixels, "RGBA").save(source)
+        out = Path(tmp) / "out" / "selftest_protected.png"
+        out.parent.mkdir()
+        original, protected = protect_file(model, source, out, config, checkpoint="builtin:tiny")
+        saved = np.asarray(Image.open(out))
+        checks = {
+            "size kept": saved.shape == pixels.shape,
+            "alpha untouched": saved.shape == pixels.shape and (saved[..., 3] == pixels[..., 3]).all(),
+            "budget holds on the saved file": np.abs(saved[..., :3].astype(int) - pixels[..., :3]).max() <= config.epsilon,
+            "pixels changed": (saved[..., :3] != pixels[..., :3]).any(),
+            "input untouched": (np.asarray(Image.open(source)) == pixels).all(),
+        }
+    for name, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    if not all(checks.values()):
+        print("selftest FAILED", file=sys.stderr)
+        return 1
+    print(f"selftest passed in {time.time() - started:.1f} s (torch {torch.__version__}, device cpu)")
+    return 0
