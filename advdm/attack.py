@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .draws import Draws
 from .model import DiffusionModel
 from .objectives import OBJECTIVES
+from .views import Views
 
 Progress = Callable[[int, int, Tensor], None]
 
@@ -86,16 +86,6 @@ def quantize(x: Tensor, original: Tensor, epsilon: float, levels: int = 255, mas
     return k / levels
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Reflect-pad bottom and right so both sides are a multiple (differentiable)."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 def protect(
     model: DiffusionModel,
     image: Tensor,
@@ -120,7 +110,8 @@ def protect(
         eps = config.epsilon / 255
         limit = eps * (mask if mask is not None else torch.ones_like(original))
         draws = Draws(model, config.seed, config.t_min, config.t_max)
-        objective = OBJECTIVES[config.method](model, original, **_objective_kwargs(config))
+        objective = OBJECTIVES[config.method](model, **_objective_kwargs(config))
+        views = Views(model, config, original.shape[-2:])
 
         delta = torch.zeros_like(original)
         if config.random_start:
@@ -131,8 +122,9 @@ def protect(
             if config.step_decay:
                 alpha *= 1 - 0.99 * step / max(config.steps - 1, 1)
             x = (original + delta).requires_grad_(True)
-            loss = objective(pad_to_multiple(x, model.pixel_multiple), draws)
-            (grad,) = torch.autograd.grad(loss, x)
+            grad = torch.zeros_like(x)
+            for view in views.sample(draws):
+                grad += torch.autograd.grad(objective(view(x), draws), x)[0]
             delta = delta + alpha * grad.sign()
             delta = delta.clamp(-limit, limit)
             delta = (original + delta).clamp(0, 1) - original

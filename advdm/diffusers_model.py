@@ -82,6 +82,7 @@ def unet_model(
         prediction=prediction,
         sigmas=sigmas,
         pixel_multiple=downscale,
+        train_resolution=unet.config.sample_size * downscale,
         latent_channels=vae.config.latent_channels,
         name=name,
         device=vae.device,
@@ -128,6 +129,7 @@ def flow_model(
         flow_shift=flow_shift,
         flow_logit_normal=logit_normal,
         pixel_multiple=downscale * 2,  # 2x2 latent patches
+        train_resolution=getattr(transformer.config, "sample_size", 128) * downscale,
         latent_channels=vae.config.latent_channels,
         name=name,
         device=vae.device,

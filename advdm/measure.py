@@ -12,7 +12,7 @@ from torch import Tensor
 from .attack import quantize
 from .draws import Draws
 from .model import DiffusionModel, diffusion_loss
-from .attack import pad_to_multiple
+from .views import pad_to_multiple
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

@@ -48,6 +48,8 @@ class DiffusionModel:
     flow_logit_normal: bool = False
     # Pixel sides must be a multiple of this (VAE downsampling x transformer patch size).
     pixel_multiple: int = 8
+    # The side length the family was trained at (and a mimic's fine-tuning resizes to).
+    train_resolution: int = 512
     latent_channels: int = 4
     name: str = "model"
     # Device and dtype pixels should be sent to the encoder in.

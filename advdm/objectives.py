@@ -1,7 +1,7 @@
 """The objectives of AdvDM and its family, each a scalar to *maximise* over the pixels.
 
-An objective is built once per image (targets and clean latents are encoded there, not
-per step) and then called as ``objective(pixels, draws)`` at every PGD step.
+An objective is built once per image and called as ``objective(pixels, draws)`` at every
+PGD step; targets are encoded once per size, not per step.
 """
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def semantic_loss(model: DiffusionModel, z: Tensor, draws: Draws, samples: int) 
     return diffusion_loss(model, z, sigma, noise).mean()
 
 
-def advdm(model: DiffusionModel, clean: Tensor, samples: int = 1) -> Objective:
+def advdm(model: DiffusionModel, samples: int = 1) -> Objective:
     def objective(pixels: Tensor, draws: Draws) -> Tensor:
         return semantic_loss(model, posterior_sample(encode(model, pixels), draws), draws, samples)
 
     return objective
 
 
-def sds(model: DiffusionModel, clean: Tensor, samples: int = 1, ascend: bool = False) -> Objective:
+def sds(model: DiffusionModel, samples: int = 1, ascend: bool = False) -> Objective:
     """Score distillation (Xue et al. 2024): the loss gradient with the denoiser's Jacobian
     dropped, so the denoiser runs without autograd and only the encoder is differentiated.
     SDS(-) (their default) descends the loss, SDS(+) ascends it."""
@@ -67,28 +67,41 @@ def sds(model: DiffusionModel, clean: Tensor, samples: int = 1, ascend: bool = F
     return objective
 
 
-def mist(model: DiffusionModel, clean: Tensor, samples: int = 1) -> Objective:
+def target_latents(model: DiffusionModel, make_image: Callable[[int, int], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Latent mean of a target image made at the size of the pixels it is compared with,
+    encoded once per size (views of one image come in a few sizes)."""
+    cache = {}
+
+    def target(pixels: Tensor) -> Tensor:
+        size = tuple(pixels.shape[-2:])
+        if size not in cache:
+            with torch.no_grad():
+                cache[size] = encode(model, make_image(*size).to(pixels)).mean.float()
+        return cache[size]
+
+    return target
+
+
+def mist(model: DiffusionModel, samples: int = 1) -> Objective:
     """Mist's fused objective: pull the latent towards a target texture (textural loss)
     while raising the diffusion loss (semantic loss)."""
-    with torch.no_grad():
-        target = encode(model, target_texture(clean.shape[-2], clean.shape[-1]).to(clean)).mean
+    target = target_latents(model, target_texture)
 
     def objective(pixels: Tensor, draws: Draws) -> Tensor:
         latent = encode(model, pixels)
         z = posterior_sample(latent, draws)
-        textural = (latent.mean.float() - target.float()).pow(2).mean()
+        textural = (latent.mean.float() - target(pixels)).pow(2).mean()
         return semantic_loss(model, z, draws, samples) - MIST_TEXTURE_WEIGHT * textural
 
     return objective
 
 
-def photoguard(model: DiffusionModel, clean: Tensor, samples: int = 1) -> Objective:
+def photoguard(model: DiffusionModel, samples: int = 1) -> Objective:
     """PhotoGuard's encoder attack: pull the posterior mean to the latent of flat grey."""
-    with torch.no_grad():
-        target = encode(model, torch.full_like(clean, 0.5)).mean.float()
+    target = target_latents(model, lambda h, w: torch.full((1, 3, h, w), 0.5))
 
     def objective(pixels: Tensor, draws: Draws) -> Tensor:
-        return -(encode(model, pixels).mean.float() - target).norm()
+        return -(encode(model, pixels).mean.float() - target(pixels)).norm()
 
     return objective
 
