@@ -98,6 +98,7 @@ def build(name: str, device="cpu", dtype=torch.float32, seed: int = 0) -> Diffus
     net, vae, cond = tiny_parts(name, seed)
     net, vae = net.to(device, dtype), vae.to(device)
     if name in ("tiny-sd3", "tiny-flux"):
-        return flow_model(net, vae, cond, TINY_SCALE[16], 0.0, flow_shift=3.0, name=f"builtin:{name}")
+        return flow_model(net, vae, cond, TINY_SCALE[16], 0.0, flow_shift=3.0, name=f"builtin:{name}",
+                          train_resolution=128)
     prediction = "v" if name == "tiny-sd2v" else "eps"
     return unet_model(net, vae, cond, scaled_linear_alphas_cumprod(), prediction, TINY_SCALE[4], name=f"builtin:{name}")

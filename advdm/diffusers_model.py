@@ -99,6 +99,7 @@ def flow_model(
     flow_shift: float,
     logit_normal: bool = True,
     name: str = "transformer",
+    train_resolution: Optional[int] = None,
 ) -> DiffusionModel:
     """A rectified-flow transformer (SD3: SD3Transformer2DModel; Flux: FluxTransformer2DModel)
     predicting the velocity n - z; D = x - sigma * v."""
@@ -129,7 +130,7 @@ def flow_model(
         flow_shift=flow_shift,
         flow_logit_normal=logit_normal,
         pixel_multiple=downscale * 2,  # 2x2 latent patches
-        train_resolution=getattr(transformer.config, "sample_size", 128) * downscale,
+        train_resolution=train_resolution or getattr(transformer.config, "sample_size", 128) * downscale,
         latent_channels=vae.config.latent_channels,
         name=name,
         device=vae.device,
