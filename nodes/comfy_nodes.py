@@ -1,0 +1,181 @@
+"""The ComfyUI nodes (V3 schema, comfy_api.latest). Imported only inside ComfyUI."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import IO, UI, ComfyExtension
+
+import advdm
+from advdm.images import for_truncating_savers
+from advdm.measure import format_measurement, measure
+
+from .comfy_model import ComfyModel, Progress, UnsupportedModel
+from .image_ops import amplified, join_images, mask_for, split_images, to_8bit_grid
+
+log = logging.getLogger("advdm")
+CATEGORY = "image/protection"
+METHODS = ["advdm", "mist", "photoguard", "sds"]
+
+_MODEL_TIP = ("The diffusion model to protect against (SD1.x, SD2.x or SDXL). Protection is strongest "
+              "against the model family it was computed with.")
+_VAE_TIP = "The VAE of that model (the attack differentiates through its encoder)."
+_COND_TIP = ("Optional text conditioning the attack uses (AdvDM's default is the prompt 'a painting'). "
+             "Without it a zero text embedding is used, which is not the empty prompt: connect a "
+             "CLIPTextEncode for results that match the paper.")
+
+
+def _model(model, vae, conditioning):
+    try:
+        return ComfyModel(model, vae, conditioning)
+    except UnsupportedModel as e:  # raised on enter; kept here for symmetry
+        raise ValueError(str(e)) from None
+
+
+class AdvDMProtect(IO.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return IO.Schema(
+            node_id="AdvDMProtect",
+            display_name="Protect Image (AdvDM)",
+            category=CATEGORY,
+            search_aliases=["advdm", "mist", "photoguard", "glaze", "anti mimicry", "protect", "adversarial"],
+            description=("Adds a small adversarial perturbation (at most epsilon/255 per pixel) that raises the "
+                         "diffusion model's denoising loss on the image, so fine-tuning, textual inversion or "
+                         "img2img on it pick up wrong features (AdvDM, Liang et al. 2023; Mist, PhotoGuard, SDS "
+                         "variants). Save the result losslessly (PNG): JPEG and resizing weaken it."),
+            inputs=[
+                IO.Model.Input("model", tooltip=_MODEL_TIP),
+                IO.Vae.Input("vae", tooltip=_VAE_TIP),
+                IO.Image.Input("image", tooltip="The image(s) to protect; each image of a batch is protected on its own, at its own size."),
+                IO.Combo.Input("method", options=METHODS, default="advdm",
+                               tooltip=("advdm: maximise the diffusion training loss (default). mist: AdvDM plus a "
+                                        "texture target in latent space. photoguard: push the VAE latent to a "
+                                        "target (encoder only, cheapest). sds: AdvDM with the UNet Jacobian dropped "
+                                        "(about twice as fast).")),
+                IO.Float.Input("epsilon", default=16.0, min=1.0, max=64.0, step=1.0,
+                               tooltip="Largest change per pixel and channel, in 1/255 steps of 8-bit colour. 8 is subtle, 16 is the paper's default."),
+                IO.Int.Input("steps", default=100, min=1, max=2000,
+                             tooltip="Projected gradient steps. More steps are stronger and slower (each is one model forward and backward)."),
+                IO.Float.Input("step_size", default=1.0, min=0.1, max=16.0, step=0.1,
+                               tooltip="Change per step, in 1/255 units (sign gradient step)."),
+                IO.Int.Input("samples", default=1, min=1, max=16,
+                             tooltip="Random (timestep, noise) samples averaged per step; more gives a steadier gradient at proportional cost."),
+                IO.Float.Input("t_min", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Lowest diffusion timestep sampled, as a fraction of the training schedule (0 = least noise)."),
+                IO.Float.Input("t_max", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Highest diffusion timestep sampled, as a fraction of the training schedule (1 = most noise)."),
+                IO.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the random start and the sampled timesteps / noise: the same seed gives the same result."),
+                IO.Conditioning.Input("conditioning", optional=True, tooltip=_COND_TIP),
+                IO.Mask.Input("mask", optional=True,
+                              tooltip="Optional: protect only where the mask is 1 (soft values scale the budget). Without it the whole image is protected."),
+            ],
+            outputs=[
+                IO.Image.Output("protected", display_name="protected",
+                                tooltip="The protected image, on the 8-bit grid; save it with Save Image (PNG)."),
+                IO.Image.Output("perturbation", display_name="perturbation",
+                                tooltip="The change made visible: grey is no change, black/white is -/+ epsilon."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, image, method, epsilon, steps, step_size, samples, t_min, t_max, seed,
+                conditioning=None, mask=None) -> IO.NodeOutput:
+        if t_max <= t_min:
+            raise ValueError(f"t_max ({t_max}) must be above t_min ({t_min})")
+        config = advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size),
+                                     steps=int(steps), samples=int(samples), t_min=float(t_min),
+                                     t_max=float(t_max), seed=int(seed))
+        images = split_images(image)
+        progress = Progress(total=len(images) * config.steps)
+        out = []
+        try:
+            with ComfyModel(model, vae, conditioning) as cm:
+                dm = cm.diffusion_model
+                for i, x in enumerate(images):
+                    m = mask_for(mask, i, x.shape[-2], x.shape[-1])
+                    log.info("advdm: protecting image %d/%d (%dx%d) with %s, eps %.0f/255, %d steps on %s",
+                             i + 1, len(images), x.shape[-1], x.shape[-2], method, epsilon, steps, dm.name)
+                    out.append(advdm.protect(dm, x, config, mask=m, progress=progress.for_image(i, config.steps)))
+        except UnsupportedModel as e:
+            raise ValueError(str(e)) from None
+        protected = join_images(out, image)
+        perturbation = join_images([amplified(to_8bit_grid(x), p, epsilon) for x, p in zip(images, out)], image[..., :3])
+        return IO.NodeOutput(for_truncating_savers(protected), perturbation)
+
+
+class AdvDMMeasure(IO.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return IO.Schema(
+            node_id="AdvDMMeasure",
+            display_name="Measure Protection (AdvDM)",
+            category=CATEGORY,
+            search_aliases=["advdm", "verify protection", "check protection"],
+            is_output_node=True,
+            description=("Checks a protection: the model's diffusion loss on the clean and the protected image over "
+                         "the same fixed (timestep, noise) samples, against a control with uniform noise of the same "
+                         "budget. A protection works when 'gain' clearly exceeds 'gain_noise'. Also reports PSNR, "
+                         "SSIM and the largest pixel change. Batches are averaged."),
+            inputs=[
+                IO.Model.Input("model", tooltip=_MODEL_TIP),
+                IO.Vae.Input("vae", tooltip=_VAE_TIP),
+                IO.Image.Input("original", tooltip="The clean image(s)."),
+                IO.Image.Input("protected", tooltip="The protected image(s), same size and count (e.g. loaded back from the saved PNG)."),
+                IO.Int.Input("samples", default=16, min=1, max=256,
+                             tooltip="Fixed (timestep, noise) samples the loss is averaged over; more is steadier and slower."),
+                IO.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed fixing those samples."),
+                IO.Conditioning.Input("conditioning", optional=True, tooltip=_COND_TIP),
+            ],
+            outputs=[
+                IO.String.Output("report", tooltip="The figures as text."),
+                IO.Float.Output("gain", tooltip="loss(protected) / loss(clean): above 1 means the protection raised the loss."),
+                IO.Float.Output("gain_noise", tooltip="loss(noise control) / loss(clean): what random noise of the same budget does."),
+                IO.Float.Output("loss_clean", tooltip="Mean diffusion loss on the clean image."),
+                IO.Float.Output("loss_protected", tooltip="Mean diffusion loss on the protected image."),
+                IO.Float.Output("psnr", tooltip="PSNR of protected vs clean, dB."),
+                IO.Float.Output("ssim", tooltip="SSIM of protected vs clean."),
+                IO.Float.Output("linf", tooltip="Largest change of any pixel channel, in 1/255 units."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, original, protected, samples, seed, conditioning=None) -> IO.NodeOutput:
+        a, b = split_images(original), split_images(protected)
+        if len(a) != len(b):
+            raise ValueError(f"{len(a)} original and {len(b)} protected images: give the same number")
+        results = []
+        try:
+            with ComfyModel(model, vae, conditioning) as cm:
+                dm = cm.diffusion_model
+                for x, y in zip(a, b):
+                    if x.shape != y.shape:
+                        raise ValueError(f"original {tuple(x.shape[-2:])} and protected {tuple(y.shape[-2:])} differ in size")
+                    import comfy.model_management
+
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    results.append(measure(dm, to_8bit_grid(x), to_8bit_grid(y), samples=int(samples), seed=int(seed)))
+        except UnsupportedModel as e:
+            raise ValueError(str(e)) from None
+        keys = ["gain", "gain_noise", "loss_clean", "loss_protected", "psnr", "ssim", "linf"]
+        mean = {k: float(sum(r[k] for r in results) / len(results)) for k in keys}
+        mean["linf"] = float(max(r["linf"] for r in results))
+        lines = []
+        for i, r in enumerate(results):
+            head = f"image {i + 1}/{len(results)}: " if len(results) > 1 else ""
+            lines.append(head + format_measurement(r))
+        verdict = ("protection raises the loss beyond same-budget noise" if mean["gain"] > mean["gain_noise"]
+                   else "WARNING: protected loss is not above the noise control")
+        lines.append(f"{verdict} (gain {mean['gain']:.3f} vs noise {mean['gain_noise']:.3f}; model {dm.name})")
+        text = "\n".join(lines)
+        return IO.NodeOutput(text, *(mean[k] for k in keys), ui=UI.PreviewText(text))
+
+
+class AdvDMExtension(ComfyExtension):
+    async def get_node_list(self):
+        return [AdvDMProtect, AdvDMMeasure]
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    return AdvDMExtension()

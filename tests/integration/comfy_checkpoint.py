@@ -1,0 +1,116 @@
+"""Write a random-weight, seeded SD1.5-shaped checkpoint for ComfyUI integration tests.
+
+    python tests/integration/comfy_checkpoint.py OUT.safetensors [--seed 0]
+
+Run it with ComfyUI's interpreter and ComfyUI on the path (COMFYUI_DIR): the tensor shapes
+come from ComfyUI's own model classes, built on the meta device (no memory), and the file
+uses the original (ldm / CompVis) key layout that CheckpointLoaderSimple detects as
+SD1.5 / EPS (model_channels 320, context_dim 768). Weights are fp16, about 2 GB. Nothing
+here is ComfyUI code; ComfyUI is only imported at run time.
+
+The weights are random (fan-in scaled normal, norms at 1, biases at 0), so the model
+generates noise; it exercises the machinery only. An existing file is left alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+
+def _comfy_on_path() -> None:
+    d = os.environ.get("COMFYUI_DIR")
+    if d and d not in sys.path:
+        sys.path.insert(0, d)
+
+
+# The SD1.5 "v1-inference.yaml" UNet / first stage settings.
+SD15_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320,
+    attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=[1, 2, 4, 4],
+    num_heads=8, use_spatial_transformer=True, transformer_depth=1, context_dim=768,
+    use_checkpoint=False, legacy=False, use_linear_in_transformer=False,
+    adm_in_channels=None, use_temporal_attention=False,
+)
+SD15_VAE = dict(
+    double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128,
+    ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
+)
+
+
+def shapes() -> dict[str, tuple]:
+    """Key -> shape of every tensor of an SD1.5 checkpoint, in the ldm layout."""
+    _comfy_on_path()
+    import torch
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported: no CUDA probing
+    import comfy.ops
+    from comfy import model_detection
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    import comfy.clip_model
+
+    ops = comfy.ops.disable_weight_init
+    meta = torch.device("meta")
+    out: dict[str, tuple] = {}
+    unet = UNetModel(**model_detection.convert_config(dict(SD15_UNET)), device=meta, operations=ops)
+    out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in unet.state_dict().items()})
+    with torch.device(meta):
+        vae = AutoencoderKL(ddconfig=dict(SD15_VAE), embed_dim=4)
+    out.update({"first_stage_model." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+    cfg_path = os.path.join(os.path.dirname(comfy.clip_model.__file__), "sd1_clip_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    clip = comfy.clip_model.CLIPTextModel(cfg, torch.float32, meta, ops)
+    for k, v in clip.state_dict().items():
+        if k.startswith("text_projection") or "logit_scale" in k:
+            continue
+        out["cond_stage_model.transformer." + k] = tuple(v.shape)
+    return out
+
+
+def random_tensor(key: str, shape: tuple, gen):
+    import torch
+
+    if key.endswith("position_ids"):
+        return torch.arange(shape[-1]).view(shape).float()
+    if key.endswith("bias") or len(shape) == 0:
+        return torch.zeros(shape)
+    if len(shape) == 1:  # norm scales
+        return torch.ones(shape)
+    if "embedding" in key:
+        return torch.randn(shape, generator=gen) * 0.02
+    fan_in = math.prod(shape[1:])
+    return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+
+
+def write(path: str, seed: int = 0) -> str:
+    if os.path.exists(path):
+        print(f"{path} exists, left alone")
+        return path
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in sorted(shapes().items()):
+        t = random_tensor(key, shape, gen)
+        sd[key] = t.to(torch.int64) if key.endswith("position_ids") else t.to(torch.float16)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".partial"
+    save_file(sd, tmp, metadata={"note": f"random weights, seed {seed}, SD1.5 shapes; for tests only"})
+    os.replace(tmp, path)
+    n = sum(t.numel() for t in sd.values())
+    print(f"wrote {path}: {len(sd)} tensors, {n / 1e6:.0f}M parameters")
+    return path
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    write(a.out, a.seed)
