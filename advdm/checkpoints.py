@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from . import builtin
-from .diffusers_model import Conditioning, unet_model
+from .diffusers_model import Conditioning, flow_model, unet_model
 from .model import DiffusionModel
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -28,6 +28,9 @@ FAMILY_KEYS = {
     "sd3": "model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight",
     "flux": "double_blocks.0.img_attn.qkv.weight",
 }
+
+
+FLOW_PIPELINES = ("StableDiffusion3", "Flux")
 
 
 class CheckpointError(ValueError):
@@ -73,6 +76,8 @@ def load_model(
     if spec.startswith("builtin:"):
         return builtin.build(spec.split(":", 1)[1], device, dtype)
     path = Path(spec).expanduser()
+    if path.is_dir() and _pipeline_name(path).startswith(FLOW_PIPELINES):
+        return _load_flow_folder(path, device, dtype, prompt)
     if path.is_dir():
         family, parts = _load_diffusers_folder(path, dtype)
     elif path.is_file():
@@ -127,7 +132,8 @@ def _load_single_file(path: Path, dtype: torch.dtype):
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if family in ("sd3", "flux"):
-        raise CheckpointError(f"{path}: {family} single-file checkpoints are not supported yet; use a diffusers folder")
+        raise CheckpointError(f"{path}: {family} single-file checkpoints are not supported yet; "
+                              "use its diffusers folder (with text encoders)")
     config = str(CONFIGS / family)
     common = dict(config=config, local_files_only=True)
     unet = UNet2DConditionModel.from_single_file(sd, subfolder="unet", torch_dtype=dtype, **common)
@@ -146,19 +152,41 @@ def _load_single_file(path: Path, dtype: torch.dtype):
     return family, (unet, vae, encoders, scheduler.alphas_cumprod, prediction)
 
 
+def _pipeline_name(path: Path) -> str:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise CheckpointError(f"{path}: not a diffusers model folder (no model_index.json)")
+    return json.loads(index_file.read_text()).get("_class_name", "")
+
+
+def _load_flow_folder(path: Path, device, dtype, prompt: str) -> DiffusionModel:
+    """SD3 / Flux diffusers folders: the pipeline's own prompt encoding (CLIP-L, CLIP-G and
+    T5 for SD3; CLIP-L pooled and T5 for Flux), computed once, then the encoders are freed."""
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((path / "model_index.json").read_text())
+    absent = {k: None for k, v in index.items() if v == [None, None]}  # e.g. SD3 without T5
+    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **absent)
+    with torch.no_grad():
+        if type(pipe).__name__.startswith("StableDiffusion3"):
+            context, _, pooled, _ = pipe.encode_prompt(prompt, None, None, device="cpu", do_classifier_free_guidance=False)
+        else:
+            context, pooled, _ = pipe.encode_prompt(prompt, None, device="cpu")
+    transformer = pipe.transformer.to(device).eval().requires_grad_(False)
+    vae = pipe.vae.to(device, torch.float32).eval().requires_grad_(False)
+    shift = pipe.scheduler.config.get("shift", 1.0)
+    cond = Conditioning(context=context.float(), pooled=pooled.float())
+    return flow_model(transformer, vae, cond, vae.config.scaling_factor, vae.config.shift_factor or 0.0,
+                      flow_shift=shift, name=path.name)
+
+
 def _load_diffusers_folder(path: Path, dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise CheckpointError(f"{path}: not a diffusers model folder (no model_index.json)")
-    index = json.loads(index_file.read_text())
-    pipeline = index.get("_class_name", "")
-    if "StableDiffusion3" in pipeline or "Flux" in pipeline:
-        raise CheckpointError(f"{path}: {pipeline} folders are not supported yet")
+    pipeline = _pipeline_name(path)
     if not pipeline.startswith("StableDiffusion"):
-        raise CheckpointError(f"{path}: unsupported pipeline {pipeline!r} (SD1.x, SD2.x and SDXL are)")
+        raise CheckpointError(f"{path}: unsupported pipeline {pipeline!r} (SD1.x, SD2.x, SDXL, SD3 and Flux are)")
     opts = dict(local_files_only=True)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **opts)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **opts)
