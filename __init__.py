@@ -10,7 +10,12 @@ _root = os.path.dirname(os.path.abspath(__file__))
 if _root not in sys.path:
     sys.path.append(_root)  # so `import advdm` finds the bundled core
 
-from .nodes.comfy_nodes import comfy_entrypoint  # noqa: E402,F401
+try:  # only inside ComfyUI; elsewhere (pytest collecting this repo, the CLI) import nothing
+    import comfy_api.latest  # noqa: F401
+except ImportError:
+    comfy_entrypoint = None
+else:
+    from .nodes.comfy_nodes import comfy_entrypoint  # noqa: F401
 
 WEB_DIRECTORY = None
 __all__ = ["comfy_entrypoint"]

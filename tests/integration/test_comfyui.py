@@ -1,0 +1,316 @@
+"""Integration test against a real ComfyUI. Runs only when COMFYUI_DIR points at a checkout.
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python pytest tests/integration/test_comfyui.py
+
+What it does: writes (once, into a cache dir) a random-weight SD1.5-shaped checkpoint,
+links this repository into COMFYUI_DIR/custom_nodes for the run, starts the server on
+127.0.0.1 (free port, temp input/output dirs and database), then runs every workflow in
+workflows/ with the checkpoint substituted and the step counts cut down, checks the saved
+PNGs (size, budget on the 8-bit file), runs a KSampler afterwards in the same server, and
+checks that POST /interrupt stops a long protection run.
+
+Environment: COMFYUI_DIR (required), COMFYUI_PYTHON (default: this interpreter),
+ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the ~2 GB checkpoint.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CKPT_NAME = "advdm_random_sd15.safetensors"
+EPSILON = 16
+
+
+# ---------------------------------------------------------------------------------------
+# Server
+
+
+class Comfy:
+    def __init__(self, base: str, proc: subprocess.Popen, dirs: dict):
+        self.base, self.proc, self.dirs = base, proc, dirs
+
+    def get(self, path):
+        with urllib.request.urlopen(self.base + path, timeout=60) as r:
+            return json.load(r)
+
+    def post(self, path, payload=None):
+        data = json.dumps(payload or {}).encode()
+        req = urllib.request.Request(self.base + path, data, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode()[:2000]}") from None
+        return json.loads(body) if body else None
+
+    def upload(self, name: str, rgb: np.ndarray):
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "PNG")
+        b = uuid.uuid4().hex
+        body = (f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                f"Content-Type: image/png\r\n\r\n").encode() + buf.getvalue() + (
+                f'\r\n--{b}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n--{b}--\r\n').encode()
+        req = urllib.request.Request(self.base + "/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={b}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)["name"]
+
+    def submit(self, graph) -> str:
+        return self.post("/prompt", {"prompt": graph, "client_id": "advdm-test"})["prompt_id"]
+
+    def wait(self, prompt_id, timeout=1800) -> dict:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            assert self.proc.poll() is None, "ComfyUI exited:\n" + self.log_tail()
+            h = self.get(f"/history/{prompt_id}")
+            if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
+                return h[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def run(self, graph, timeout=1800) -> dict:
+        entry = self.wait(self.submit(graph), timeout)
+        errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        assert entry["status"]["status_str"] == "success", (
+            "workflow failed: " + "\n".join(e.get("exception_message", "") + "".join(e.get("traceback", [])) for e in errors))
+        return entry
+
+    def output_file(self, entry, node: str, index=0) -> Path:
+        img = entry["outputs"][node]["images"][index]
+        root = Path(self.dirs[img["type"]])
+        path = root / img.get("subfolder", "") / img["filename"]
+        if not path.exists():  # --temp-directory X puts temp files in X/temp
+            path = next(root.rglob(img["filename"]))
+        return path
+
+    def log_tail(self, n=60):
+        p = Path(self.dirs["log"])
+        return "\n".join(p.read_text(errors="replace").splitlines()[-n:]) if p.exists() else ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    comfy_dir = Path(COMFYUI_DIR).resolve()
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    cache = Path(os.environ.get("ADVDM_TEST_CACHE", Path.home() / ".cache" / "advdm-tests"))
+    ckpt_dir = cache / "checkpoints"
+    ckpt = ckpt_dir / CKPT_NAME
+    if not ckpt.exists():
+        subprocess.run([python, str(REPO / "tests" / "integration" / "comfy_checkpoint.py"), str(ckpt)],
+                       check=True, env={**os.environ, "COMFYUI_DIR": str(comfy_dir)})
+
+    tmp = Path(tempfile.mkdtemp(prefix="advdm-comfy-"))
+    dirs = {k: tmp / k for k in ("input", "output", "temp", "user")}
+    for d in dirs.values():
+        d.mkdir()
+    dirs["log"] = tmp / "server.log"
+    extra = tmp / "extra_model_paths.yaml"
+    extra.write_text(f"advdm_tests:\n    checkpoints: {ckpt_dir}\n")
+
+    link = comfy_dir / "custom_nodes" / "comfyui-advdm-test"
+    created_link = False
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+        created_link = True
+    port = _free_port()
+    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--extra-model-paths-config", str(extra), "--input-directory", str(dirs["input"]),
+           "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
+           "--user-directory", str(dirs["user"]), "--database-url", f"sqlite:///{tmp / 'comfy.db'}",
+           "--disable-auto-launch"]
+    log = open(dirs["log"], "w")
+    proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT)
+    server = Comfy(f"http://127.0.0.1:{port}", proc, {k: str(v) for k, v in dirs.items()})
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("ComfyUI exited at start:\n" + server.log_tail())
+            try:
+                server.get("/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() - t0 > 300:
+                    raise TimeoutError("ComfyUI did not start in 300 s:\n" + server.log_tail())
+                time.sleep(1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        if created_link:
+            link.unlink()
+        print("\nComfyUI log tail:\n" + server.log_tail(25))
+
+
+# ---------------------------------------------------------------------------------------
+# Workflows
+
+
+def artwork(h, w, seed):
+    """A blocky colour image (non-multiple-of-8 sizes exercise the core's padding)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((-(-h // 8), -(-w // 8), 3))
+    return (np.kron(small, np.ones((8, 8, 1)))[:h, :w] * 255).astype(np.uint8)
+
+
+def quick(graph: dict, images: list[str]) -> dict:
+    """The example workflow with the test checkpoint, test images and tiny step counts."""
+    g = json.loads(json.dumps(graph))
+    loads = iter(images * 8)
+    for node in g.values():
+        ct, i = node["class_type"], node["inputs"]
+        if ct == "CheckpointLoaderSimple":
+            i["ckpt_name"] = CKPT_NAME
+        elif ct == "LoadImage":
+            i["image"] = next(loads)
+        elif ct == "AdvDMProtect":
+            i["steps"] = 3
+        elif ct == "AdvDMMeasure":
+            i["samples"] = 2
+        elif ct == "KSampler":
+            i["steps"] = 2
+        elif ct == "EmptyLatentImage":
+            i["width"], i["height"] = 64, 64
+        elif ct == "TrainLoraNode":
+            i.update(steps=2, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False)
+    return g
+
+
+def load_png(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_workflows_have_no_missing_nodes(comfy):
+    info = comfy.get("/object_info")
+    assert WORKFLOWS, "no workflows found"
+    for wf in WORKFLOWS:
+        graph = json.loads(wf.read_text())
+        nodes = graph.get("nodes") if "nodes" in graph else graph.values()
+        types = {n.get("class_type") or n.get("type") for n in nodes}
+        missing = sorted(t for t in types if t not in info)
+        assert not missing, f"{wf.name}: nodes missing in ComfyUI: {missing}"
+    for node in ("AdvDMProtect", "AdvDMMeasure"):
+        inputs = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
+        untipped = [k for k, v in inputs.items() if "tooltip" not in (v[1] if len(v) > 1 else {})]
+        assert not untipped, f"{node}: inputs without tooltip: {untipped}"
+
+
+def test_protect_and_save(comfy):
+    h, w = 44, 60
+    src = artwork(h, w, 0)
+    name = comfy.upload("advdm_in.png", src)
+    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), [name])
+    t0 = time.time()
+    entry = comfy.run(graph)
+    saved = load_png(comfy.output_file(entry, "5"))
+    diff = np.abs(saved - src)
+    print(f"protect_and_save: {time.time() - t0:.1f} s, saved {saved.shape}, max |saved - input| = {diff.max()}/255, "
+          f"changed pixels {np.mean(diff > 0):.2%}")
+    assert saved.shape == src.shape
+    assert diff.max() <= EPSILON
+    assert diff.max() > 0
+    text = entry["outputs"]["7"]["text"][0]
+    print(text)
+    assert "diffusion loss" in text and "PSNR" in text
+    pert = load_png(comfy.output_file(entry, "6"))
+    assert pert.shape == src.shape
+
+
+def test_img2img_side_by_side(comfy):
+    src = artwork(64, 64, 1)
+    name = comfy.upload("advdm_in2.png", src)
+    graph = quick(json.loads((REPO / "workflows" / "protect_then_img2img.api.json").read_text()), [name])
+    entry = comfy.run(graph)
+    stitched = load_png(comfy.output_file(entry, "19"))
+    assert stitched.shape == (64, 64 * 2 + 8, 3)
+    saved = load_png(comfy.output_file(entry, "5"))
+    assert np.abs(saved - src).max() <= EPSILON
+
+
+def test_lora_clean_vs_protected(comfy):
+    names = [comfy.upload("advdm_set1.png", artwork(64, 64, 2)), comfy.upload("advdm_set2.png", artwork(64, 64, 3))]
+    graph = quick(json.loads((REPO / "workflows" / "protect_lora_clean_vs_protected.api.json").read_text()), names)
+    t0 = time.time()
+    entry = comfy.run(graph)
+    print(f"lora workflow: {time.time() - t0:.1f} s")
+    assert load_png(comfy.output_file(entry, "24")).shape == (64, 64 * 2 + 8, 3)
+    assert len(entry["outputs"]["7"]["images"]) == 2
+
+
+def txt2img(seed=0):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a painting", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
+            "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "advdm_after"}},
+    }
+
+
+def test_ksampler_after_protect(comfy):
+    # Runs after the protection tests in the same server (file order): the cached model
+    # had its inference weights replaced; sampling must still work.
+    entry = comfy.run(txt2img(seed=123))
+    img = load_png(comfy.output_file(entry, "7"))
+    assert img.shape == (64, 64, 3)
+
+
+def test_interrupt_stops_long_protect(comfy):
+    src = artwork(64, 64, 4)
+    name = comfy.upload("advdm_long.png", src)
+    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), [name])
+    graph["4"]["inputs"]["steps"] = 2000
+    graph["4"]["inputs"]["seed"] = 7  # not cached from an earlier test
+    del graph["7"]
+    pid = comfy.submit(graph)
+    t0 = time.time()
+    while not comfy.get("/queue")["queue_running"]:
+        time.sleep(0.2)
+    time.sleep(8)  # model load + a few attack steps
+    comfy.post("/interrupt")
+    t_int = time.time()
+    entry = comfy.wait(pid, timeout=120)
+    stopped = time.time() - t_int
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    print(f"interrupt: sent {t_int - t0:.1f} s after start, run ended {stopped:.1f} s later, status "
+          f"{entry['status']['status_str']}, messages {kinds}")
+    assert entry["status"]["status_str"] == "error"
+    assert "execution_interrupted" in kinds
+    assert stopped < 30
+    # and the server still samples afterwards
+    comfy.run(txt2img(seed=5))
