@@ -85,7 +85,18 @@ def main(argv: Optional[list] = None) -> int:
         return 130
 
 
+def _quiet_libraries() -> None:
+    """diffusers / transformers warn about dtype casts and missing accelerate on every load;
+    a command-line user cannot act on those."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _load(args) -> "torch.nn.Module":
+    _quiet_libraries()
     device = pick_device(args.device)
     if args.checkpoint.startswith("builtin:"):
         print(f"warning: {builtin.WARNING}", file=sys.stderr)
@@ -207,6 +218,7 @@ def cmd_selftest(args) -> int:
     from PIL import Image
 
     print(f"warning: {builtin.WARNING}", file=sys.stderr)
+    _quiet_libraries()
     started = time.time()
     model = builtin.build("tiny")
     config = ProtectConfig(epsilon=8, steps=20)
