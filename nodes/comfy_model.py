@@ -10,11 +10,16 @@ Facts this relies on (ComfyUI 783545f6, see the project notes):
 - BaseModel.apply_model(x, sigma, c_crossattn=..., y=...) takes sigma and the
   variance-exploding noisy latent, scales the input itself and returns the denoised latent;
 - first_stage_model.encode is differentiable, VAE.encode is not (tiling / OOM fallback run
-  under inference mode), so the posterior is computed from encoder + quant_conv here.
+  under inference mode), so the posterior is computed from encoder + quant_conv here;
+- model_sampling decides the parameterisation: EPS / V_PREDICTION take x = z + sigma n,
+  CONST (SD3, Flux) takes x = (1 - sigma) z + sigma n; apply_model returns the denoised
+  latent for all three;
+- latent_format.process_in maps the VAE latent to the denoiser's ((z - shift) * scale).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -22,9 +27,19 @@ from torch import Tensor
 
 from advdm import DiffusionModel, Latent
 
-# Families this adapter has been written and checked for, by latent format class name.
-SUPPORTED_LATENT_FORMATS = {"SD15": "SD1.x/SD2.x", "SDXL": "SDXL"}
+# Families this adapter has been written and checked for: (BaseModel class name, latent
+# format class name) -> family. Subclasses (Chroma, Flux2, SVD, inpaint/unCLIP variants, ...)
+# have other class names and are refused: they need conditioning or schedules not handled here.
+SUPPORTED_FAMILIES = {
+    ("BaseModel", "SD15"): "SD1.x/SD2.x",
+    ("SDXL", "SDXL"): "SDXL",
+    ("SD3", "SD3"): "SD3",
+    ("Flux", "Flux"): "Flux",
+}
+SUPPORTED_TEXT = "SD1.x, SD2.x (eps and v), SDXL, SD3 and Flux.1"
 UNSUPPORTED_SAMPLING = ("EDM", "X0", "IMG_TO_IMG", "IMG_TO_IMG_FLOW", "COSMOS_RFLOW", "V_PREDICTION_DDPM")
+# The side length each family was trained at (a mimic's fine-tuning resizes to it).
+TRAIN_RESOLUTION = {"SD1.x": 512, "SD2.x": 512, "SD2.x-v": 768, "SDXL": 1024, "SD3": 1024, "Flux": 1024}
 
 
 class UnsupportedModel(ValueError):
@@ -41,27 +56,57 @@ def prediction_from_sampling(model_sampling: Any) -> str:
     names = [c.__name__ for c in type(model_sampling).__mro__]
     for bad in UNSUPPORTED_SAMPLING:
         if bad in names:
-            raise UnsupportedModel(f"models with {bad} sampling are not supported yet (SD1.x, SD2.x and SDXL are)")
+            raise UnsupportedModel(f"models with {bad} sampling are not supported yet (supported: {SUPPORTED_TEXT})")
     if "V_PREDICTION" in names:
         return "v"
     if "CONST" in names:
+        if float(getattr(model_sampling, "noise_scale", 1.0)) != 1.0:
+            raise UnsupportedModel(f"flow models with a noise scale of {model_sampling.noise_scale} are not supported "
+                                   f"yet (supported: {SUPPORTED_TEXT})")
         return "flow"
     if "EPS" in names:
         return "eps"
-    raise UnsupportedModel(f"unknown model sampling type {type(model_sampling).__name__}; supported: SD1.x, SD2.x, SDXL")
+    raise UnsupportedModel(f"unknown model sampling type {type(model_sampling).__name__}; supported: {SUPPORTED_TEXT}")
 
 
 def check_family(base_model: Any, prediction: str) -> str:
     """The family name, or UnsupportedModel with a one-line reason."""
+    arch = type(base_model).__name__
     fmt = type(getattr(base_model, "latent_format", None)).__name__
-    family = SUPPORTED_LATENT_FORMATS.get(fmt)
+    family = SUPPORTED_FAMILIES.get((arch, fmt))
     if family is None:
-        arch = type(base_model).__name__
-        raise UnsupportedModel(
-            f"{arch} models (latent format {fmt}) are not supported yet; supported: SD1.x, SD2.x (eps and v), SDXL")
-    if prediction == "flow":
-        raise UnsupportedModel(f"flow-matching {family} models are not supported yet")
+        raise UnsupportedModel(f"{arch} models (latent format {fmt}) are not supported yet; supported: {SUPPORTED_TEXT}")
+    flow_family = family in ("SD3", "Flux")
+    if flow_family != (prediction == "flow"):
+        raise UnsupportedModel(f"{family} models with {prediction} prediction are not supported yet")
+    if family == "SD1.x/SD2.x":
+        family = "SD2.x" if _unet_config(base_model).get("context_dim") == 1024 else "SD1.x"
     return family
+
+
+def train_resolution(family: str, prediction: str) -> int:
+    if family == "SD2.x" and prediction == "v":
+        return TRAIN_RESOLUTION["SD2.x-v"]
+    return TRAIN_RESOLUTION.get(family, 512)
+
+
+def flow_shift(model_sampling: Any) -> float:
+    """The shift alpha of sigma = alpha t / (1 + (alpha - 1) t) the flow model samples with.
+
+    ModelSamplingDiscreteFlow (SD3) stores alpha as .shift; ModelSamplingFlux stores mu with
+    sigma = e^mu / (e^mu + 1/t - 1), which is the same curve with alpha = e^mu."""
+    shift = getattr(model_sampling, "shift", None)
+    if shift is None:
+        return 1.0
+    shift = float(shift)
+    names = [c.__name__ for c in type(model_sampling).__mro__]
+    if "ModelSamplingFlux" in names:
+        return math.exp(shift)
+    return shift
+
+
+def _unet_config(base_model: Any) -> dict:
+    return getattr(getattr(base_model, "model_config", None), "unet_config", None) or {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,11 +180,26 @@ def ordinary(x: Any) -> Any:
 
 def zero_conditioning(base_model: Any) -> list:
     """CONDITIONING of zeros, for when none is connected (no CLIP is at hand to encode the
-    empty prompt: this is NOT the empty-prompt embedding)."""
-    unet_config = getattr(getattr(base_model, "model_config", None), "unet_config", {}) or {}
-    context_dim = unet_config.get("context_dim") or 768
+    empty prompt: this is NOT the empty-prompt embedding). Shapes per family: SD1/SD2 77
+    tokens of context_dim; SDXL adds a 1280-d pooled vector; SD3 154 tokens (CLIP + T5) of
+    the context embedder's width and a pooled vector of adm_in_channels; Flux 256 T5 tokens
+    of context_in_dim and a pooled vector of vec_in_dim."""
+    cfg = _unet_config(base_model)
+    arch = type(base_model).__name__
+    if arch == "Flux":
+        extra = {}
+        if cfg.get("vec_in_dim"):
+            extra["pooled_output"] = torch.zeros(1, int(cfg["vec_in_dim"]))
+        return [[torch.zeros(1, 256, int(cfg.get("context_in_dim") or 4096)), extra]]
+    if arch == "SD3":
+        ctx = ((cfg.get("context_embedder_config") or {}).get("params") or {}).get("in_features") or 4096
+        extra = {}
+        if cfg.get("adm_in_channels"):
+            extra["pooled_output"] = torch.zeros(1, int(cfg["adm_in_channels"]))
+        return [[torch.zeros(1, 154, int(ctx)), extra]]
+    context_dim = cfg.get("context_dim") or 768
     extra = {}
-    if unet_config.get("adm_in_channels"):  # SDXL: pooled text embedding, 1280 dims
+    if cfg.get("adm_in_channels"):  # SDXL: pooled text embedding, 1280 dims
         extra["pooled_output"] = torch.zeros(1, 1280)
     return [[torch.zeros(1, 77, context_dim), extra]]
 
@@ -210,6 +270,23 @@ def latent_scale(latent_format: Any) -> Tuple[float, float]:
     return scale, float(shift or 0.0)
 
 
+def to_model_latent(latent_format: Any, mean: Tensor, std: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """VAE posterior -> the denoiser's latent space through the family's own process_in
+    ((z - shift) * scale); the std only scales."""
+    scale, _ = latent_scale(latent_format)
+    process_in = getattr(latent_format, "process_in", None)
+    if process_in is not None:
+        mean = process_in(mean.float())
+    else:
+        mean = mean.float() * scale
+    return mean, None if std is None else std.float() * scale
+
+
+def vae_downscale(vae: Any) -> int:
+    r = getattr(vae, "downscale_ratio", 8)
+    return int(r) if isinstance(r, (int, float)) else 8
+
+
 # ---------------------------------------------------------------------------------------
 # The adapter
 
@@ -247,26 +324,44 @@ class ComfyModel:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         try:
+            # Flux (and LTX / Lumina) apply RoPE with a non-differentiable kernel unless
+            # in_training is set; the plain torch path is exact for every model, so set it for all.
+            stack.callback(setattr, mm, "in_training", mm.in_training)
+            mm.in_training = True
             fsm = self.vae.first_stage_model
             self.copied = make_trainable_copies([base, fsm])
             stack.enter_context(frozen([base, fsm]))
-            self.base = base
-            self.model_sampling = model_sampling
-            self.sigmas = model_sampling.sigmas.detach().clone().float().cpu()
-            self.device = self.patcher.load_device
-            self.vae_device = getattr(self.vae, "device", self.device)
-            self.vae_dtype = getattr(self.vae, "vae_dtype", torch.float32)
-            self.scale, self.shift = latent_scale(base.latent_format)
-            self.downscale = int(getattr(self.vae, "downscale_ratio", 8)) if not callable(
-                getattr(self.vae, "downscale_ratio", 8)) else 8
-            self.transformer_options = dict(self.patcher.model_options.get("transformer_options", {}))
-            if self.conditioning is None:
-                self.conditioning = zero_conditioning(base)
+            self._setup(base, model_sampling)
         except BaseException:
             stack.close()
             raise
         self._stack = stack
         return self
+
+    def _setup(self, base: Any, model_sampling: Any) -> None:
+        """Everything read from the loaded model (no ComfyUI imports: unit-testable)."""
+        self.base = base
+        self.model_sampling = model_sampling
+        if self.prediction == "flow":
+            self.sigmas = None
+            self.flow_shift = flow_shift(model_sampling)
+        else:
+            self.sigmas = model_sampling.sigmas.detach().clone().float().cpu()
+            self.flow_shift = 1.0
+        self.device = self.patcher.load_device
+        self.vae_device = getattr(self.vae, "device", self.device)
+        self.vae_dtype = getattr(self.vae, "vae_dtype", torch.float32)
+        self.latent_format = base.latent_format
+        self.scale, self.shift = latent_scale(base.latent_format)
+        self.downscale = vae_downscale(self.vae)
+        patch = int(getattr(getattr(base, "diffusion_model", None), "patch_size", 2) or 2)
+        self.pixel_multiple = self.downscale * patch if self.prediction == "flow" else self.downscale
+        self.latent_channels = int(getattr(base.latent_format, "latent_channels", None)
+                                   or getattr(self.vae, "latent_channels", 4))
+        self.train_resolution = train_resolution(self.family, self.prediction)
+        self.transformer_options = dict(self.patcher.model_options.get("transformer_options", {}))
+        if self.conditioning is None:
+            self.conditioning = zero_conditioning(base)
 
     def __exit__(self, *exc) -> None:
         if self._stack is not None:
@@ -277,9 +372,7 @@ class ComfyModel:
     def encode(self, pixels: Tensor) -> Latent:
         x = pixels.to(self.vae_device, self.vae_dtype) * 2.0 - 1.0
         mean, std = posterior(self.vae.first_stage_model, x)
-        mean = (mean.float() - self.shift) * self.scale
-        if std is not None:
-            std = std.float() * self.scale
+        mean, std = to_model_latent(self.latent_format, mean, std)
         return Latent(mean.to(self.device), None if std is None else std.to(self.device))
 
     def conds_for(self, x: Tensor) -> Dict[str, Tensor]:
@@ -303,8 +396,11 @@ class ComfyModel:
             denoise=self.denoise,
             prediction=self.prediction,
             sigmas=self.sigmas,
-            pixel_multiple=self.downscale,
-            latent_channels=int(getattr(self.vae, "latent_channels", 4)),
+            flow_shift=self.flow_shift,
+            flow_logit_normal=self.prediction == "flow",
+            pixel_multiple=self.pixel_multiple,
+            train_resolution=self.train_resolution,
+            latent_channels=self.latent_channels,
             name=f"ComfyUI {self.family} ({self.prediction})",
             device=torch.device(self.device),
             dtype=self.vae_dtype,

@@ -17,8 +17,8 @@ log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
 METHODS = ["advdm", "mist", "photoguard", "sds"]
 
-_MODEL_TIP = ("The diffusion model to protect against (SD1.x, SD2.x or SDXL). Protection is strongest "
-              "against the model family it was computed with.")
+_MODEL_TIP = ("The diffusion model to protect against (SD1.x, SD2.x, SDXL, SD3 or Flux.1; other families are "
+              "refused with a message). Protection is strongest against the model family it was computed with.")
 _VAE_TIP = "The VAE of that model (the attack differentiates through its encoder)."
 _COND_TIP = ("Optional text conditioning the attack uses (AdvDM's default is the prompt 'a painting'). "
              "Without it a zero text embedding is used, which is not the empty prompt: connect a "

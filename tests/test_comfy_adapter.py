@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -45,26 +48,103 @@ def test_unsupported_sampling_is_refused_in_one_line(kind):
     assert kind.__name__ in str(e.value) and "\n" not in str(e.value)
 
 
-class SD15: scale_factor = 0.18215
-class SDXL: scale_factor = 0.13025
-class Flux: scale_factor = 0.3611; shift_factor = 0.1159
+class LatentFormat:
+    scale_factor, latent_channels = 1.0, 4
+
+    def process_in(self, z):
+        return z * self.scale_factor
 
 
-def base_model(fmt, unet_config=None):
-    m = type("BaseModel", (), {})()
+class SD15(LatentFormat): scale_factor = 0.18215
+class SDXL(LatentFormat): scale_factor = 0.13025
+
+
+class SD3(LatentFormat):
+    scale_factor, shift_factor, latent_channels = 1.5305, 0.0609, 16
+
+    def process_in(self, z):
+        return (z - self.shift_factor) * self.scale_factor
+
+
+class Flux(SD3): scale_factor, shift_factor = 0.3611, 0.1159
+
+
+def base_model(fmt, unet_config=None, arch=None):
+    arch = arch or {SD15: "BaseModel", SDXL: "SDXL", SD3: "SD3", Flux: "Flux"}[fmt]
+    m = type(arch, (), {})()
     m.latent_format = fmt()
     m.model_config = type("Cfg", (), {"unet_config": unet_config or {}})()
     return m
 
 
 def test_family():
-    assert cm.check_family(base_model(SD15), "eps") == "SD1.x/SD2.x"
-    assert cm.check_family(base_model(SD15), "v") == "SD1.x/SD2.x"
+    assert cm.check_family(base_model(SD15, {"context_dim": 768}), "eps") == "SD1.x"
+    assert cm.check_family(base_model(SD15, {"context_dim": 1024}), "v") == "SD2.x"
+    assert cm.check_family(base_model(SD15, {"context_dim": 1024}), "eps") == "SD2.x"
     assert cm.check_family(base_model(SDXL), "eps") == "SDXL"
-    with pytest.raises(cm.UnsupportedModel, match="not supported"):
-        cm.check_family(base_model(Flux), "flow")
+    assert cm.check_family(base_model(SDXL), "v") == "SDXL"
+    assert cm.check_family(base_model(SD3), "flow") == "SD3"
+    assert cm.check_family(base_model(Flux), "flow") == "Flux"
     assert cm.latent_scale(Flux()) == (0.3611, 0.1159)
     assert cm.latent_scale(SD15()) == (0.18215, 0.0)
+
+
+@pytest.mark.parametrize("fmt,arch,prediction", [
+    (SD15, "SVD_img2vid", "v"),  # video, SD latents
+    (Flux, "Chroma", "flow"),  # a Flux subclass with other conditioning
+    (SDXL, "SDXL_instructpix2pix", "eps"),
+    (Flux, "Flux", "eps"),  # a flow family with a non-flow schedule
+    (SD15, "BaseModel", "flow"),
+])
+def test_other_families_refused_in_one_line(fmt, arch, prediction):
+    with pytest.raises(cm.UnsupportedModel) as e:
+        cm.check_family(base_model(fmt, arch=arch), prediction)
+    assert "not supported" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_flow_noise_scale_refused():
+    ms = sampling(ModelSamplingDiscreteFlow, CONST)
+    ms.noise_scale = 0.5
+    with pytest.raises(cm.UnsupportedModel, match="noise scale"):
+        cm.prediction_from_sampling(ms)
+
+
+@pytest.mark.parametrize("family,prediction,res", [
+    ("SD1.x", "eps", 512), ("SD2.x", "v", 768), ("SD2.x", "eps", 512), ("SDXL", "eps", 1024),
+    ("SD3", "flow", 1024), ("Flux", "flow", 1024)])
+def test_train_resolution(family, prediction, res):
+    assert cm.train_resolution(family, prediction) == res
+
+
+class ModelSamplingFlux(torch.nn.Module):
+    """Like comfy's: sigma(t) = e^mu / (e^mu + 1/t - 1), .shift is mu."""
+
+    def __init__(self, shift=1.15):
+        super().__init__()
+        self.shift = shift
+
+    def sigma(self, t):
+        return math.exp(self.shift) / (math.exp(self.shift) + (1 / t - 1))
+
+
+def test_flow_shift_matches_the_hosts_sigma_curve():
+    from advdm.draws import flow_sigma
+
+    sd3 = sampling(ModelSamplingDiscreteFlow, CONST)
+    sd3.shift = 3.0
+    assert cm.flow_shift(sd3) == 3.0
+    flux = type("ModelSampling", (ModelSamplingFlux, CONST), {})(1.15)
+    alpha = cm.flow_shift(flux)
+    assert alpha == pytest.approx(math.exp(1.15))
+    t = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(flow_sigma(t, alpha), torch.tensor([flux.sigma(v) for v in t.tolist()]), atol=1e-6)
+    assert cm.flow_shift(sampling(ModelSamplingDiscreteFlow, CONST)) == 1.0  # no .shift
+
+
+def test_to_model_latent_uses_process_in():
+    z, std = torch.randn(1, 16, 2, 2), torch.rand(1, 16, 2, 2)
+    mean, s = cm.to_model_latent(Flux(), z, std)
+    assert torch.allclose(mean, (z - 0.1159) * 0.3611) and torch.allclose(s, std * 0.3611)
 
 
 def test_zero_conditioning_shapes():
@@ -72,6 +152,14 @@ def test_zero_conditioning_shapes():
     assert c.shape == (1, 77, 768) and extra == {}
     (c, extra), = cm.zero_conditioning(base_model(SDXL, {"context_dim": 2048, "adm_in_channels": 2816}))
     assert c.shape == (1, 77, 2048) and extra["pooled_output"].shape == (1, 1280)
+    sd3_cfg = {"adm_in_channels": 2048,
+               "context_embedder_config": {"params": {"in_features": 4096, "out_features": 1536}}}
+    (c, extra), = cm.zero_conditioning(base_model(SD3, sd3_cfg))
+    assert c.shape == (1, 154, 4096) and extra["pooled_output"].shape == (1, 2048)
+    (c, extra), = cm.zero_conditioning(base_model(Flux, {"context_in_dim": 4096, "vec_in_dim": 768}))
+    assert c.shape == (1, 256, 4096) and extra["pooled_output"].shape == (1, 768)
+    (c, extra), = cm.zero_conditioning(base_model(Flux, {"context_in_dim": 64, "vec_in_dim": None}))
+    assert c.shape == (1, 256, 64) and extra == {}
 
 
 def test_batched_conds_repeat_and_cache():
@@ -153,31 +241,71 @@ def test_posterior_mean_std_and_gradient():
     assert x.grad.abs().sum() > 0
 
 
-def fake_comfy_model(prediction="eps"):
-    """A ComfyModel wired by hand, the way __enter__ would, around fakes."""
-    m = cm.ComfyModel.__new__(cm.ComfyModel)
-    m.vae = type("VAE", (), {"first_stage_model": FakeKL(), "latent_channels": 4})()
+class FakeKL16(FakeKL):
+    """A 16-channel latent KL autoencoder without quant_conv, like Flux's / SD3's."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Conv2d(3, 32, 8, stride=8)
+        self.quant_conv = None
+
+
+class Patcher:
+    def __init__(self, base, model_sampling):
+        self.model, self.model_sampling = base, model_sampling
+        self.load_device = torch.device("cpu")
+        self.model_options = {"transformer_options": {}}
+
+    def get_model_object(self, name):
+        assert name == "model_sampling"
+        return self.model_sampling
+
+
+def fake_base(fmt, arch, prediction, channels, seen, unet_config=None):
+    """A BaseModel-like object whose apply_model follows comfy's model_sampling math: EPS
+    scales the input by 1/sqrt(sigma^2 + 1) and returns x - sigma * eps; CONST passes x
+    unscaled and returns x - sigma * v."""
     torch.manual_seed(1)
-    unet = torch.nn.Conv2d(4, 4, 3, padding=1)
-    ctx_seen = []
+    net = torch.nn.Conv2d(channels, channels, 3, padding=1)
 
-    class Base:
-        latent_format = SD15()
+    def apply_model(self, x, sigma, transformer_options=None, c_crossattn=None, **extra):
+        seen.append({"x": x.detach().clone(), "sigma": sigma.detach().clone(), "ctx": c_crossattn.shape,
+                     "extra": sorted(extra)})
+        s = sigma.view(-1, 1, 1, 1)
+        xc = x if prediction == "flow" else x / (s**2 + 1).sqrt()
+        return x - s * net(xc)
 
-        def apply_model(self, x, sigma, transformer_options=None, c_crossattn=None):
-            ctx_seen.append(c_crossattn.shape)
-            s = sigma.view(-1, 1, 1, 1)
-            return x - s * unet(x / (s**2 + 1).sqrt())
+    base = type(arch, (), {"apply_model": apply_model})()
+    base.latent_format = fmt()
+    base.model_config = type("Cfg", (), {"unet_config": unet_config or {}})()
+    base.diffusion_model = type("DiT", (), {"patch_size": 2})() if prediction == "flow" else net
+    return base
 
-    m.base = Base()
-    m.conditioning = [[torch.zeros(1, 77, 8), {}]]
-    m._conds_by_shape = {(1, 4, 2, 2): cm.BatchedConds({"c_crossattn": torch.zeros(1, 77, 8)})}
-    m.prediction, m.family = prediction, "SD1.x/SD2.x"
-    m.sigmas = torch.linspace(0.03, 14.6, 1000)
-    m.device, m.vae_device, m.vae_dtype = torch.device("cpu"), torch.device("cpu"), torch.float32
-    m.scale, m.shift, m.downscale = 0.18215, 0.0, 8
-    m.transformer_options = {}
-    m.ctx_seen = ctx_seen
+
+def fake_comfy_model(prediction="eps", family="SD1.x"):
+    """A ComfyModel set up by its own _setup (what __enter__ runs after loading) around fakes."""
+    seen = []
+    flow = prediction == "flow"
+    if flow:
+        base = fake_base(Flux, "Flux", "flow", 16, seen, {"context_in_dim": 8, "vec_in_dim": 4})
+        ms = type("ModelSampling", (ModelSamplingFlux, CONST), {})(1.15)
+        vae = type("VAE", (), {"first_stage_model": FakeKL16(), "latent_channels": 16, "downscale_ratio": 8})()
+    else:
+        kind = V_PREDICTION if prediction == "v" else EPS
+        base = fake_base(SD15, "BaseModel", prediction, 4, seen, {"context_dim": 8})
+        ms = sampling(ModelSamplingDiscrete, kind)
+        ms.sigmas = torch.linspace(0.03, 14.6, 1000)
+        vae = type("VAE", (), {"first_stage_model": FakeKL(), "latent_channels": 4})()
+    m = cm.ComfyModel(Patcher(base, ms), vae, None)
+    m.prediction = cm.prediction_from_sampling(ms)
+    m.family = cm.check_family(base, m.prediction)
+    m._setup(base, ms)
+    # what prepare_conds would produce through comfy's extra_conds
+    conds = {"c_crossattn": m.conditioning[0][0]}
+    if flow:
+        conds.update(y=m.conditioning[0][1]["pooled_output"], guidance=torch.tensor([3.5]))
+    m.conds_for = lambda x: cm.BatchedConds(conds)(x.shape[0])
+    m.seen = seen
     return m
 
 
@@ -192,9 +320,112 @@ def test_adapter_protects_inference_mode_inputs_within_budget():
     k = out * 255
     assert torch.allclose(k, k.round(), atol=1e-4)
     assert (k.round() - (x * 255).round()).abs().max() <= 8
-    assert m.ctx_seen and m.ctx_seen[-1][0] == 2  # conditioning repeated to the sample batch
+    assert m.seen and m.seen[-1]["ctx"][0] == 2  # conditioning repeated to the sample batch
     lat = m.encode(x)
     assert lat.mean.shape == (1, 4, 2, 2) and lat.std is not None
+    dm = m.diffusion_model
+    assert (dm.prediction, dm.pixel_multiple, dm.latent_channels, dm.train_resolution) == ("eps", 8, 4, 512)
+    assert dm.sigmas is not None and not dm.flow_logit_normal
+
+
+# --- the flow branch (SD3 / Flux) -----------------------------------------------------------
+
+def test_flow_model_fields():
+    m = fake_comfy_model("flow")
+    dm = m.diffusion_model
+    assert dm.prediction == "flow" and dm.sigmas is None
+    assert dm.flow_shift == pytest.approx(math.exp(1.15)) and dm.flow_logit_normal
+    assert dm.pixel_multiple == 16  # VAE 8x times 2x2 patches
+    assert dm.latent_channels == 16 and dm.train_resolution == 1024
+    assert dm.name == "ComfyUI Flux (flow)"
+    (c, extra), = m.conditioning  # zero conditioning shaped from the unet config
+    assert c.shape == (1, 256, 8) and extra["pooled_output"].shape == (1, 4)
+
+
+def test_flow_encode_applies_the_latent_shift_and_scale():
+    m = fake_comfy_model("flow")
+    x = torch.rand(1, 3, 16, 16)
+    moments = m.vae.first_stage_model.encoder(x * 2 - 1)
+    lat = m.encode(x)
+    assert lat.mean.shape == (1, 16, 2, 2)
+    assert torch.allclose(lat.mean, (moments[:, :16] - 0.1159) * 0.3611, atol=1e-6)
+    assert torch.allclose(lat.std, torch.exp(0.5 * moments[:, 16:]) * 0.3611, atol=1e-6)
+
+
+def test_flow_loss_feeds_the_rectified_flow_input_and_is_the_velocity_loss():
+    m = fake_comfy_model("flow")
+    dm = m.diffusion_model
+    z = torch.randn(1, 16, 4, 4)
+    n = torch.randn(2, 16, 4, 4)
+    sigma = torch.tensor([0.3, 0.8])
+    loss = advdm.diffusion_loss(dm, z, sigma, n)
+    fed = m.seen[-1]
+    s = sigma.view(-1, 1, 1, 1)
+    assert torch.allclose(fed["x"], (1 - s) * z + s * n)  # x = (1 - sigma) z + sigma n
+    assert torch.equal(fed["sigma"], sigma)
+    assert fed["extra"] == ["guidance", "y"]
+    # the velocity loss ||v_hat - (n - z)||^2 with v_hat = (x - D) / sigma
+    with torch.no_grad():
+        d = m.denoise((1 - s) * z + s * n, sigma)
+        v_hat = ((1 - s) * z + s * n - d) / s
+        expected = (v_hat - (n - z)).pow(2).flatten(1).mean(1)
+    assert torch.allclose(loss, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_flow_protect_within_budget_and_sigmas_from_the_shifted_logit_normal():
+    m = fake_comfy_model("flow")
+    with torch.inference_mode():
+        x = image_ops.split_images(image_ops.to_8bit_grid(torch.rand(1, 24, 40, 3)))[0]
+        with torch.inference_mode(False), torch.enable_grad():
+            out = advdm.protect(m.diffusion_model, x, advdm.ProtectConfig(epsilon=4, steps=4, samples=2, seed=3))
+    assert out.shape == x.shape
+    assert ((out - x) * 255).round().abs().max() <= 4 and (out != x).any()
+    assert m.seen[-1]["x"].shape[-2:] == (4, 6)  # 24x40 padded to multiples of 16 -> 32x48 -> latent 4x6
+    sig = torch.cat([f["sigma"] for f in m.seen])
+    assert ((sig > 0) & (sig < 1)).all()
+
+
+def test_enter_sets_in_training_and_restores_it(monkeypatch):
+    """__enter__/__exit__ against a fake comfy.model_management: in_training is True during
+    the attack and restored after, also when setup fails."""
+    mm = types.ModuleType("comfy.model_management")
+    mm.in_training = False
+    mm.loads = []
+    mm.load_models_gpu = lambda models, force_full_load=False: mm.loads.append(force_full_load)
+    comfy = types.ModuleType("comfy")
+    comfy.model_management = mm
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    proto = fake_comfy_model("flow")
+    vae = proto.vae
+    vae.patcher = object()
+    base = fake_base(Flux, "Flux", "flow", 16, [], {"context_in_dim": 8, "vec_in_dim": 4})
+    base = _as_module(base)
+    m = cm.ComfyModel(Patcher(base, proto.model_sampling), vae, None)
+    with m as entered:
+        assert mm.in_training is True and mm.loads == [True]
+        assert entered.diffusion_model.prediction == "flow"
+        assert not torch.is_inference_mode_enabled()
+    assert mm.in_training is False
+    # a failure inside setup restores it too
+    bad = cm.ComfyModel(Patcher(base, proto.model_sampling), type("VAE", (), {"patcher": None})(), None)
+    with pytest.raises(AttributeError):
+        bad.__enter__()
+    assert mm.in_training is False
+    # unsupported families are refused before anything is loaded
+    edm = type("ModelSampling", (ModelSamplingDiscrete, EDM), {})()
+    with pytest.raises(cm.UnsupportedModel):
+        cm.ComfyModel(Patcher(base, edm), vae, None).__enter__()
+    assert mm.loads == [True, True] and mm.in_training is False
+
+
+def _as_module(obj):
+    """The fake base as an nn.Module (make_trainable_copies / frozen walk modules)."""
+    mod = type(type(obj).__name__, (torch.nn.Module,), {"apply_model": type(obj).apply_model})()
+    mod.latent_format, mod.model_config = obj.latent_format, obj.model_config
+    mod.diffusion_model = torch.nn.Conv2d(16, 16, 1)
+    mod.diffusion_model.patch_size = 2
+    return mod
 
 
 # --- image layout ----------------------------------------------------------------------
