@@ -12,6 +12,7 @@ from torch import Tensor
 from .attack import quantize
 from .draws import Draws
 from .model import DiffusionModel, diffusion_loss
+from .objectives import posterior_sample
 from .views import pad_to_multiple
 
 
@@ -47,7 +48,7 @@ def fixed_loss(model: DiffusionModel, image: Tensor, samples: int = 16, seed: in
     the same pairs (and encoder noise) for every image of the same size."""
     draws = Draws(model, seed)
     latent = model.encode(pad_to_multiple(image, model.pixel_multiple).to(model.device, model.dtype))
-    z = latent.sample(draws.normal(latent.mean.shape).to(latent.mean.dtype)) if latent.std is not None else latent.mean
+    z = posterior_sample(latent, draws)
     total = 0.0
     for start in range(0, samples, batch):
         k = min(batch, samples - start)
