@@ -1,0 +1,6 @@
+"""Automatic1111 / Forge host adapter of the advdm protection (the extension's scripts/ are thin).
+
+ldm_model imports nothing from the web UI (unit-tested against the real ldm classes);
+webui (host glue: model, progress, queue), ui (the Protect tab) and api (HTTP route)
+import the web UI's modules and only run inside it.
+"""

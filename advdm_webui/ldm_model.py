@@ -1,0 +1,203 @@
+"""The web UI's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL)
+as an advdm.DiffusionModel. Imports nothing from the web UI, so it is unit-tested against
+the real ldm classes without one.
+
+What it relies on (A1111 v1.10, see the project notes):
+- `alphas_cumprod` (SDXL: set by modules/sd_models_xl.extend_sdxl), `parameterization`
+  ('eps' | 'v' | 'x0'), `scale_factor`, `apply_model(x_in, t, cond)` with the scaled input
+  and the (float) timestep, `get_learned_conditioning(list_of_prompts)`;
+- `first_stage_model.encoder` + `quant_conv` give the posterior moments for ldm and sgm
+  autoencoders alike (`encode_first_stage` is @no_grad, and sgm's encode returns a sample).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from advdm import DiffusionModel, Latent, sigmas_from_alphas_cumprod
+
+
+class UnsupportedModel(ValueError):
+    """A one-line, user-facing reason why the loaded model cannot be used."""
+
+
+class Conditioning(list):
+    """A prompt batch that also carries the image size, which SDXL's conditioner reads."""
+
+    def __init__(self, prompts, width: int = 1024, height: int = 1024):
+        super().__init__(prompts)
+        self.width, self.height = width, height
+        self.is_negative_prompt = False
+
+
+def family(sd_model: Any) -> str:
+    if getattr(sd_model, "is_sd3", False):
+        raise UnsupportedModel("SD3 checkpoints are not supported in the web UI yet (use the ComfyUI nodes or the CLI)")
+    if getattr(sd_model, "is_sdxl", False) or hasattr(sd_model, "conditioner"):
+        return "SDXL"
+    if getattr(sd_model, "is_sd2", False):
+        return "SD2.x"
+    return "SD1.x"
+
+
+def prediction(sd_model: Any) -> str:
+    p = getattr(sd_model, "parameterization", "eps")
+    if p not in ("eps", "v"):
+        raise UnsupportedModel(f"{p!r}-prediction models are not supported (only eps and v)")
+    if getattr(sd_model, "first_stage_model", None) is None or not hasattr(sd_model, "apply_model"):
+        raise UnsupportedModel("this model has no first-stage VAE / apply_model the web UI adapter understands")
+    if getattr(sd_model, "alphas_cumprod", None) is None:
+        raise UnsupportedModel("this model has no alphas_cumprod schedule")
+    return p
+
+
+def posterior(first_stage_model: Any, pixels_pm1: Tensor):
+    """(mean, std) of the VAE posterior, differentiable (ldm and sgm AutoencoderKL)."""
+    moments = first_stage_model.quant_conv(first_stage_model.encoder(pixels_pm1))
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    logvar = torch.clamp(logvar, -30.0, 20.0)
+    return mean, torch.exp(0.5 * logvar)
+
+
+def sigma_to_t(sigma: Tensor, sigmas: Tensor) -> Tensor:
+    """Continuous timestep for sigma by interpolating log-sigma (k-diffusion's rule): exact
+    integers for sigmas on the schedule."""
+    log_sigmas = sigmas.log().to(sigma.device)
+    ls = sigma.float().clamp(min=1e-10).log()
+    dists = ls[:, None] - log_sigmas[None, :]
+    low = dists.ge(0).cumsum(dim=1).argmax(dim=1).clamp(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    lo, hi = log_sigmas[low], log_sigmas[high]
+    w = ((lo - ls) / (lo - hi)).clamp(0, 1)
+    return (1 - w) * low + w * high
+
+
+def unet_multiple(sd_model: Any) -> int:
+    """Latent sides must divide by 2**(number of UNet downsamplings): ldm's UNet concatenates
+    skip connections without resizing."""
+    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    if unet is None:
+        return 8
+    downs = sum(1 for m in unet.modules() if type(m).__name__ == "Downsample")
+    return 2 ** downs
+
+
+def _module_dtype(m: torch.nn.Module) -> torch.dtype:
+    for p in m.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _module_device(m: torch.nn.Module) -> torch.device:
+    for p in m.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def attack_mode(sd_model: Any, *, vae_fp32: bool = True) -> Iterator[None]:
+    """Gradients w.r.t. the image only (every parameter's requires_grad off, restored after),
+    the VAE in fp32 (cast back after), eval mode; the model is left as it was found."""
+    params = list(sd_model.parameters()) if isinstance(sd_model, torch.nn.Module) else []
+    flags = [p.requires_grad for p in params]
+    fsm = sd_model.first_stage_model
+    vae_dtype = _module_dtype(fsm)
+    training = [(m, m.training) for m in (sd_model, fsm) if isinstance(m, torch.nn.Module)]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        if vae_fp32 and vae_dtype != torch.float32:
+            fsm.float()
+        for m, _ in training:
+            m.eval()
+        yield
+    finally:
+        if vae_fp32 and vae_dtype != torch.float32:
+            fsm.to(vae_dtype)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        for m, was in training:
+            m.train(was)
+
+
+def learned_conditioning(sd_model: Any, prompt: str, width: int, height: int) -> Any:
+    with torch.no_grad():
+        c = sd_model.get_learned_conditioning(Conditioning([prompt], width, height))
+    if isinstance(c, dict):
+        return {k: v.detach() for k, v in c.items()}
+    return c.detach()
+
+
+class BatchedCond:
+    """The conditioning repeated to the batch size of each denoiser call (cached)."""
+
+    def __init__(self, cond: Any):
+        self.cond = cond
+        self._cache: Dict[int, Any] = {}
+
+    def __call__(self, batch: int) -> Any:
+        if batch not in self._cache:
+            c = self.cond
+            if isinstance(c, dict):
+                self._cache[batch] = {k: v.expand(batch, *v.shape[1:]) for k, v in c.items()}
+            else:
+                self._cache[batch] = c.expand(batch, *c.shape[1:])
+        return self._cache[batch]
+
+
+def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
+          before_encode: Optional[Callable[[], None]] = None,
+          recompute_encode: bool = False, name: str = "webui") -> DiffusionModel:
+    """A DiffusionModel over the loaded model. Use inside attack_mode(sd_model).
+
+    cond: from learned_conditioning (tensor for SD1/2, dict for SDXL).
+    before_encode: called before each VAE forward (the web UI's --medvram moves the VAE to
+    the GPU there). recompute_encode: run the encoder again during backward (checkpointing),
+    for hosts that move modules off the GPU between forward and backward (--medvram).
+    """
+    pred = prediction(sd_model)
+    fam = family(sd_model)
+    sigmas = sigmas_from_alphas_cumprod(sd_model.alphas_cumprod)
+    scale = float(getattr(sd_model, "scale_factor", 0.13025 if fam == "SDXL" else 0.18215))
+    fsm = sd_model.first_stage_model
+    if device is None:
+        device = _module_device(sd_model.model) if hasattr(sd_model, "model") else _module_device(fsm)
+    batched = BatchedCond(cond)
+
+    def _moments(pixels: Tensor):
+        if before_encode is not None:
+            before_encode()
+        x = pixels.to(device=_module_device(fsm), dtype=_module_dtype(fsm)) * 2 - 1
+        mean, std = posterior(fsm, x)
+        return mean.float() * scale, std.float() * scale
+
+    def encode(pixels: Tensor) -> Latent:
+        if recompute_encode and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            mean, std = checkpoint(_moments, pixels, use_reentrant=False)
+        else:
+            mean, std = _moments(pixels)
+        return Latent(mean, std)
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = sigma.to(x.device, torch.float32).reshape(-1)
+        if sigma.numel() == 1 and x.shape[0] > 1:
+            sigma = sigma.expand(x.shape[0])
+        s = sigma.view(-1, 1, 1, 1)
+        c_in = 1 / (s**2 + 1).sqrt()
+        t = sigma_to_t(sigma, sigmas).to(x.device)
+        out = sd_model.apply_model(x * c_in, t, batched(x.shape[0])).float()
+        if pred == "v":
+            return x / (s**2 + 1) - out * s / (s**2 + 1).sqrt()
+        return x - s * out
+
+    return DiffusionModel(
+        encode=encode, denoise=denoise, prediction=pred, sigmas=sigmas,
+        pixel_multiple=8 * unet_multiple(sd_model), train_resolution=1024 if fam == "SDXL" else (768 if pred == "v" else 512),
+        latent_channels=4, name=f"{name} {fam}{' v' if pred == 'v' else ''}",
+        device=torch.device(device), dtype=torch.float32,
+    )

@@ -1,0 +1,260 @@
+"""The A1111 / Forge adapter (advdm_webui) against the real ldm LatentDiffusion class,
+built from a tiny explicit config with seeded random weights (no download).
+
+Skipped when `ldm` is not importable. It comes from PyPI:
+    pip install --no-deps stable-diffusion-sdkit==2.1.5
+    pip install "pytorch_lightning<2" omegaconf einops "setuptools<81" pillow
+ldm imports torchvision.utils.make_grid at module level; where torchvision is missing (or
+does not import beside this torch) a stand-in module is used: nothing here calls it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ldm") is None, reason="ldm (stable-diffusion-sdkit) not installed")
+
+CONTEXT_DIM = 32
+
+
+def _import_ldm():
+    try:
+        import pytorch_lightning  # noqa: F401  (before any torchvision stand-in: it probes torchvision)
+    except Exception as e:  # pragma: no cover
+        pytest.skip(f"pytorch_lightning does not import: {e}")
+    try:
+        import torchvision.utils  # noqa: F401
+    except Exception:
+        tv = types.ModuleType("torchvision")
+        tvu = types.ModuleType("torchvision.utils")
+        tvu.make_grid = lambda *a, **k: None
+        tv.utils = tvu
+        sys.modules.setdefault("torchvision", tv)
+        sys.modules.setdefault("torchvision.utils", tvu)
+    from ldm.models.diffusion.ddpm import LatentDiffusion
+
+    return LatentDiffusion
+
+
+class TinyEmbedder(torch.nn.Module):
+    """Prompt -> a fixed (1, 4, CONTEXT_DIM) context, deterministic per prompt."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(8, CONTEXT_DIM, generator=torch.Generator().manual_seed(7)))
+
+    def encode(self, prompts):
+        rows = [self.table[[sum(map(ord, p)) % 8, (len(p) + 1) % 8, 3, 5]] for p in prompts]
+        return torch.stack(rows)
+
+
+def tiny_ldm(parameterization="eps", seed=0):
+    LatentDiffusion = _import_ldm()
+    torch.manual_seed(seed)
+    unet = {
+        "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+        "params": dict(image_size=8, in_channels=4, out_channels=4, model_channels=32,
+                       attention_resolutions=[2], num_res_blocks=1, channel_mult=[1, 2],
+                       num_head_channels=16, use_spatial_transformer=True, transformer_depth=1,
+                       context_dim=CONTEXT_DIM, use_checkpoint=False, legacy=False,
+                       use_linear_in_transformer=parameterization == "v"),
+    }
+    vae = {
+        "target": "ldm.models.autoencoder.AutoencoderKL",
+        "params": dict(embed_dim=4, lossconfig={"target": "torch.nn.Identity"},
+                       ddconfig=dict(double_z=True, z_channels=4, resolution=64, in_channels=3, out_ch=3,
+                                     ch=32, ch_mult=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[],
+                                     dropout=0.0)),
+    }
+    model = LatentDiffusion(
+        first_stage_config=vae, cond_stage_config={"target": "torch.nn.Identity"}, unet_config=unet,
+        linear_start=0.00085, linear_end=0.012, num_timesteps_cond=1, timesteps=1000,
+        first_stage_key="jpg", cond_stage_key="txt", image_size=8, channels=4,
+        cond_stage_trainable=False, conditioning_key="crossattn", scale_factor=0.18215,
+        use_ema=False, parameterization=parameterization,
+    )
+    model.cond_stage_model = TinyEmbedder()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["eps", "v"])
+def ldm_model(request):
+    return tiny_ldm(request.param)
+
+
+def _image(h=32, w=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 5, generator=g), size=(h, w), mode="bilinear")
+    return (x * 255).round() / 255
+
+
+def _snapshot(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}, {n: p.requires_grad for n, p in m.named_parameters()}
+
+
+def _build(m, prompt="a painting", h=32, w=48):
+    from advdm_webui import ldm_model
+
+    cond = ldm_model.learned_conditioning(m, prompt, w, h)
+    return ldm_model.build(m, cond)
+
+
+def test_family_and_prediction(ldm_model):
+    from advdm_webui import ldm_model as lm
+
+    assert lm.family(ldm_model) == "SD1.x"
+    assert lm.prediction(ldm_model) == ldm_model.parameterization
+
+
+def test_sigma_to_t_is_exact_on_the_schedule(ldm_model):
+    from advdm import sigmas_from_alphas_cumprod
+    from advdm_webui.ldm_model import sigma_to_t
+
+    sigmas = sigmas_from_alphas_cumprod(ldm_model.alphas_cumprod)
+    idx = torch.tensor([0, 1, 17, 500, 998, 999])
+    assert torch.allclose(sigma_to_t(sigmas[idx], sigmas), idx.float(), atol=1e-3)
+
+
+def test_denoise_matches_ldm_training_loss(ldm_model):
+    """w(sigma) * ||D - z||^2 through the adapter equals ldm's own p_losses target MSE."""
+    from advdm.model import diffusion_loss
+
+    m = ldm_model
+    model = _build(m)
+    x = _image()
+    with torch.no_grad():
+        lat = model.encode(x)
+        z = lat.mean
+        t = torch.tensor([10, 400, 900])
+        noise = torch.randn(3, *z.shape[1:], generator=torch.Generator().manual_seed(1))
+        ours = diffusion_loss(model, z, model.sigmas[t], noise)
+        # ldm's own definition (LatentDiffusion.p_losses without the logvar weighting)
+        zs = z.expand(3, -1, -1, -1)
+        x_noisy = m.q_sample(x_start=zs, t=t, noise=noise)
+        cond = m.get_learned_conditioning(["a painting"]).expand(3, -1, -1)
+        out = m.apply_model(x_noisy, t, cond)
+        target = noise if m.parameterization == "eps" else m.get_v(zs, noise, t)
+        theirs = (out - target).pow(2).flatten(1).mean(1)
+    assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-6), (ours, theirs)
+
+
+def test_encode_matches_ldm_posterior(ldm_model):
+    m = ldm_model
+    model = _build(m)
+    x = _image()
+    with torch.no_grad():
+        lat = model.encode(x)
+        post = m.first_stage_model.encode(x * 2 - 1)
+    assert torch.allclose(lat.mean, post.mean * m.scale_factor, atol=1e-5)
+    assert torch.allclose(lat.std, post.std * m.scale_factor, atol=1e-5)
+
+
+def test_protect_budget_and_model_left_as_it_was(ldm_model):
+    import advdm
+    from advdm_webui import ldm_model as lm
+
+    m = ldm_model
+    for p in m.model.parameters():  # as in the web UI: UNet parameters keep requires_grad=True
+        p.requires_grad_(True)
+    before, flags = _snapshot(m)
+    x = _image(40, 56)  # not a multiple of 8 on one side after padding checks
+    with lm.attack_mode(m):
+        assert not any(p.requires_grad for p in m.parameters())
+        model = _build(m, h=40, w=56)
+        steps = []
+        out = advdm.protect(model, x, advdm.ProtectConfig(steps=3, epsilon=8),
+                            progress=lambda s, n, cur: steps.append((s, n)))
+        for p in m.parameters():
+            assert p.grad is None
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert out.shape == x.shape
+    k = out * 255
+    assert torch.allclose(k, k.round(), atol=1e-4)
+    assert (k.round() - (x * 255).round()).abs().max() <= 8
+    assert (out != x).any()
+    after, flags_after = _snapshot(m)
+    assert flags_after == flags
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_progress_can_cancel(ldm_model):
+    import advdm
+    from advdm_webui import ldm_model as lm
+
+    class Stop(Exception):
+        pass
+
+    def progress(step, total, current):
+        if step == 2:
+            raise Stop
+
+    m = ldm_model
+    _, flags = _snapshot(m)
+    with pytest.raises(Stop):
+        with lm.attack_mode(m):
+            advdm.protect(_build(m), _image(), advdm.ProtectConfig(steps=10), progress=progress)
+    assert _snapshot(m)[1] == flags
+
+
+def test_fp16_vae_runs_fp32_for_the_attack_and_is_restored():
+    import advdm
+    from advdm_webui import ldm_model as lm
+
+    m = tiny_ldm("eps", seed=3)
+    m.first_stage_model.half()
+    before = {k: v.clone() for k, v in m.first_stage_model.state_dict().items()}
+    with lm.attack_mode(m):
+        assert next(m.first_stage_model.parameters()).dtype == torch.float32
+        out = advdm.protect(_build(m), _image(), advdm.ProtectConfig(steps=2))
+    assert next(m.first_stage_model.parameters()).dtype == torch.float16
+    after = m.first_stage_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)
+    assert out.dtype == torch.float32
+
+
+def test_recompute_encode_gives_the_same_gradient(ldm_model):
+    """--medvram path: the encoder is run again in backward; same gradient as without."""
+    from advdm.model import diffusion_loss
+    from advdm_webui import ldm_model as lm
+
+    m = ldm_model
+    cond = lm.learned_conditioning(m, "a painting", 48, 32)
+    calls = []
+    grads = []
+    with lm.attack_mode(m):
+        for recompute in (False, True):
+            model = lm.build(m, cond, recompute_encode=recompute, before_encode=lambda: calls.append(1))
+            x = _image().requires_grad_(True)
+            lat = model.encode(x)
+            noise = torch.randn(2, *lat.mean.shape[1:], generator=torch.Generator().manual_seed(2))
+            z = lat.sample(torch.randn(lat.mean.shape, generator=torch.Generator().manual_seed(3)))
+            loss = diffusion_loss(model, z, model.sigmas[torch.tensor([100, 700])], noise).sum()
+            grads.append(torch.autograd.grad(loss, x)[0])
+    assert len(calls) == 3  # once without, forward + recompute with
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_measure_runs(ldm_model):
+    import advdm
+    from advdm_webui import ldm_model as lm
+
+    m = ldm_model
+    x = _image()
+    with lm.attack_mode(m):
+        model = _build(m)
+        out = advdm.protect(model, x, advdm.ProtectConfig(steps=2))
+        d = advdm.measure(model, x, out, samples=2)
+    assert d["linf"] <= 16 + 1e-4
+    assert "diffusion loss" in advdm.format_measurement(d)
+
+
+def test_refuses_x0_models():
+    from advdm_webui import ldm_model as lm
+
+    m = types.SimpleNamespace(parameterization="x0", first_stage_model=object(), apply_model=None, alphas_cumprod=torch.ones(3))
+    with pytest.raises(lm.UnsupportedModel, match="x0"):
+        lm.prediction(m)
