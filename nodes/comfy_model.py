@@ -174,6 +174,51 @@ def ordinary(x: Any) -> Any:
     return x
 
 
+class AugmentedAssignOutOfPlace:
+    """While active (and grad is enabled), `x += y` (and -=, *=, /=) on tensors runs out of place.
+
+    Flux's transformer blocks update their residual stream with `img += ...` after a norm saved
+    it for backward, which makes the backward fail ("modified by an inplace operation"). Python
+    rebinds the name to whatever __iadd__ returns, so returning a new tensor is exact for an
+    augmented assignment. Explicit method calls (`t.add_(1)` as a statement) keep running in
+    place: the calling bytecode is checked, and only the augmented-assignment opcodes switch.
+    """
+
+    _OPS = {"add_": ("add", "+="), "sub_": ("sub", "-="), "mul_": ("mul", "*="), "div_": ("div", "/=")}
+
+    def __init__(self):
+        import dis
+        import sys
+
+        from torch.overrides import TorchFunctionMode
+
+        self._sys = sys
+        binary_op = dis.opmap.get("BINARY_OP")  # Python 3.11+
+        nb_ops = getattr(dis, "_nb_ops", None)
+        table = {getattr(Tensor, k): (getattr(Tensor, v), sym) for k, (v, sym) in self._OPS.items()}
+        outer = self
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                hit = table.get(func)
+                if hit is not None and torch.is_grad_enabled() and binary_op is not None and nb_ops:
+                    frame = outer._sys._getframe(1)
+                    code, i = frame.f_code.co_code, frame.f_lasti
+                    if i + 1 < len(code) and code[i] == binary_op and nb_ops[code[i + 1]][1] == hit[1]:
+                        return hit[0](*args, **kwargs)
+                return func(*args, **kwargs)
+
+        self._mode = _Mode()
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
 # ---------------------------------------------------------------------------------------
 # Conditioning
 
@@ -332,6 +377,8 @@ class ComfyModel:
             self.copied = make_trainable_copies([base, fsm])
             stack.enter_context(frozen([base, fsm]))
             self._setup(base, model_sampling)
+            if self.family == "Flux":
+                stack.enter_context(AugmentedAssignOutOfPlace())
         except BaseException:
             stack.close()
             raise

@@ -521,3 +521,28 @@ def test_workflow_inputs_match_node_signatures():
         for node in json.loads(path.read_text()).values():
             if node["class_type"] in sigs:
                 assert set(node["inputs"]) <= sigs[node["class_type"]]
+
+
+def test_augmented_assignment_runs_out_of_place_for_backward():
+    """Flux's blocks do `x += f(norm(x))`; under the guard the backward works and is exact,
+    while explicit in-place calls keep their in-place effect."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(4)
+
+    def block(x):
+        y = norm(x) * 2
+        x += y
+        z = torch.zeros(2, 4)
+        z.add_(1.0)  # a statement: must stay in place
+        return x + z
+
+    x0 = torch.randn(2, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        block(x0 * 1).sum().backward()
+    with cm.AugmentedAssignOutOfPlace():
+        out = block(x0 * 1)
+        out.sum().backward()
+    x1 = x0.detach().clone().requires_grad_(True)
+    ref = x1 + norm(x1) * 2 + 1
+    ref.sum().backward()
+    assert torch.allclose(out, ref) and torch.allclose(x0.grad, x1.grad)

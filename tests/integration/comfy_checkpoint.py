@@ -1,6 +1,18 @@
-"""Write a random-weight, seeded SD1.5-shaped checkpoint for ComfyUI integration tests.
+"""Write random-weight, seeded checkpoints for ComfyUI integration tests.
 
-    python tests/integration/comfy_checkpoint.py OUT.safetensors [--seed 0]
+    python tests/integration/comfy_checkpoint.py OUT.safetensors [--family sd15] [--seed 0]
+
+Families: sd15 (full SD1.5 shapes, ~2 GB); and reduced-size checkpoints in the original key
+layouts that ComfyUI's model detection still classifies as the real family (it reads
+channel counts and block depths from the keys, see comfy/model_detection.py):
+  sdxl       SDXL UNet (model_channels 320, context 2048, adm 2816, input transformer depths
+             [0,0,2,2,10,10] -> supported_models.SDXL, EPS) with channel_mult [1,1,1] and
+             shallow output blocks; SDXL VAE; no text encoders (~240M parameters, 490 MB);
+  sdxl_edm   the same plus edm_mean/edm_std keys: ComfyUI takes it for Playground v2.5,
+             an EDM model (the unsupported-model test);
+  flux       Flux.1-dev layout (guidance_in, vector_in 768) with hidden size 128 (one head of
+             the real 16/56/56 RoPE axes), one double and one single block, a 64-wide
+             txt_in, and a 16-channel Flux-shaped VAE (~85M parameters, 170 MB).
 
 Run it with ComfyUI's interpreter and ComfyUI on the path (COMFYUI_DIR): the tensor shapes
 come from ComfyUI's own model classes, built on the meta device (no memory), and the file
@@ -40,8 +52,28 @@ SD15_VAE = dict(
 )
 
 
-def shapes() -> dict[str, tuple]:
-    """Key -> shape of every tensor of an SD1.5 checkpoint, in the ldm layout."""
+# Reduced SDXL: what detection needs to classify it as supported_models.SDXL (see docstring).
+SDXL_TINY_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    channel_mult=[1, 1, 1], transformer_depth=[0, 0, 2, 2, 10, 10],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
+    num_heads=-1, num_head_channels=64, use_spatial_transformer=True, context_dim=2048,
+    use_checkpoint=False, legacy=False, use_linear_in_transformer=True, adm_in_channels=2816,
+    num_classes="sequential", use_temporal_attention=False, use_temporal_resblock=False,
+)
+FLUX_TINY = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=64,
+    hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1,
+    axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+    txt_ids_dims=[],
+)
+FAMILIES = ("sd15", "sdxl", "sdxl_edm", "flux")
+
+
+def shapes(family: str = "sd15") -> dict[str, tuple]:
+    """Key -> shape of every tensor of the family's checkpoint, in its original layout."""
+    if family != "sd15":
+        return _reduced_shapes(family)
     _comfy_on_path()
     import torch
     import comfy.cli_args
@@ -72,9 +104,51 @@ def shapes() -> dict[str, tuple]:
     return out
 
 
+def _reduced_shapes(family: str) -> dict[str, tuple]:
+    _comfy_on_path()
+    import torch
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine
+
+    ops = comfy.ops.disable_weight_init
+    meta = torch.device("meta")
+    out: dict[str, tuple] = {}
+    if family in ("sdxl", "sdxl_edm"):
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        unet = UNetModel(**dict(SDXL_TINY_UNET), device=meta, operations=ops)
+        out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in unet.state_dict().items()})
+        with torch.device(meta):
+            vae = AutoencoderKL(ddconfig=dict(SD15_VAE), embed_dim=4)
+        out.update({"first_stage_model." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+        if family == "sdxl_edm":
+            out["edm_mean"] = (1, 4, 1, 1)
+            out["edm_std"] = (1, 4, 1, 1)
+    elif family == "flux":
+        from comfy.ldm.flux.model import Flux
+
+        dit = Flux(**dict(FLUX_TINY), device=meta, operations=ops, dtype=torch.float32)
+        out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in dit.state_dict().items()})
+        ddconfig = dict(SD15_VAE, z_channels=16)
+        with torch.device(meta):
+            vae = AutoencodingEngine(
+                regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+                encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
+        out.update({"vae." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+    else:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    return out
+
+
 def random_tensor(key: str, shape: tuple, gen):
     import torch
 
+    if key in ("edm_mean", "edm_std"):
+        return torch.zeros(shape) if key == "edm_mean" else torch.ones(shape)
     if key.endswith("position_ids"):
         return torch.arange(shape[-1]).view(shape).float()
     if key.endswith("bias") or len(shape) == 0:
@@ -87,7 +161,7 @@ def random_tensor(key: str, shape: tuple, gen):
     return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
 
 
-def write(path: str, seed: int = 0) -> str:
+def write(path: str, seed: int = 0, family: str = "sd15") -> str:
     if os.path.exists(path):
         print(f"{path} exists, left alone")
         return path
@@ -96,12 +170,12 @@ def write(path: str, seed: int = 0) -> str:
 
     gen = torch.Generator().manual_seed(seed)
     sd = {}
-    for key, shape in sorted(shapes().items()):
+    for key, shape in sorted(shapes(family).items()):
         t = random_tensor(key, shape, gen)
         sd[key] = t.to(torch.int64) if key.endswith("position_ids") else t.to(torch.float16)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".partial"
-    save_file(sd, tmp, metadata={"note": f"random weights, seed {seed}, SD1.5 shapes; for tests only"})
+    save_file(sd, tmp, metadata={"note": f"random weights, seed {seed}, {family} shapes; for tests only"})
     os.replace(tmp, path)
     n = sum(t.numel() for t in sd.values())
     print(f"wrote {path}: {len(sd)} tensors, {n / 1e6:.0f}M parameters")
@@ -112,5 +186,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", choices=FAMILIES, default="sd15")
     a = ap.parse_args()
-    write(a.out, a.seed)
+    write(a.out, a.seed, a.family)

@@ -7,10 +7,15 @@ links this repository into COMFYUI_DIR/custom_nodes for the run, starts the serv
 127.0.0.1 (free port, temp input/output dirs and database), then runs every workflow in
 workflows/ with the checkpoint substituted and the step counts cut down, checks the saved
 PNGs (size, budget on the 8-bit file), runs a KSampler afterwards in the same server, and
-checks that POST /interrupt stops a long protection run.
+checks that POST /interrupt stops a long protection run. Then the other families, with
+reduced-size random checkpoints that ComfyUI's model detection still classifies as the real
+family (comfy_checkpoint.py): SDXL and Flux.1 protect through the Protect node (budget held on
+the saved PNG), and an EDM model (SDXL layout + edm_mean/edm_std, which ComfyUI loads as
+Playground v2.5) is refused with a one-line node error.
 
 Environment: COMFYUI_DIR (required), COMFYUI_PYTHON (default: this interpreter),
-ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the ~2 GB checkpoint.
+ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the checkpoints (~2 GB SD1.5, ~0.5 GB
+each reduced SDXL, 0.2 GB reduced Flux).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a Co
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CKPT_NAME = "advdm_random_sd15.safetensors"
+FAMILY_CKPTS = {f: f"advdm_random_{f}.safetensors" for f in ("sdxl", "sdxl_edm", "flux")}
 EPSILON = 16
 
 
@@ -119,10 +125,11 @@ def comfy():
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     cache = Path(os.environ.get("ADVDM_TEST_CACHE", Path.home() / ".cache" / "advdm-tests"))
     ckpt_dir = cache / "checkpoints"
-    ckpt = ckpt_dir / CKPT_NAME
-    if not ckpt.exists():
-        subprocess.run([python, str(REPO / "tests" / "integration" / "comfy_checkpoint.py"), str(ckpt)],
-                       check=True, env={**os.environ, "COMFYUI_DIR": str(comfy_dir)})
+    for family, name in [("sd15", CKPT_NAME), *FAMILY_CKPTS.items()]:
+        ckpt = ckpt_dir / name
+        if not ckpt.exists():
+            subprocess.run([python, str(REPO / "tests" / "integration" / "comfy_checkpoint.py"), str(ckpt),
+                            "--family", family], check=True, env={**os.environ, "COMFYUI_DIR": str(comfy_dir)})
 
     tmp = Path(tempfile.mkdtemp(prefix="advdm-comfy-"))
     dirs = {k: tmp / k for k in ("input", "output", "temp", "user")}
@@ -314,3 +321,49 @@ def test_interrupt_stops_long_protect(comfy):
     assert stopped < 30
     # and the server still samples afterwards
     comfy.run(txt2img(seed=5))
+
+
+# ---------------------------------------------------------------------------------------
+# Other model families (reduced random checkpoints detected as the real family)
+
+
+def protect_graph(ckpt: str, image: str, steps=3, seed=0, epsilon=EPSILON, prefix="advdm_family") -> dict:
+    """Checkpoint -> Protect (no conditioning: the family's zero conditioning) -> SaveImage."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "3": {"class_type": "AdvDMProtect", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "image": ["2", 0], "method": "advdm", "epsilon": epsilon,
+            "steps": steps, "step_size": 1.0, "samples": 1, "t_min": 0.0, "t_max": 1.0, "seed": seed}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
+    }
+
+
+@pytest.mark.parametrize("family,model_name", [("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)")])
+def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
+    h, w = 40, 56  # not multiples of 16: the flow models' 2x2 patches need padding
+    src = artwork(h, w, 10)
+    name = comfy.upload(f"advdm_{family}.png", src)
+    t0 = time.time()
+    entry = comfy.run(protect_graph(FAMILY_CKPTS[family], name, prefix=f"advdm_{family}"))
+    saved = load_png(comfy.output_file(entry, "4"))
+    diff = np.abs(saved - src)
+    print(f"{family}: {time.time() - t0:.1f} s, saved {saved.shape}, max |saved - input| = {diff.max()}/255, "
+          f"changed {np.mean(diff > 0):.2%}")
+    assert saved.shape == src.shape
+    assert 0 < diff.max() <= EPSILON
+    log = comfy.log_tail(400)
+    assert model_name in log, f"the node did not run on {model_name}:\n{comfy.log_tail(30)}"
+
+
+def test_unsupported_model_is_refused_in_one_line(comfy):
+    name = comfy.upload("advdm_edm.png", artwork(32, 32, 11))
+    entry = comfy.wait(comfy.submit(protect_graph(FAMILY_CKPTS["sdxl_edm"], name)), 600)
+    assert entry["status"]["status_str"] == "error"
+    (err,) = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    shown = {k: err.get(k) for k in ("node_type", "exception_type", "exception_message")}
+    print("EDM model, /history execution_error:", json.dumps(shown))
+    print("  (the traceback field ComfyUI adds has", len(err.get("traceback", [])), "lines)")
+    assert err["node_type"] == "AdvDMProtect"
+    msg = err["exception_message"].strip()
+    assert "\n" not in msg and "EDM" in msg and "not supported" in msg
