@@ -1,0 +1,189 @@
+"""POST /advdm/v1/protect: images (base64) or a folder inside the configured input folder
+-> protected PNGs (base64) + measurements. Registered only with --api (like /sdapi) and
+guarded by --api-auth exactly as modules/api/api.py does it. Only imported inside the web UI."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import secrets
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, Field
+
+import advdm
+from advdm import images as advdm_images
+
+from modules import shared  # noqa: E402
+
+ROUTE = "/advdm/v1/protect"
+
+
+class ProtectRequest(BaseModel):
+    images: List[str] = Field(default_factory=list, description="base64 image files (a data: URL prefix is allowed)")
+    names: List[str] = Field(default_factory=list, description="optional file names, one per image")
+    input_folder: Optional[str] = Field(None, description="folder mode: a subfolder of the configured input folder")
+    output_folder: Optional[str] = Field(None, description="save into this subfolder of the configured output folder")
+    return_images: bool = True
+    preset: Optional[str] = Field(None, description="fast | balanced | strong; explicit fields override it")
+    method: str = "advdm"
+    epsilon: Optional[float] = None
+    step_size: Optional[float] = None
+    steps: Optional[int] = None
+    samples: Optional[int] = None
+    t_min: Optional[float] = None
+    t_max: Optional[float] = None
+    seed: int = 0
+    view: Optional[str] = None
+    prompt: str = "a painting"
+    measure: bool = True
+    measure_samples: int = 8
+
+
+class ProtectedImage(BaseModel):
+    name: str
+    image: Optional[str] = None
+    path: Optional[str] = None
+    measurement: Optional[Dict[str, float]] = None
+    summary: Optional[str] = None
+
+
+class ProtectResponse(BaseModel):
+    images: List[ProtectedImage]
+    config: dict
+    interrupted: bool = False
+
+
+def make_config(req: ProtectRequest) -> advdm.ProtectConfig:
+    kwargs = dict(advdm.PRESETS[req.preset]) if req.preset else {}
+    for k in ("epsilon", "step_size", "steps", "samples", "t_min", "t_max", "view"):
+        v = getattr(req, k)
+        if v is not None:
+            kwargs[k] = v
+    return advdm.ProtectConfig(method=req.method, seed=req.seed, **kwargs)
+
+
+def _auth_dependency():
+    if not getattr(shared.cmd_opts, "api_auth", None):
+        return []
+    credentials = {}
+    for item in shared.cmd_opts.api_auth.split(","):
+        user, password = item.split(":")
+        credentials[user] = password
+
+    def auth(c: HTTPBasicCredentials = Depends(HTTPBasic())):
+        if c.username in credentials and secrets.compare_digest(c.password, credentials[c.username]):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return [Depends(auth)]
+
+
+def _subfolder(root: Path, sub: Optional[str], what: str) -> Path:
+    from advdm_webui.webui import inside
+
+    root = root.resolve()
+    p = (root / (sub or "")).resolve()
+    if Path(sub or "").is_absolute() or not inside(p, root):
+        raise HTTPException(status_code=400, detail=f"{what} must be a subfolder of the configured folder")
+    return p
+
+
+def _decode(data: str, name: str):
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        raise HTTPException(status_code=400, detail=f"{name}: not valid base64") from None
+    try:
+        return advdm_images.load_image_bytes(raw, name)
+    except advdm_images.ImageError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+
+
+def protect_endpoint(req: ProtectRequest) -> ProtectResponse:
+    from modules.call_queue import queue_lock
+
+    from advdm_webui import webui
+
+    try:
+        config = make_config(req)
+    except (ValueError, TypeError) as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    if bool(req.images) == bool(req.input_folder):
+        raise HTTPException(status_code=400, detail="give either images or input_folder")
+
+    if req.input_folder is not None:
+        folder = _subfolder(webui.default_input_dir(), req.input_folder, "input_folder")
+        if not folder.is_dir():
+            raise HTTPException(status_code=404, detail="input_folder does not exist")
+        root = webui.default_input_dir()
+        files = [p for p in webui.image_files(folder) if webui.inside(p, root)]
+        loaded, names = [], []
+        for p in files:
+            try:
+                loaded.append(advdm_images.load_image(p))
+                names.append(p.stem)
+            except advdm_images.ImageError as e:
+                raise HTTPException(status_code=400, detail=f"{p.name}: {str(e).split(': ', 1)[-1]}") from None
+    else:
+        names = [Path(n).stem for n in req.names] + [f"image{i:03d}" for i in range(len(req.names), len(req.images))]
+        loaded = [_decode(d, n) for d, n in zip(req.images, names)]
+
+    out_dir = None
+    if req.output_folder is not None or req.input_folder is not None:
+        out_dir = _subfolder(webui.default_output_dir(), req.output_folder, "output_folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    items: List[ProtectedImage] = []
+    metadata = None
+
+    def on_result(i, im, r):
+        entry = ProtectedImage(name=names[i])
+        if out_dir is not None:
+            path = _free_name(out_dir, names[i])
+            im.save(path, r["protected"], metadata=metadata)
+            entry.path = str(path)
+        if req.return_images:
+            png = advdm_images.png_bytes(r["protected"], im.alpha, im.levels, metadata, im.icc_profile)
+            entry.image = base64.b64encode(png).decode("ascii")
+        if r["measurement"] is not None:
+            entry.measurement = {k: float(v) for k, v in r["measurement"].items()}
+            entry.summary = advdm.format_measurement(r["measurement"])
+        items.append(entry)
+
+    interrupted = False
+    with queue_lock:
+        shared.state.begin(job="advdm_protect")
+        try:
+            metadata = webui.png_metadata(config, req.prompt)
+            webui.protect_images(loaded, config, prompt=req.prompt, measure=req.measure,
+                                 measure_samples=req.measure_samples, on_result=on_result)
+        except webui.Interrupted:
+            interrupted = True
+        except webui.UnsupportedModel as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
+        finally:
+            shared.state.end()
+    return ProtectResponse(images=items, config={**config.as_dict(), "prompt": req.prompt}, interrupted=interrupted)
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    p = folder / f"{stem}_protected.png"
+    n = 1
+    while p.exists():
+        p = folder / f"{stem}_protected-{n}.png"
+        n += 1
+    return p
+
+
+def register(app: FastAPI) -> None:
+    if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
+        return
+    app.add_api_route(ROUTE, protect_endpoint, methods=["POST"], response_model=ProtectResponse,
+                      dependencies=_auth_dependency())

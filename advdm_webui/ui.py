@@ -1,0 +1,167 @@
+"""The "Protect" tab (Gradio 3.41 in A1111; written to also build on Forge's Gradio 4).
+Only imported inside the web UI."""
+from __future__ import annotations
+
+import html
+import io
+import os
+from pathlib import Path
+
+import gradio as gr
+
+import advdm
+from advdm import images as advdm_images
+
+from modules import call_queue, shared  # noqa: E402
+
+METHODS = ["advdm", "mist", "photoguard", "sds"]
+VIEWS = ["auto", "full", "train", "tiled"]
+PRESET_NAMES = ["custom"] + list(advdm.PRESETS)
+GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
+
+# Progress bar + task id, like A1111's own submit(): the first input is the hidden task id.
+SUBMIT_JS = """
+function() {
+    var id = randomId();
+    requestProgress(id, gradioApp().getElementById('advdm_progress'), null, function() {});
+    var args = Array.from(arguments);
+    args[0] = id;
+    return args;
+}
+"""
+
+
+def _js_kw(js: str) -> dict:
+    return {"js": js} if GRADIO4 else {"_js": js}
+
+
+def _pil_to_loaded(pil, name: str):
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return advdm_images.load_image_bytes(buf.getvalue(), name)
+
+
+def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view):
+    return advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size), steps=int(steps),
+                               samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view)
+
+
+def run(id_task, mode, image, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
+        seed, view, prompt, do_measure, measure_samples):
+    """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
+    from advdm_webui import webui
+
+    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view)
+    out_dir = Path(output_dir.strip()) if output_dir and output_dir.strip() else webui.default_output_dir()
+    if mode == "Single image":
+        if image is None:
+            raise ValueError("drop an image first")
+        items = [_pil_to_loaded(image, "image")]
+        names = ["image"]
+    else:
+        folder = Path((input_dir or "").strip())
+        if not folder.is_dir():
+            raise ValueError(f"input folder not found: {folder}")
+        files = webui.image_files(folder)
+        if not files:
+            raise ValueError(f"no images in {folder}")
+        items, names = [], []
+        for p in files:
+            items.append(advdm_images.load_image(p))
+            names.append(p.stem)
+        if webui.inside(out_dir, folder) and out_dir.resolve() == folder.resolve():
+            raise ValueError("choose an output folder other than the input folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = webui.png_metadata(config, prompt)
+    saved, gallery, reports = [], [], []
+
+    def on_result(i, im, r):
+        path = out_dir / f"{names[i]}_protected.png"
+        n = 1
+        while path.exists():
+            path = out_dir / f"{names[i]}_protected-{n}.png"
+            n += 1
+        im.save(path, r["protected"], metadata=metadata)
+        saved.append(str(path))
+        if len(gallery) < 30:
+            gallery.extend([(webui.to_pil(im.rgb), f"{names[i]}: before"),
+                            (webui.to_pil(r["protected"]), f"{names[i]}: after"),
+                            (webui.difference_image(im.rgb, r["protected"], config.epsilon),
+                             f"{names[i]}: difference (x{255 / config.epsilon:.0f})")])
+        text = advdm.format_measurement(r["measurement"]) if r["measurement"] else ""
+        reports.append(f"<p><b>{html.escape(path.name)}</b><br>{html.escape(text).replace(chr(10), '<br>')}</p>")
+
+    status = ""
+    try:
+        webui.protect_images(items, config, prompt=prompt, measure=bool(do_measure),
+                             measure_samples=int(measure_samples), on_result=on_result)
+    except webui.Interrupted:
+        status = f"<p>Interrupted: {len(saved)} of {len(items)} image(s) finished and saved.</p>"
+    except webui.UnsupportedModel as e:
+        return gallery, f"<div class='error'>{html.escape(str(e))}</div>"
+    summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
+               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps).</p>")
+    return gallery, status + summary + "".join(reports)
+
+
+def on_ui_tabs():
+    from advdm_webui import webui
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Row():
+            with gr.Column(scale=1):
+                mode = gr.Radio(["Single image", "Batch folder"], value="Single image", label="Mode")
+                image = gr.Image(label="Image", type="pil", image_mode="RGBA", elem_id="advdm_image")
+                input_dir = gr.Textbox(label="Input folder (batch)", placeholder="/path/to/artworks")
+                output_dir = gr.Textbox(label="Output folder", placeholder=str(webui.default_output_dir()))
+                with gr.Row():
+                    preset = gr.Dropdown(PRESET_NAMES, value="balanced", label="Preset")
+                    method = gr.Dropdown(METHODS, value="advdm", label="Method")
+                balanced = advdm.PRESETS["balanced"]
+                epsilon = gr.Slider(1, 32, value=balanced["epsilon"], step=1, label="Budget epsilon (/255)")
+                step_size = gr.Slider(0.25, 4, value=balanced["step_size"], step=0.25, label="Step size (/255)")
+                steps = gr.Slider(0, 500, value=balanced["steps"], step=1, label="Steps")
+                samples = gr.Slider(1, 8, value=balanced["samples"], step=1, label="Noise samples per step")
+                with gr.Row():
+                    t_min = gr.Slider(0, 1, value=0.0, step=0.01, label="t min")
+                    t_max = gr.Slider(0, 1, value=1.0, step=0.01, label="t max")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    view = gr.Dropdown(VIEWS, value="auto", label="View")
+                prompt = gr.Textbox(value="a painting", label="Conditioning prompt")
+                with gr.Row():
+                    do_measure = gr.Checkbox(value=True, label="Measure protection")
+                    measure_samples = gr.Slider(1, 32, value=8, step=1, label="Measurement samples")
+                with gr.Row():
+                    go = gr.Button("Protect", variant="primary", elem_id="advdm_protect")
+                    stop = gr.Button("Interrupt", elem_id="advdm_interrupt")
+                id_task = gr.Textbox(visible=False)
+            with gr.Column(scale=1, elem_id="advdm_progress"):
+                gallery = gr.Gallery(label="Before / after / difference", elem_id="advdm_gallery", columns=3)
+                info = gr.HTML(elem_id="advdm_info")
+
+        def apply_preset(name):
+            if name not in advdm.PRESETS:
+                return [gr.update()] * 4
+            p = advdm.PRESETS[name]
+            return [gr.update(value=p["epsilon"]), gr.update(value=p["step_size"]),
+                    gr.update(value=p["steps"]), gr.update(value=p["samples"])]
+
+        preset.change(apply_preset, inputs=[preset], outputs=[epsilon, step_size, steps, samples])
+        stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
+        go.click(
+            fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
+            inputs=[id_task, mode, image, input_dir, output_dir, method, epsilon, step_size, steps, samples,
+                    t_min, t_max, seed, view, prompt, do_measure, measure_samples],
+            outputs=[gallery, info],
+            **_js_kw(SUBMIT_JS),
+        )
+    return [(tab, "Protect", "advdm_protect_tab")]
+
+
+def on_ui_settings():
+    section = ("advdm", "AdvDM protection")
+    shared.opts.add_option("advdm_output_dir", shared.OptionInfo(
+        "", "Protected images folder (empty: outputs/advdm); the API saves only under it", section=section))
+    shared.opts.add_option("advdm_input_dir", shared.OptionInfo(
+        "", "Folder the API's folder mode may read from (empty: outputs/advdm-input)", section=section))

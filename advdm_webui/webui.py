@@ -1,0 +1,219 @@
+"""Host glue for Automatic1111 (v1.10) and a clear refusal on Forge: the loaded checkpoint,
+attention switch, --medvram / --lowvram, progress through shared.state, the queue lock.
+Only imported inside the web UI."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import torch
+
+import advdm
+from advdm_webui import ldm_model
+
+from modules import devices, shared  # noqa: E402  (the web UI's modules)
+
+BACKWARD_SAFE_ATTENTION = ("sdp-no-mem", "sdp", "Doggettx", "sub-quadratic", "V1", "InvokeAI")
+PREVIEW_EVERY = 5  # steps between live previews
+
+
+class Interrupted(Exception):
+    """The user pressed Interrupt (or /sdapi/v1/interrupt was called)."""
+
+
+UnsupportedModel = ldm_model.UnsupportedModel
+
+
+def is_forge() -> bool:
+    sd_model = getattr(shared, "sd_model", None)
+    return getattr(sd_model, "forge_objects", None) is not None or _has_module("backend") and _has_module("modules_forge")
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def check_supported() -> None:
+    if is_forge():
+        raise UnsupportedModel(
+            "Forge is not supported by this extension yet: its models are ComfyUI-style patchers "
+            "(forge_objects). Use the advdm ComfyUI nodes or the command line `python -m advdm` meanwhile.")
+    if getattr(shared.cmd_opts, "lowvram", False):
+        raise UnsupportedModel(
+            "--lowvram splits the UNet across devices during every forward pass, which breaks the backward "
+            "pass the protection needs. Restart the web UI without --lowvram (--medvram works).")
+
+
+def _medvram(sd_model: Any) -> bool:
+    from modules import lowvram
+
+    return bool(getattr(sd_model, "lowvram", False)) and lowvram.is_enabled(sd_model)
+
+
+def _vae_to_gpu(sd_model: Any) -> Callable[[], None]:
+    """--medvram keeps one of VAE / text encoder / UNet on the GPU, moved in forward hooks;
+    the attack calls the VAE's encoder directly, so move it the same way first."""
+    from modules import lowvram
+
+    def move():
+        fsm = sd_model.first_stage_model
+        if lowvram.module_in_gpu is not fsm:
+            if lowvram.module_in_gpu is not None:
+                lowvram.module_in_gpu.to(lowvram.cpu)
+            fsm.to(devices.device)
+            lowvram.module_in_gpu = fsm
+
+    return move
+
+
+@contextlib.contextmanager
+def backward_safe_attention():
+    """xformers' attention may have no backward: switch to SDP (or another optimisation that
+    supports it) for the attack and restore the user's choice after."""
+    from modules import sd_hijack
+
+    current = getattr(sd_hijack.model_hijack, "optimization_method", None) or ""
+    if not current.lower().startswith("xformers"):
+        yield
+        return
+    available = {o.name: o for o in getattr(sd_hijack, "optimizers", [])}
+    replacement = next((available[n] for n in BACKWARD_SAFE_ATTENTION if n in available), None)
+    sd_hijack.model_hijack.apply_optimizations(replacement.title() if replacement else "None")
+    try:
+        yield
+    finally:
+        previous = available.get(current)
+        sd_hijack.model_hijack.apply_optimizations(previous.title() if previous else "Automatic")
+
+
+@contextlib.contextmanager
+def loaded_model(prompt: str, width: int, height: int):
+    """The loaded checkpoint as an advdm.DiffusionModel, with the web UI's model put back
+    exactly as it was afterwards. Call with the queue lock held."""
+    check_supported()
+    sd_model = shared.sd_model
+    if sd_model is None:
+        raise UnsupportedModel("no checkpoint is loaded: choose one in the checkpoint menu first")
+    ldm_model.prediction(sd_model)
+    medvram = _medvram(sd_model)
+    cond = ldm_model.learned_conditioning(sd_model, prompt, width, height)
+    with backward_safe_attention(), ldm_model.attack_mode(sd_model):
+        model = ldm_model.build(
+            sd_model, cond, device=devices.device,
+            before_encode=_vae_to_gpu(sd_model) if medvram else None,
+            recompute_encode=medvram, name=shared.sd_model.sd_checkpoint_info.name_for_extra
+            if getattr(sd_model, "sd_checkpoint_info", None) else "webui")
+        yield model
+    devices.torch_gc()
+
+
+def progress_callback(job_no: int, preview: bool = True) -> Callable[[int, int, torch.Tensor], None]:
+    state = shared.state
+
+    def progress(step: int, total: int, current: torch.Tensor) -> None:
+        if state.interrupted or getattr(state, "stopping_generation", False):
+            raise Interrupted("interrupted")
+        state.job_no = job_no
+        state.sampling_steps = total
+        state.sampling_step = step
+        if preview and shared.opts.live_previews_enable and (step % PREVIEW_EVERY == 0 or step == total):
+            state.assign_current_image(to_pil(current))
+
+    return progress
+
+
+def to_pil(x: torch.Tensor):
+    from PIL import Image
+
+    a = (x[0].detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(a, "RGB")
+
+
+def difference_image(original: torch.Tensor, protected: torch.Tensor, epsilon: float):
+    """|protected - original| stretched so the budget is full white."""
+    d = (protected.float() - original.float()).abs() * 255 / max(epsilon, 1e-6)
+    return to_pil(d.clamp(0, 1))
+
+
+def default_output_dir() -> Path:
+    d = getattr(shared.opts, "advdm_output_dir", "") or os.path.join(_outputs_root(), "advdm")
+    return Path(d)
+
+
+def default_input_dir() -> Path:
+    d = getattr(shared.opts, "advdm_input_dir", "") or os.path.join(_outputs_root(), "advdm-input")
+    return Path(d)
+
+
+def _outputs_root() -> str:
+    from modules import paths_internal
+
+    return os.path.join(paths_internal.data_path, "outputs")
+
+
+def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.ProtectConfig, *,
+                job_no: int = 0, measure: bool = True, measure_samples: int = 8, levels: int = 255) -> dict:
+    shared.state.textinfo = f"Protecting image {job_no + 1}/{max(shared.state.job_count, 1)} ({config.method})"
+    out = advdm.protect(model, rgb, config, progress=progress_callback(job_no), levels=levels)
+    result = {"protected": out, "measurement": None}
+    if measure:
+        if shared.state.interrupted:
+            raise Interrupted("interrupted")
+        shared.state.textinfo = f"Measuring image {job_no + 1}"
+        result["measurement"] = advdm.measure(model, rgb, out, samples=measure_samples, seed=config.seed)
+    return result
+
+
+def image_files(folder: Path) -> List[Path]:
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True if path (after resolving symlinks and ..) is root or lies under it."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def protect_images(images: List[Any], config: advdm.ProtectConfig, *, prompt: str = "a painting",
+                   measure: bool = True, measure_samples: int = 8,
+                   on_result: Optional[Callable[[int, Any, dict], None]] = None) -> List[dict]:
+    """Protect advdm.images.LoadedImage objects in turn with the loaded checkpoint.
+
+    The caller holds modules.call_queue.queue_lock and has called shared.state.begin().
+    on_result(index, image, result) runs after each image (e.g. to save it), so a batch that is
+    interrupted keeps what was finished. Raises Interrupted."""
+    shared.state.job_count = len(images)
+    results = []
+    for i, im in enumerate(images):
+        if shared.state.interrupted:
+            raise Interrupted("interrupted")
+        shared.state.job_no = i
+        w, h = im.size
+        with loaded_model(prompt, w, h) as model:
+            r = protect_one(model, im.rgb, config, job_no=i, measure=measure, measure_samples=measure_samples,
+                            levels=getattr(im, "levels", 255))
+        results.append(r)
+        if on_result is not None:
+            on_result(i, im, r)
+        shared.state.nextjob()
+    return results
+
+
+def png_metadata(config: advdm.ProtectConfig, prompt: str) -> dict:
+    import json
+
+    sd_model = shared.sd_model
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return {
+        "advdm": json.dumps({**config.as_dict(), "prompt": prompt,
+                             "checkpoint": getattr(info, "name_for_extra", None),
+                             "checkpoint_hash": getattr(info, "shorthash", None)}),
+    }

@@ -1,0 +1,140 @@
+"""Offline prerequisites for the A1111 integration test; run with the web UI's interpreter.
+
+    python tests/integration/a1111_setup.py hf-cache HF_HOME
+        the openai/clip-vit-large-patch14 tokenizer + text-model config in a local Hugging Face
+        cache layout, built from open_clip's bpe_simple_vocab_16e6.txt.gz (the same BPE vocab;
+        open_clip_torch is one of the web UI's requirements), so HF_HUB_OFFLINE=1 works.
+    python tests/integration/a1111_setup.py checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
+        a random-weight, seeded SD1.5 checkpoint in the original ldm key layout (about 2 GB,
+        fp16); shapes come from the web UI's own v1-inference.yaml built on the meta device.
+
+Nothing here is web UI code; its modules are only imported at run time.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import sys
+
+SNAPSHOT = "0" * 40
+CLIP_L_TEXT_CONFIG = {
+    "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "attention_dropout": 0.0,
+    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "dropout": 0.0, "hidden_act": "quick_gelu",
+    "hidden_size": 768, "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "num_attention_heads": 12,
+    "num_hidden_layers": 12, "projection_dim": 768, "torch_dtype": "float32", "vocab_size": 49408,
+}
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def hf_cache(hf_home: str) -> str:
+    import open_clip.tokenizer as oct
+
+    path = os.path.join(os.path.dirname(oct.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = bytes_to_unicode()
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    repo = os.path.join(hf_home, "hub", "models--openai--clip-vit-large-patch14")
+    snap = os.path.join(repo, "snapshots", SNAPSHOT)
+    os.makedirs(snap, exist_ok=True)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(SNAPSHOT)
+    with open(os.path.join(snap, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(os.path.join(snap, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    with open(os.path.join(snap, "special_tokens_map.json"), "w") as f:
+        json.dump(special, f)
+    with open(os.path.join(snap, "tokenizer_config.json"), "w") as f:
+        json.dump({**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace",
+                   "model_max_length": 77, "tokenizer_class": "CLIPTokenizer"}, f)
+    with open(os.path.join(snap, "config.json"), "w") as f:
+        json.dump(CLIP_L_TEXT_CONFIG, f)
+    return snap
+
+
+def checkpoint(out: str, seed: int, a1111: str) -> None:
+    if os.path.exists(out):
+        return
+    sys.path[:0] = [os.path.join(a1111, "repositories", "stable-diffusion-stability-ai")]
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    cfg = OmegaConf.load(os.path.join(a1111, "configs", "v1-inference.yaml"))
+    import transformers
+
+    real = transformers.CLIPTextModel.from_pretrained
+    transformers.CLIPTextModel.from_pretrained = classmethod(
+        lambda cls, name, *a, **k: cls(transformers.CLIPTextConfig(**{k2: v for k2, v in CLIP_L_TEXT_CONFIG.items()
+                                                                       if k2 not in ("architectures", "model_type")})))
+    try:
+        from ldm.util import instantiate_from_config
+
+        with torch.device("meta"):
+            model = instantiate_from_config(cfg.model)
+    finally:
+        transformers.CLIPTextModel.from_pretrained = real
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        if k in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                 "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+                 "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
+                 "posterior_mean_coef2", "logvar", "scale_factor"):
+            continue
+        if "position_ids" in k:  # real SD1.5 files carry them; without, the web UI leaves them uninitialised
+            tensors[k] = torch.arange(v.shape[-1], dtype=torch.int64).reshape(v.shape)
+            continue
+        if k.endswith("bias") or v.dim() == 0:
+            t = torch.zeros(v.shape)
+        elif "norm" in k or k.endswith("ln_1.weight") or k.endswith("ln_2.weight"):
+            t = torch.ones(v.shape)
+        elif v.dim() == 1:
+            t = torch.ones(v.shape) if k.endswith("weight") else torch.zeros(v.shape)
+        else:
+            fan_in = math.prod(v.shape[1:])
+            t = torch.randn(v.shape, generator=g) / math.sqrt(fan_in)
+        tensors[k] = t.to(torch.float16).contiguous()
+    tmp = out + ".tmp"
+    save_file(tensors, tmp)
+    os.replace(tmp, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("hf-cache")
+    a.add_argument("hf_home")
+    b = sub.add_parser("checkpoint")
+    b.add_argument("out")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
+    args = ap.parse_args()
+    if args.cmd == "hf-cache":
+        print(hf_cache(args.hf_home))
+    else:
+        checkpoint(args.out, args.seed, args.a1111)
+        print(args.out)
+
+
+if __name__ == "__main__":
+    main()

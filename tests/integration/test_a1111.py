@@ -1,0 +1,225 @@
+"""Against a real Automatic1111 web UI (v1.10.x), only when A1111_DIR points at a checkout
+(its repositories/ already in place) and A1111_PYTHON at its interpreter.
+
+The extension is linked into a fresh --data-dir, the server listens on 127.0.0.1 only,
+offline (HF_HUB_OFFLINE=1) with a CLIP tokenizer cache built by a1111_setup.py and a
+random-weight SD1.5 checkpoint (A1111_CKPT, or generated once into the pytest cache).
+It protects an image over HTTP, checks the budget on the returned PNG, the --api-auth guard
+and the folder confinement, runs a txt2img afterwards, and checks that /sdapi/v1/interrupt
+stops a long protection.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+A1111_DIR = os.environ.get("A1111_DIR")
+A1111_PYTHON = os.environ.get("A1111_PYTHON", sys.executable)
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+AUTH = ("advdm", "s3cret")
+
+pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path to a stable-diffusion-webui checkout)")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    def __init__(self, base: str):
+        self.base = base
+
+    def call(self, method, path, body=None, auth=AUTH, timeout=900):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    data = tmp_path_factory.mktemp("a1111-data")
+    (data / "extensions").mkdir()
+    os.symlink(REPO, data / "extensions" / "advdm", target_is_directory=True)
+    hf_home = os.environ.get("A1111_HF_HOME") or str(tmp_path_factory.mktemp("hf"))
+    subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "hf-cache", hf_home], check=True)
+    ckpt = os.environ.get("A1111_CKPT")
+    if not ckpt:
+        cache = Path(request.config.cache.mkdir("advdm-a1111"))
+        ckpt = str(cache / "random_sd15.safetensors")
+        subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "checkpoint", ckpt, "--a1111", A1111_DIR],
+                       check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
+    (data / "advdm-in" / "sub").mkdir(parents=True)
+    _png(_image(40, 40, seed=3), data / "advdm-in" / "sub" / "a.png")
+    (data / "config.json").write_text(json.dumps({
+        "advdm_input_dir": str(data / "advdm-in"), "advdm_output_dir": str(data / "advdm-out"),
+        "live_previews_enable": True}))
+    port = _port()
+    log = open(data / "server.log", "w")
+    env = {**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "COMMANDLINE_ARGS": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [A1111_PYTHON, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--test-server",
+         "--do-not-download-clip", "--no-half", "--use-cpu", "all", "--api", "--skip-version-check",
+         "--no-download-sd-model", "--skip-install", "--data-dir", str(data), "--ckpt", ckpt,
+         "--port", str(port), "--api-auth", f"{AUTH[0]}:{AUTH[1]}"],
+        cwd=A1111_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = Client(f"http://127.0.0.1:{port}")
+    client.data = data
+    try:
+        deadline = time.time() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("web UI exited:\n" + (data / "server.log").read_text()[-3000:])
+            try:
+                status, _ = client.call("GET", "/sdapi/v1/sd-models", timeout=10)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("web UI did not come up:\n" + (data / "server.log").read_text()[-3000:])
+            time.sleep(2)
+        yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _image(h, w, seed=0, alpha=False):
+    rng = np.random.default_rng(seed)
+    small = rng.random((4, 4, 3))
+    ys, xs = np.linspace(0, 3, h), np.linspace(0, 3, w)
+    img = np.stack([np.interp(xs, range(4), small[int(y), :, c]) for y in ys for c in range(3)]).reshape(h, 3, w)
+    img = (img.transpose(0, 2, 1) * 255).round().astype(np.uint8)
+    if alpha:
+        a = np.full((h, w, 1), 255, np.uint8)
+        a[: h // 2] = 128
+        img = np.concatenate([img, a], axis=2)
+    return img
+
+
+def _png(a, path=None):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    if path is not None:
+        Path(path).write_bytes(buf.getvalue())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _decode(b64):
+    from PIL import Image
+
+    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+FAST = {"steps": 3, "epsilon": 8, "view": "full", "measure_samples": 2}
+
+
+def test_protect_over_http_holds_the_budget(server):
+    src = _image(48, 72, alpha=True)
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["art.png"], **FAST})
+    assert status == 200, d
+    assert not d["interrupted"]
+    (item,) = d["images"]
+    out = _decode(item["image"])
+    assert out.shape == src.shape  # same size, alpha kept
+    assert (out[..., 3] == src[..., 3]).all()
+    diff = np.abs(out[..., :3].astype(int) - src[..., :3].astype(int))
+    assert diff.max() <= 8 and diff.max() > 0
+    m = item["measurement"]
+    assert m["linf"] <= 8 + 1e-6 and "diffusion loss" in item["summary"]
+    assert d["config"]["method"] == "advdm" and d["config"]["steps"] == 3
+
+
+def test_api_auth_is_enforced(server):
+    status, _ = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(8, 8))], **FAST}, auth=None)
+    assert status == 401
+    status, _ = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(8, 8))], **FAST}, auth=("advdm", "x"))
+    assert status == 401
+
+
+def test_folder_mode_stays_inside_configured_folders(server):
+    for bad in ("..", "../..", "/etc", "sub/../.."):
+        status, d = server.call("POST", "/advdm/v1/protect", {"input_folder": bad, **FAST})
+        assert status in (400, 404), (bad, d)
+    status, d = server.call("POST", "/advdm/v1/protect", {"input_folder": "sub", "output_folder": "../x", **FAST})
+    assert status == 400, d
+    status, d = server.call("POST", "/advdm/v1/protect",
+                            {"input_folder": "sub", "output_folder": "run1", "return_images": False, **FAST})
+    assert status == 200, d
+    (item,) = d["images"]
+    path = Path(item["path"])
+    assert path.parent == server.data / "advdm-out" / "run1" and path.exists()
+    from PIL import Image
+
+    out = np.array(Image.open(path))
+    src = np.array(Image.open(server.data / "advdm-in" / "sub" / "a.png"))
+    assert np.abs(out.astype(int) - src.astype(int)).max() <= 8
+
+
+def test_txt2img_still_works_afterwards(server):
+    status, d = server.call("POST", "/sdapi/v1/txt2img",
+                            {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler"})
+    assert status == 200, d
+    img = _decode(d["images"][0])
+    assert img.shape[:2] == (64, 64)
+
+
+def test_interrupt_stops_a_long_protection(server):
+    result = {}
+
+    def run():
+        result["r"] = server.call("POST", "/advdm/v1/protect",
+                                  {"images": [_png(_image(64, 64))], "steps": 100000, "view": "full", "measure": False})
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
+        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"protection never showed progress: {p}")
+    assert p["state"]["sampling_steps"] == 100000
+    started = time.time()
+    status, _ = server.call("POST", "/sdapi/v1/interrupt")
+    assert status == 200
+    t.join(120)
+    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
+    status, d = result["r"]
+    assert status == 200 and d["interrupted"] and d["images"] == []
+    assert time.time() - started < 120
+    # the model is usable again (parameters, attention and VAE restored)
+    status, d = server.call("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 64, "height": 64})
+    assert status == 200, d
