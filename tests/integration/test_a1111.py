@@ -94,8 +94,9 @@ def server(tmp_path_factory, request):
             if proc.poll() is not None:
                 pytest.fail("web UI exited:\n" + (data / "server.log").read_text()[-3000:])
             try:
-                status, _ = client.call("GET", "/sdapi/v1/sd-models", timeout=10)
-                if status == 200:
+                # extension routes are added by on_app_started, after the server answers /sdapi
+                status, spec = client.call("GET", "/openapi.json", timeout=10)
+                if status == 200 and "/advdm/v1/protect" in spec.get("paths", {}):
                     break
             except OSError:
                 pass
@@ -156,7 +157,8 @@ def test_protect_over_http_holds_the_budget(server):
     diff = np.abs(out[..., :3].astype(int) - src[..., :3].astype(int))
     assert diff.max() <= 8 and diff.max() > 0
     m = item["measurement"]
-    assert m["linf"] <= 8 + 1e-6 and "diffusion loss" in item["summary"]
+    assert m["linf"] <= 8 + 1e-3 and "diffusion loss" in item["summary"]
+    assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
     assert d["config"]["method"] == "advdm" and d["config"]["steps"] == 3
 
 
