@@ -70,7 +70,7 @@ def measure(model: DiffusionModel, original: Tensor, protected: Tensor, *, sampl
     if original.shape != protected.shape:
         raise ValueError(f"original {tuple(original.shape)} and protected {tuple(protected.shape)} differ in size")
     original, protected = original.float().cpu(), protected.float().cpu()
-    linf = (protected - original).abs().max().item() * 255
+    linf = round((protected - original).abs().max().item() * 255, 4)  # float noise is not a budget overrun
     control = noise_control(original, max(round(linf), 1), seed)
     with torch.inference_mode(False):
         clean = fixed_loss(model, original, samples, seed)
