@@ -48,6 +48,17 @@ class ProtectConfig:
     random_start: Optional[bool] = None  # None: the method's default
     step_decay: Optional[bool] = None
     sds_ascend: bool = False  # SDS(+) instead of SDS(-)
+    # What the model sees each step (advdm.views): "auto" | "full" | "train" | "tiled".
+    view: str = "auto"
+    resolution: Optional[int] = None  # side of the training views / tiles; None: the model's
+    views_per_step: int = 1  # "train" views per step (their gradients are summed)
+    crop_min: float = 0.5  # smallest random crop side, as a fraction of the shorter side
+    flip: bool = False  # random horizontal flips of the training views
+    # Expectation over transformations on every view (advdm.eot); off by default.
+    eot_jpeg: Optional[int] = None  # lowest JPEG quality drawn (up to 95)
+    eot_blur: float = 0.0  # largest Gaussian blur sigma, in pixels of the view
+    eot_noise: float = 0.0  # largest Gaussian noise std, in 1/255 units
+    eot_prob: float = 0.5  # probability each switched-on transform is applied to a view
 
     def __post_init__(self):
         if self.method not in OBJECTIVES:
@@ -58,6 +69,22 @@ class ProtectConfig:
             raise ValueError(f"step size must be positive, got {self.step_size}")
         if self.steps < 0 or self.samples < 1:
             raise ValueError("steps must be >= 0 and samples >= 1")
+        from .views import MODES
+
+        if self.view not in MODES:
+            raise ValueError(f"unknown view {self.view!r}; choose one of {', '.join(MODES)}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ValueError(f"view resolution must be at least 8 pixels, got {self.resolution}")
+        if self.views_per_step < 1:
+            raise ValueError(f"views per step must be >= 1, got {self.views_per_step}")
+        if not 0 < self.crop_min <= 1:
+            raise ValueError(f"crop_min is a fraction of the shorter side in (0, 1], got {self.crop_min}")
+        if self.eot_jpeg is not None and not 1 <= self.eot_jpeg <= 95:
+            raise ValueError(f"EOT JPEG quality must be in 1..95, got {self.eot_jpeg}")
+        if self.eot_blur < 0 or self.eot_noise < 0:
+            raise ValueError("EOT blur sigma and noise std must be >= 0")
+        if not 0 < self.eot_prob <= 1:
+            raise ValueError(f"EOT probability must be in (0, 1], got {self.eot_prob}")
         defaults = METHOD_DEFAULTS[self.method]
         if self.random_start is None:
             self.random_start = defaults.get("random_start", True)
