@@ -1,0 +1,97 @@
+"""The robustness table, and what the training views buy over the peers' ways, on the
+builtin tiny model at a small analogue of a large image (128 px image, R = 32: the
+4x downscale of a 2048 px image to SD1.x's 512)."""
+import pytest
+import torch
+
+from advdm import ProtectConfig, protect
+from advdm.robustness import (
+    default_transforms,
+    evaluate,
+    evaluation_tiles,
+    format_robustness,
+    protect_upsampled,
+    robustness,
+)
+from conftest import smooth_image
+
+SIZE, R = 128, 32
+BUDGET = dict(epsilon=16, step_size=2, steps=30, samples=4, seed=0, resolution=R)
+EVAL = dict(samples=64, seed=999, resolution=R)
+
+
+def excess(result, name):
+    return result[name]["gain"] - 1
+
+
+def test_table_rows_skips_and_tiles(tiny):
+    names = [n for n, _ in default_transforms(tiny)]
+    assert names[0] == "none" and "resize 512" in names and "jpeg 85" in names and "random crop 128" in names
+    image = smooth_image(96, 80, seed=1)
+    protected = protect(tiny, image, ProtectConfig(view="full", steps=1, epsilon=4))
+    res = robustness(tiny, image, protected, samples=2, resolution=32,
+                     transforms=["none", "resize 32", "resize 512", "centre crop 32", "jpeg 85", "blur 1"])
+    assert res["resize 512"] == {"skipped": True}
+    assert res["resize 32"]["size"] == (38, 32)
+    assert res["centre crop 32"]["size"] == (32, 32)
+    assert res["jpeg 85"]["size"] == (96, 80)
+    assert all(r["loss_clean"] > 0 for r in res.values() if not r.get("skipped"))
+    text = format_robustness(res)
+    assert "resize 512" in text and "skipped" in text and "x" in text
+    with pytest.raises(ValueError):
+        robustness(tiny, image, protected, transforms=["sharpen"])
+
+
+def test_large_images_are_evaluated_on_fixed_tiles(tiny):
+    tiles = evaluation_tiles(300, 200, 32)
+    assert len(tiles) == 9 and all(t[2:] == (32, 32) for t in tiles)
+    assert evaluation_tiles(300, 200, 32) == tiles
+    image = smooth_image(300, 200)
+    seen = []
+    encode = tiny.encode
+
+    def spy(pixels):
+        seen.append(tuple(pixels.shape[-2:]))
+        return encode(pixels)
+
+    model = type(tiny)(**{**tiny.__dict__, "encode": spy})
+    a = evaluate(model, image, samples=2, resolution=32)
+    assert a == evaluate(model, image, samples=2, resolution=32)
+    assert set(seen) == {(32, 32)}
+
+
+@pytest.fixture(scope="module")
+def crafted(tiny):
+    image = smooth_image(SIZE, SIZE, seed=2)
+    return image, {
+        "train": protect(tiny, image, ProtectConfig(view="train", **BUDGET)),
+        "train+jpeg": protect(tiny, image, ProtectConfig(view="train", eot_jpeg=75, eot_prob=0.75, **BUDGET)),
+        "native": protect(tiny, image, ProtectConfig(view="full", **BUDGET)),
+        "upsampled": protect_upsampled(tiny, image, ProtectConfig(**BUDGET), R),
+    }
+
+
+def test_all_keep_size_and_budget(crafted):
+    image, outs = crafted
+    for out in outs.values():
+        assert out.shape == image.shape
+        assert ((out - image).abs() * 255).round().max() <= BUDGET["epsilon"]
+
+
+def test_training_views_survive_the_downscale_better_than_native_and_upsampled(tiny, crafted):
+    image, outs = crafted
+    name = f"resize {R}"
+    gains = {k: excess(robustness(tiny, image, out, transforms=[name], **EVAL), name) for k, out in outs.items()
+             if k != "train+jpeg"}
+    assert gains["train"] > 0.005, gains
+    assert gains["train"] >= 2 * max(gains["native"], 0), gains
+    assert gains["train"] >= 2 * max(gains["upsampled"], 0), gains
+
+
+def test_jpeg_eot_keeps_more_of_the_gain_after_jpeg(tiny, crafted):
+    image, outs = crafted
+    name = f"resize {R} + jpeg 85"
+    with_eot = excess(robustness(tiny, image, outs["train+jpeg"], transforms=[name], **EVAL), name)
+    without = excess(robustness(tiny, image, outs["train"], transforms=[name], **EVAL), name)
+    assert with_eot > 0.003, (with_eot, without)
+    assert with_eot >= 2 * max(without, 0), (with_eot, without)
