@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask", type=Path, help="grayscale image of the input's size: white = protect, black = keep")
     p.add_argument("--sds-ascend", action="store_true", help="SDS(+): ascend the loss (default SDS(-) descends)")
+    v = p.add_argument_group("views and robustness", "what the model sees each step; the output keeps the native size")
+    v.add_argument("--view", choices=["auto", "full", "train", "tiled"], default="auto",
+                   help="full: whole image at native size; train: the random crops and aspect buckets a fine-tuning "
+                        "pipeline makes, scaled to the training resolution (memory set by it, not the image); tiled: "
+                        "native-size tiles covering the image; auto: full up to 1.5x the training size, else train")
+    v.add_argument("--resolution", type=int, help="training resolution the views are scaled to (default: the model's)")
+    v.add_argument("--views-per-step", type=int, help="train views per step, gradients summed")
+    v.add_argument("--flip", action="store_true", help="random horizontal flips of the train views")
+    v.add_argument("--eot-jpeg", type=int, metavar="QUALITY", help="also optimise through a differentiable JPEG "
+                   "of quality QUALITY..95, so protection survives re-compression")
+    v.add_argument("--eot-blur", type=float, metavar="SIGMA", help="also through Gaussian blur up to SIGMA px")
+    v.add_argument("--eot-noise", type=float, metavar="STD", help="also through Gaussian noise up to STD/255")
     p.add_argument("--suffix", default="_protected")
     p.add_argument("--format", default="png", choices=["png", "jpg", "jpeg", "webp"],
                    help="output format; lossy formats wash the protection out, so PNG is written anyway")
@@ -68,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--samples", type=int, default=16, help="fixed (t, noise) samples")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--json", action="store_true")
+    m.add_argument("--robustness", action="store_true", help="also the gains after what a mimic does: "
+                   "downscale to 512/1024, centre and random crops, JPEG 95/85/75, light blur")
 
     sub.add_parser("selftest", help="protect a generated image with builtin:tiny and check the result")
     return parser
@@ -104,10 +118,12 @@ def _load(args) -> "torch.nn.Module":
 
 
 def _config(args) -> ProtectConfig:
-    knobs = {k: getattr(args, k) for k in ("epsilon", "step_size", "steps", "samples") if getattr(args, k) is not None}
+    names = ("epsilon", "step_size", "steps", "samples", "resolution", "views_per_step", "eot_jpeg", "eot_blur", "eot_noise")
+    knobs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.t_range:
         knobs["t_min"], knobs["t_max"] = args.t_range
-    return ProtectConfig.preset(args.preset, method=args.method, seed=args.seed, sds_ascend=args.sds_ascend, **knobs)
+    return ProtectConfig.preset(args.preset, method=args.method, seed=args.seed, sds_ascend=args.sds_ascend,
+                                view=args.view, flip=args.flip, **knobs)
 
 
 def _expand(paths: list) -> list:
@@ -207,8 +223,18 @@ def cmd_measure(args) -> int:
     if original.shape != protected.shape:
         raise ImageError(f"{args.protected}: size {protected.shape[-1]}x{protected.shape[-2]} differs from "
                          f"{args.original} ({original.shape[-1]}x{original.shape[-2]})")
-    result = measure(_load(args), original, protected, samples=args.samples, seed=args.seed)
-    print(json.dumps(result, indent=1) if args.json else format_measurement(result))
+    model = _load(args)
+    result = measure(model, original, protected, samples=args.samples, seed=args.seed)
+    if args.robustness:
+        from .robustness import format_robustness, robustness
+
+        result["robustness"] = robustness(model, original, protected, samples=args.samples, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_measurement(result))
+        if args.robustness:
+            print(format_robustness(result["robustness"]))
     return 0
 
 

@@ -128,3 +128,16 @@ def test_selftest_from_a_shell():
     run = subprocess.run([sys.executable, "-m", "advdm", "selftest"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "selftest passed" in run.stdout
+
+
+def test_views_and_eot_flags_reach_the_config_and_robustness_is_reported(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["protect", str(images[0]), "-o", str(out), "--view", "train", "--resolution", "32",
+                 "--eot-jpeg", "80", "--flip", *FAST]) == 0
+    meta = json.loads(read_png_metadata(out / "art_protected.png")["advdm"])
+    assert (meta["view"], meta["resolution"], meta["eot_jpeg"], meta["flip"]) == ("train", 32, 80, True)
+    capsys.readouterr()
+    assert main(["measure", str(images[0]), str(out / "art_protected.png"), "--checkpoint", "builtin:tiny",
+                 "--robustness", "--samples", "2", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["robustness"]
+    assert {"jpeg 85", "blur 1"} <= set(table) and "gain" in table["jpeg 85"]
