@@ -135,28 +135,32 @@ def protect(
         if mask is not None:
             mask = mask.detach().float().clone().to(model.device).clamp(0, 1)
         eps = config.epsilon / 255
-        limit = eps * (mask if mask is not None else torch.ones_like(original))
+        limit = eps * mask if mask is not None else eps  # a scalar unless masked: memory
         draws = Draws(model, config.seed, config.t_min, config.t_max)
         objective = OBJECTIVES[config.method](model, **_objective_kwargs(config))
         views = Views(model, config, original.shape[-2:])
 
         delta = torch.zeros_like(original)
         if config.random_start:
-            delta = draws.uniform(original.shape, -1, 1) * limit
-        delta = (original + delta).clamp(0, 1) - original
+            delta = draws.uniform(original.shape, -1, 1).mul_(limit)
+        delta.add_(original).clamp_(0, 1).sub_(original)
         for step in range(config.steps):
             alpha = config.step_size / 255
             if config.step_decay:
                 alpha *= 1 - 0.99 * step / max(config.steps - 1, 1)
             x = (original + delta).requires_grad_(True)
-            grad = torch.zeros_like(x)
+            grad = None
             for view in views.sample(draws):
-                grad += torch.autograd.grad(objective(view(x), draws), x)[0]
-            delta = delta + alpha * grad.sign()
-            delta = delta.clamp(-limit, limit)
-            delta = (original + delta).clamp(0, 1) - original
+                (g,) = torch.autograd.grad(objective(view(x), draws), x)
+                grad = g if grad is None else grad.add_(g)
+            del x
+            # in place: at 2048 px every full-size temporary costs 50 MB
+            delta.add_(grad.sign_(), alpha=alpha)
+            delta = torch.clamp(delta, -limit, limit) if mask is not None else delta.clamp_(-eps, eps)
+            delta.add_(original).clamp_(0, 1).sub_(original)
+            del grad
             if progress is not None:
-                progress(step + 1, config.steps, (original + delta).detach())
+                progress(step + 1, config.steps, original + delta)
         return quantize(original + delta, original, config.epsilon, levels, mask).cpu()
 
 
