@@ -229,7 +229,9 @@ def run_method(spec, model, device):
         stamps.append(time.perf_counter())
         cpu.append(time.process_time())
 
-    config = ProtectConfig(method=spec["method"], steps=spec["warmup"] + spec["steps"], samples=spec["samples"], seed=0)
+    extra = {"view": spec["view"]} if spec.get("view") else {}
+    config = ProtectConfig(method=spec["method"], steps=spec["warmup"] + spec["steps"], samples=spec["samples"], seed=0,
+                           **extra)
     _sync(device)
     start, cpu0 = time.perf_counter(), time.process_time()
     out = protect(model, x.cpu(), config, progress=progress)
@@ -366,6 +368,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration, after --warmup (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps (default 1)")
     p.add_argument("--samples", type=int, default=1, help="Monte-Carlo samples per step (ProtectConfig.samples)")
+    p.add_argument("--view", default="", help="ProtectConfig.view (auto, full, train, tiled); default: the core's default")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     p.add_argument("--strength", default="first", choices=["first", "all", "none"],
@@ -432,7 +435,7 @@ def main(argv=None):
     for res in resolutions:
         for q in precisions:
             base = dict(res=res, precision=q, device=device, steps=args.steps, warmup=args.warmup,
-                        samples=args.samples, threads=args.threads, cache=args.cache,
+                        samples=args.samples, threads=args.threads, cache=args.cache, view=args.view,
                         strength=args.strength == "all" or (args.strength == "first" and res == resolutions[0]))
             floor = run_child(dict(base, method="floor"), limit, args.timeout)
             raw.append(dict(base, method="floor", **floor))
@@ -474,6 +477,8 @@ def table_rows(raw):
             notes.append(r["error"])
         if r["method"] == "floor" and "vae_s" in r:
             notes.append(f"vae {r['vae_s']:.2f} s + unet {r['unet_s']:.2f} s")
+        if r.get("view") and r["method"] != "floor":
+            notes.append(f"view {r['view']}")
         if "base_bytes" in r:
             notes.append(f"weights {_gb(r['base_bytes'])} GB")
         if "sign_agree" in r:
