@@ -25,13 +25,6 @@ _COND_TIP = ("Optional text conditioning the attack uses (AdvDM's default is the
              "CLIPTextEncode for results that match the paper.")
 
 
-def _model(model, vae, conditioning):
-    try:
-        return ComfyModel(model, vae, conditioning)
-    except UnsupportedModel as e:  # raised on enter; kept here for symmetry
-        raise ValueError(str(e)) from None
-
-
 class AdvDMProtect(IO.ComfyNode):
     @classmethod
     def define_schema(cls):
