@@ -69,6 +69,7 @@ class ProtectConfig:
             raise ValueError(f"step size must be positive, got {self.step_size}")
         if self.steps < 0 or self.samples < 1:
             raise ValueError("steps must be >= 0 and samples >= 1")
+        from .eot import EOT
         from .views import MODES
 
         if self.view not in MODES:
@@ -79,12 +80,7 @@ class ProtectConfig:
             raise ValueError(f"views per step must be >= 1, got {self.views_per_step}")
         if not 0 < self.crop_min <= 1:
             raise ValueError(f"crop_min is a fraction of the shorter side in (0, 1], got {self.crop_min}")
-        if self.eot_jpeg is not None and not 1 <= self.eot_jpeg <= 95:
-            raise ValueError(f"EOT JPEG quality must be in 1..95, got {self.eot_jpeg}")
-        if self.eot_blur < 0 or self.eot_noise < 0:
-            raise ValueError("EOT blur sigma and noise std must be >= 0")
-        if not 0 < self.eot_prob <= 1:
-            raise ValueError(f"EOT probability must be in (0, 1], got {self.eot_prob}")
+        EOT.from_config(self)  # validates the EOT switches
         defaults = METHOD_DEFAULTS[self.method]
         if self.random_start is None:
             self.random_start = defaults.get("random_start", True)

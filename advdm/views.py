@@ -112,8 +112,6 @@ class Views:
         resolution = getattr(config, "resolution", None) or model.train_resolution
         self.resolution = round_to_multiple(resolution, multiple)
         mode = getattr(config, "view", "full") or "full"
-        if mode not in MODES:
-            raise ValueError(f"unknown view mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "auto":
             mode = "full" if max(self.height, self.width) <= AUTO_FULL_LIMIT * self.resolution else "train"
         self.mode = mode
