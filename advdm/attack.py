@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .draws import Draws
+from .frozen import input_grad_only
 from .model import DiffusionModel
 from .objectives import OBJECTIVES
 from .views import Views
@@ -147,7 +148,8 @@ def protect(
             x = (original + delta).requires_grad_(True)
             grad = None
             for view in views.sample(draws):
-                (g,) = torch.autograd.grad(objective(view(x), draws), x)
+                with input_grad_only():  # frozen weights: keep no layer inputs for backward
+                    (g,) = torch.autograd.grad(objective(view(x), draws), x)
                 grad = g if grad is None else grad.add_(g)
             del x
             # in place: at 2048 px every full-size temporary costs 50 MB
