@@ -7,10 +7,12 @@ is saved holds it exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from .draws import Draws
@@ -28,6 +30,8 @@ METHOD_DEFAULTS = {
     "sds": {"random_start": False},  # Diff-Protect starts from the clean image
     "photoguard": {"step_decay": True},  # step decays linearly to 1/100 of its start
 }
+
+FLOW_TIMESTEPS = ("uniform", "logit-normal")
 
 PRESETS = {
     "fast": dict(epsilon=8.0, step_size=1.0, steps=30, samples=1),
@@ -60,6 +64,12 @@ class ProtectConfig:
     eot_blur: float = 0.0  # largest Gaussian blur sigma, in pixels of the view
     eot_noise: float = 0.0  # largest Gaussian noise std, in 1/255 units
     eot_prob: float = 0.5  # probability each switched-on transform is applied to a view
+    # Rectified-flow models: the training timestep distribution; None keeps the model's.
+    flow_timesteps: Optional[str] = None  # "uniform" | "logit-normal"
+    flow_shift: Optional[float] = None
+    # Recompute the encoder in backward instead of keeping its activations through the
+    # denoiser's pass: peak memory of the larger of the two alone, one encoder forward more.
+    low_memory: bool = False
 
     def __post_init__(self):
         if self.method not in OBJECTIVES:
@@ -82,6 +92,10 @@ class ProtectConfig:
         if not 0 < self.crop_min <= 1:
             raise ValueError(f"crop_min is a fraction of the shorter side in (0, 1], got {self.crop_min}")
         EOT.from_config(self)  # validates the EOT switches
+        if self.flow_timesteps not in (None, *FLOW_TIMESTEPS):
+            raise ValueError(f"flow timesteps must be one of {', '.join(FLOW_TIMESTEPS)}, got {self.flow_timesteps!r}")
+        if self.flow_shift is not None and self.flow_shift <= 0:
+            raise ValueError(f"flow shift must be positive, got {self.flow_shift}")
         defaults = METHOD_DEFAULTS[self.method]
         if self.random_start is None:
             self.random_start = defaults.get("random_start", True)
@@ -133,6 +147,7 @@ def protect(
             mask = mask.detach().float().clone().to(model.device).clamp(0, 1)
         eps = config.epsilon / 255
         limit = eps * mask if mask is not None else eps  # a scalar unless masked: memory
+        model = _for_attack(model, config)
         draws = Draws(model, config.seed, config.t_min, config.t_max)
         objective = OBJECTIVES[config.method](model, **_objective_kwargs(config))
         views = Views(model, config, original.shape[-2:])
@@ -160,6 +175,29 @@ def protect(
             if progress is not None:
                 progress(step + 1, config.steps, original + delta)
         return quantize(original + delta, original, config.epsilon, levels, mask).cpu()
+
+
+def _for_attack(model: DiffusionModel, config: ProtectConfig) -> DiffusionModel:
+    """The model with the config's flow schedule and, for low memory, a recomputed encoder."""
+    changes = {}
+    if config.flow_timesteps is not None:
+        changes["flow_logit_normal"] = config.flow_timesteps == "logit-normal"
+    if config.flow_shift is not None:
+        changes["flow_shift"] = float(config.flow_shift)
+    if config.low_memory:
+        changes["encode"] = _recomputed(model.encode)
+    return dataclasses.replace(model, **changes) if changes else model
+
+
+def _recomputed(encode):
+    def run(pixels: Tensor):
+        with input_grad_only():  # the same saved tensors in the forward and in its recomputation
+            return encode(pixels)
+
+    def recomputed(pixels: Tensor):
+        return torch.utils.checkpoint.checkpoint(run, pixels, use_reentrant=False)
+
+    return recomputed
 
 
 def _objective_kwargs(config: ProtectConfig) -> dict:

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask", type=Path, help="grayscale image of the input's size: white = protect, black = keep")
     p.add_argument("--sds-ascend", action="store_true", help="SDS(+): ascend the loss (default SDS(-) descends)")
+    p.add_argument("--low-memory", action="store_true", help="recompute the VAE encoder in backward instead of keeping "
+                   "it through the denoiser's pass: lower peak memory, one more encoder forward per step")
+    p.add_argument("--flow-timesteps", choices=["uniform", "logit-normal"],
+                   help="SD3 / Flux: timestep distribution of the attack (default: the model's training one, logit-normal)")
+    p.add_argument("--flow-shift", type=float, help="SD3 / Flux: timestep shift (default: the model's)")
     v = p.add_argument_group("views and robustness", "what the model sees each step; the output keeps the native size")
     v.add_argument("--view", choices=["auto", "full", "train", "tiled"], default="auto",
                    help="full: whole image at native size; train: the random crops and aspect buckets a fine-tuning "
@@ -118,12 +123,13 @@ def _load(args) -> "torch.nn.Module":
 
 
 def _config(args) -> ProtectConfig:
-    names = ("epsilon", "step_size", "steps", "samples", "resolution", "views_per_step", "eot_jpeg", "eot_blur", "eot_noise")
+    names = ("epsilon", "step_size", "steps", "samples", "resolution", "views_per_step", "eot_jpeg", "eot_blur", "eot_noise",
+             "flow_timesteps", "flow_shift")
     knobs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.t_range:
         knobs["t_min"], knobs["t_max"] = args.t_range
     return ProtectConfig.preset(args.preset, method=args.method, seed=args.seed, sds_ascend=args.sds_ascend,
-                                view=args.view, flip=args.flip, **knobs)
+                                view=args.view, flip=args.flip, low_memory=args.low_memory, **knobs)
 
 
 def _expand(paths: list) -> list:

@@ -209,11 +209,20 @@ def run_floor(spec, parts, device):
         vae_times.append(t1 - t0)
         unet_times.append(t2 - t1)
         cpu_times.append(time.process_time() - c0)
+    # SDS's own floor: the same VAE pass plus a UNet forward without autograd
+    fwd_times = []
+    for _ in range(max(1, spec["steps"])):
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            unet(z, t, encoder_hidden_states=context.to(unet.dtype))
+        _sync(device)
+        fwd_times.append(time.perf_counter() - t0)
     w = spec["warmup"]
     total = [a + b for a, b in zip(vae_times, unet_times)]
     best = min(range(w, len(total)), key=total.__getitem__)
     return {"step_s": total[best], "mean_s": sum(total[w:]) / spec["steps"], "vae_s": vae_times[best],
-            "unet_s": unet_times[best], "all_s": total,
+            "unet_s": unet_times[best], "unet_fwd_s": min(fwd_times), "all_s": total,
             "cpu_s": min(cpu_times[w:])}
 
 
@@ -477,6 +486,9 @@ def table_rows(raw):
             notes.append(r["error"])
         if r["method"] == "floor" and "vae_s" in r:
             notes.append(f"vae {r['vae_s']:.2f} s + unet {r['unet_s']:.2f} s")
+            if "unet_fwd_s" in r:  # the least an SDS step can cost, as a fraction of the floor
+                notes.append(f"unet fwd {r['unet_fwd_s']:.2f} s: sds floor "
+                             f"{(r['vae_s'] + r['unet_fwd_s']) / r['step_s']:.2f}x")
         if r.get("view") and r["method"] != "floor":
             notes.append(f"view {r['view']}")
         if "base_bytes" in r:

@@ -141,3 +141,20 @@ def test_views_and_eot_flags_reach_the_config_and_robustness_is_reported(images,
                  "--robustness", "--samples", "2", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["robustness"]
     assert {"jpeg 85", "blur 1"} <= set(table) and "gain" in table["jpeg 85"]
+
+
+def test_memory_and_flow_schedule_flags_reach_the_config(images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["protect", str(images[0]), "-o", str(out), "--checkpoint", "builtin:tiny-flux", "--steps", "2",
+                 "--low-memory", "--flow-timesteps", "uniform", "--flow-shift", "1.5"]) == 0
+    meta = json.loads(read_png_metadata(out / "art_protected.png")["advdm"])
+    assert (meta["low_memory"], meta["flow_timesteps"], meta["flow_shift"]) == (True, "uniform", 1.5)
+
+
+def test_flow_schedule_is_validated():
+    from advdm import ProtectConfig
+
+    with pytest.raises(ValueError, match="flow timesteps"):
+        ProtectConfig(flow_timesteps="normal")
+    with pytest.raises(ValueError, match="flow shift"):
+        ProtectConfig(flow_shift=0)

@@ -93,3 +93,18 @@ def test_flow_pipeline_folders_load_offline(family, tmp_path, monkeypatch):
     model = load_model(str(tmp_path / "pipe"), torch.device("cpu"), torch.float32, prompt="a painting")
     assert model.prediction == "flow" and model.flow_shift == 3.0 and model.latent_channels == 16
     assert fixed_loss(model, smooth_image(32, 32), samples=2) > 0
+
+
+def test_flow_timestep_distribution_follows_the_config():
+    from advdm.attack import ProtectConfig, _for_attack
+    from advdm.draws import Draws
+
+    model = builtin.build("tiny-flux")
+    def sigmas(**kw):
+        return Draws(_for_attack(model, ProtectConfig(**kw)), 0).sigmas(4000)
+
+    default, uniform, unshifted = sigmas(), sigmas(flow_timesteps="uniform"), sigmas(flow_timesteps="uniform", flow_shift=1.0)
+    # logit-normal t concentrates in the middle; uniform t does not; shift 3 pushes sigma up
+    assert default.std() < uniform.std()
+    assert abs(float(unshifted.mean()) - 0.5) < 0.02
+    assert float(uniform.mean()) > 0.65  # E[3t / (1 + 2t)] for uniform t is ~0.70

@@ -77,3 +77,34 @@ def test_objective_gradient_on_a_model_is_unchanged():
         return torch.autograd.grad(objective(x, Draws(model, 3)), x)[0]
 
     torch.testing.assert_close(grad(True), grad(False), rtol=1e-4, atol=1e-7)
+
+
+def _objective_saved_bytes(model, config):
+    from advdm.attack import _for_attack
+
+    model = _for_attack(model, config)
+    kept = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):  # weights are resident anyway
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = smooth_image(64, 64).requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = advdm(model)(x, Draws(model, 0))
+    return value, sum(kept.values())
+
+
+def test_low_memory_keeps_no_encoder_activations_and_changes_no_pixel():
+    from advdm import ProtectConfig, protect
+
+    model = builtin.build("tiny")
+    value, kept = _objective_saved_bytes(model, ProtectConfig())
+    value_low, kept_low = _objective_saved_bytes(model, ProtectConfig(low_memory=True))
+    assert float(value_low) == float(value)
+    # the encoder's first activation alone (its conv_in output at 64x64) is gone
+    assert kept - kept_low > 4 * 64 * 64 * 8
+    image = smooth_image()
+    assert torch.equal(protect(model, image, ProtectConfig(epsilon=8, steps=3)),
+                       protect(model, image, ProtectConfig(epsilon=8, steps=3, low_memory=True)))
