@@ -40,12 +40,19 @@ def test_image(height, width, seed=0):
     return ((0.85 * x + 0.15 * fine) * 255).round() / 255
 
 
+def load(args):
+    """--checkpoint (anything the command line loads, e.g. the trained test-bed) or builtin --model."""
+    from advdm.checkpoints import load_model
+
+    return load_model(args.checkpoint or f"builtin:{args.model}", torch.device("cpu"), torch.float32, args.prompt)
+
+
 def memory_child(args):
     """Peak RSS (MB) of one protect() in this process."""
-    from advdm import ProtectConfig, builtin, protect
+    from advdm import ProtectConfig, protect
 
     torch.set_num_threads(1)
-    model = builtin.build(args.model)
+    model = load(args)
     image = test_image(args.child_size, args.child_size)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.time()
@@ -60,7 +67,9 @@ def memory(args):
     rows = []
     for size in args.memory_sizes:
         cmd = [sys.executable, __file__, "--child-size", str(size), "--child-view", "train", "--model", args.model,
-               "--memory-steps", str(args.memory_steps)]
+               "--memory-steps", str(args.memory_steps), "--prompt", args.prompt]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
         if args.resolution:
             cmd += ["--resolution", str(args.resolution)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -74,11 +83,11 @@ def memory(args):
 
 
 def robustness_table(args):
-    from advdm import ProtectConfig, builtin, protect
+    from advdm import ProtectConfig, protect
     from advdm.robustness import format_robustness, protect_upsampled, robustness
 
     torch.set_num_threads(args.threads)
-    model = builtin.build(args.model)
+    model = load(args)
     r = args.resolution or model.train_resolution
     image = test_image(args.size, args.size)
     cfg = dict(epsilon=args.epsilon, step_size=args.step_size, steps=args.steps, samples=args.samples, seed=args.seed,
@@ -107,7 +116,9 @@ def robustness_table(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny", help="builtin model name (random weights)")
+    p.add_argument("--checkpoint", help="instead of --model: a checkpoint the command line loads (e.g. testbed/model)")
+    p.add_argument("--prompt", default="a painting", help="conditioning prompt for --checkpoint")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--resolution", type=int, default=None, help="R (default: the model's training resolution)")
     p.add_argument("--epsilon", type=float, default=16)
