@@ -94,9 +94,10 @@ def server(tmp_path_factory, request):
             if proc.poll() is not None:
                 pytest.fail("web UI exited:\n" + (data / "server.log").read_text()[-3000:])
             try:
-                # extension routes are added by on_app_started, after the server answers /sdapi
-                status, spec = client.call("GET", "/openapi.json", timeout=10)
-                if status == 200 and "/advdm/v1/protect" in spec.get("paths", {}):
+                # extension routes are added by on_app_started, after the server already answers;
+                # not /openapi.json: FastAPI caches the schema of its first call, without late routes
+                status, _ = client.call("POST", "/advdm/v1/protect", {}, timeout=10)
+                if status == 400:  # "give either images or input_folder": the route is there
                     break
             except OSError:
                 pass
