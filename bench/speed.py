@@ -239,6 +239,8 @@ def run_method(spec, model, device):
         cpu.append(time.process_time())
 
     extra = {"view": spec["view"]} if spec.get("view") else {}
+    if spec.get("low_memory"):
+        extra["low_memory"] = True
     config = ProtectConfig(method=spec["method"], steps=spec["warmup"] + spec["steps"], samples=spec["samples"], seed=0,
                            **extra)
     _sync(device)
@@ -378,6 +380,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps (default 1)")
     p.add_argument("--samples", type=int, default=1, help="Monte-Carlo samples per step (ProtectConfig.samples)")
     p.add_argument("--view", default="", help="ProtectConfig.view (auto, full, train, tiled); default: the core's default")
+    p.add_argument("--low-memory", action="store_true", help="ProtectConfig.low_memory (encoder recomputed in backward)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     p.add_argument("--strength", default="first", choices=["first", "all", "none"],
@@ -445,6 +448,7 @@ def main(argv=None):
         for q in precisions:
             base = dict(res=res, precision=q, device=device, steps=args.steps, warmup=args.warmup,
                         samples=args.samples, threads=args.threads, cache=args.cache, view=args.view,
+                        low_memory=args.low_memory,
                         strength=args.strength == "all" or (args.strength == "first" and res == resolutions[0]))
             floor = run_child(dict(base, method="floor"), limit, args.timeout)
             raw.append(dict(base, method="floor", **floor))
@@ -491,6 +495,8 @@ def table_rows(raw):
                              f"{(r['vae_s'] + r['unet_fwd_s']) / r['step_s']:.2f}x")
         if r.get("view") and r["method"] != "floor":
             notes.append(f"view {r['view']}")
+        if r.get("low_memory") and r["method"] != "floor":
+            notes.append("low memory")
         if "base_bytes" in r:
             notes.append(f"weights {_gb(r['base_bytes'])} GB")
         if "sign_agree" in r:
