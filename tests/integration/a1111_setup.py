@@ -7,6 +7,19 @@
     python tests/integration/a1111_setup.py checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
         a random-weight, seeded SD1.5 checkpoint in the original ldm key layout (about 2 GB,
         fp16); shapes come from the web UI's own v1-inference.yaml.
+    python tests/integration/a1111_setup.py sdxl-checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
+        a random-weight, seeded, reduced SDXL checkpoint in the original sgm key layout
+        (conditioner.embedders.{0,1}, model.diffusion_model, first_stage_model) plus OUT.yaml
+        beside it. The web UI builds a checkpoint's model from the .yaml next to it when there
+        is one (sd_models_config.find_checkpoint_config_near_filename), so this is
+        generative-models' own sd_xl_base.yaml (DiffusionEngine, GeneralConditioner,
+        FrozenCLIPEmbedder + FrozenOpenCLIPEmbedder2, EPS DiscreteDenoiser) with smaller
+        sizes: UNet model_channels 64, transformer depths [1, 1, 2]; OpenCLIP ViT-B-32 text tower
+        (width 512) as the second encoder, so context 768 + 512 and adm 512 + 3 * 512; a 32-wide
+        VAE. The real CLIP-L (from the hf-cache config) stays. The web UI detects it as SDXL
+        (conditioner present, middle-block attention present: not SSD-1B). About 230M
+        parameters (half of them CLIP-L), 460 MB. A full-size SDXL (3.5B parameters, 14 GB in fp32 under --no-half,
+        plus the state dict while loading) does not fit beside anything else on a 24 GB machine.
 
 Nothing here is web UI code; its modules are only imported at run time.
 """
@@ -71,41 +84,37 @@ def hf_cache(hf_home: str) -> str:
     return snap
 
 
-def checkpoint(out: str, seed: int, a1111: str) -> None:
-    if os.path.exists(out):
-        return
-    sys.path[:0] = [os.path.join(a1111, "repositories", "stable-diffusion-stability-ai")]
-    import torch
-    from omegaconf import OmegaConf
-    from safetensors.torch import save_file
+SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                 "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                 "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                 "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "scale_factor")
 
-    cfg = OmegaConf.load(os.path.join(a1111, "configs", "v1-inference.yaml"))
+
+def _clip_l_without_download():
+    """transformers.CLIPTextModel.from_pretrained builds the CLIP-L text model from its config."""
     import transformers
 
     real = transformers.CLIPTextModel.from_pretrained
-    transformers.CLIPTextModel.from_pretrained = classmethod(
-        lambda cls, name, *a, **k: cls(transformers.CLIPTextConfig(**{k2: v for k2, v in CLIP_L_TEXT_CONFIG.items()
-                                                                       if k2 not in ("architectures", "model_type")})))
-    try:
-        from ldm.util import instantiate_from_config
+    cfg = {k: v for k, v in CLIP_L_TEXT_CONFIG.items() if k not in ("architectures", "model_type")}
+    transformers.CLIPTextModel.from_pretrained = classmethod(lambda cls, name, *a, **k: cls(transformers.CLIPTextConfig(**cfg)))
+    return lambda: setattr(transformers.CLIPTextModel, "from_pretrained", real)
 
-        model = instantiate_from_config(cfg.model)  # on the CPU (about 4 GB): ldm's schedule code needs real tensors
-    finally:
-        transformers.CLIPTextModel.from_pretrained = real
+
+def _random_state_dict(model, seed: int) -> dict:
+    """Fan-in scaled normal weights, norms at 1, biases at 0, fp16; position ids kept."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for k, v in model.state_dict().items():
-        if k in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                 "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-                 "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
-                 "posterior_mean_coef2", "logvar", "scale_factor"):
+        if k in SCHEDULE_KEYS or k.startswith("denoiser."):
             continue
-        if "position_ids" in k:  # real SD1.5 files carry them; without, the web UI leaves them uninitialised
+        if "position_ids" in k:  # real files carry them; without, the web UI leaves them uninitialised
             tensors[k] = torch.arange(v.shape[-1], dtype=torch.int64).reshape(v.shape)
             continue
         if k.endswith("bias") or v.dim() == 0:
             t = torch.zeros(v.shape)
-        elif "norm" in k or k.endswith("ln_1.weight") or k.endswith("ln_2.weight"):
+        elif "norm" in k or k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or k.endswith("ln_final.weight"):
             t = torch.ones(v.shape)
         elif v.dim() == 1:
             t = torch.ones(v.shape) if k.endswith("weight") else torch.zeros(v.shape)
@@ -113,9 +122,78 @@ def checkpoint(out: str, seed: int, a1111: str) -> None:
             fan_in = math.prod(v.shape[1:])
             t = torch.randn(v.shape, generator=g) / math.sqrt(fan_in)
         tensors[k] = t.to(torch.float16).contiguous()
+    return tensors
+
+
+def _save(tensors: dict, out: str) -> None:
+    from safetensors.torch import save_file
+
     tmp = out + ".tmp"
     save_file(tensors, tmp)
     os.replace(tmp, out)
+
+
+def checkpoint(out: str, seed: int, a1111: str) -> None:
+    if os.path.exists(out):
+        return
+    sys.path[:0] = [os.path.join(a1111, "repositories", "stable-diffusion-stability-ai")]
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(a1111, "configs", "v1-inference.yaml"))
+    restore = _clip_l_without_download()
+    try:
+        from ldm.util import instantiate_from_config
+
+        model = instantiate_from_config(cfg.model)  # on the CPU (about 4 GB): ldm's schedule code needs real tensors
+    finally:
+        restore()
+    _save(_random_state_dict(model, seed), out)
+
+
+G_ARCH, G_WIDTH, G_EMBED = "ViT-B-32", 512, 512  # open_clip's text tower for that arch: width, projection
+
+
+def sdxl_config(a1111: str):
+    """generative-models' sd_xl_base.yaml at reduced size (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(a1111, "repositories", "generative-models", "configs", "inference", "sd_xl_base.yaml"))
+    p = cfg.model.params
+    unet = p.network_config.params
+    unet.model_channels = 64
+    unet.transformer_depth = [1, 1, 2]
+    unet.context_dim = CLIP_L_TEXT_CONFIG["hidden_size"] + G_WIDTH
+    unet.adm_in_channels = G_EMBED + 3 * 2 * 256  # pooled text + three size embeddings of 2 x 256
+    unet.use_checkpoint = False
+    g = p.conditioner_config.params.emb_models[1]
+    assert g.target.endswith("FrozenOpenCLIPEmbedder2")
+    g.params.arch = G_ARCH
+    g.params.version = None  # no pretrained weights (the web UI's --do-not-download-clip does the same)
+    vae = p.first_stage_config.params.ddconfig
+    vae.ch = 32
+    vae.num_res_blocks = 1
+    return cfg
+
+
+def sdxl_checkpoint(out: str, seed: int, a1111: str) -> None:
+    yaml_path = os.path.splitext(out)[0] + ".yaml"
+    if os.path.exists(out) and os.path.exists(yaml_path):
+        return
+    sys.path[:0] = [os.path.join(a1111, "repositories", "generative-models")]
+    from omegaconf import OmegaConf
+
+    cfg = sdxl_config(a1111)
+    restore = _clip_l_without_download()
+    try:
+        from sgm.util import instantiate_from_config
+
+        model = instantiate_from_config(cfg.model)
+    finally:
+        restore()
+    _save(_random_state_dict(model, seed), out)
+    tmp = yaml_path + ".tmp"
+    OmegaConf.save(cfg, tmp)
+    os.replace(tmp, yaml_path)
 
 
 def main() -> None:
@@ -127,11 +205,18 @@ def main() -> None:
     b.add_argument("out")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
+    c = sub.add_parser("sdxl-checkpoint")
+    c.add_argument("out")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
     args = ap.parse_args()
     if args.cmd == "hf-cache":
         print(hf_cache(args.hf_home))
-    else:
+    elif args.cmd == "checkpoint":
         checkpoint(args.out, args.seed, args.a1111)
+        print(args.out)
+    else:
+        sdxl_checkpoint(args.out, args.seed, args.a1111)
         print(args.out)
 
 

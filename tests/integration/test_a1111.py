@@ -6,7 +6,13 @@ offline (HF_HUB_OFFLINE=1) with a CLIP tokenizer cache built by a1111_setup.py a
 random-weight SD1.5 checkpoint (A1111_CKPT, or generated once into the pytest cache).
 It protects an image over HTTP, checks the budget on the returned PNG, the --api-auth guard
 and the folder confinement, runs a txt2img afterwards, and checks that /sdapi/v1/interrupt
-stops a long protection.
+stops a long protection. Last, it switches the web UI to a reduced random-weight SDXL
+checkpoint (A1111_SDXL_CKPT with its .yaml beside it, or generated once into the pytest cache;
+see a1111_setup.py sdxl-checkpoint), which the web UI loads as an sgm DiffusionEngine with
+is_sdxl, and protects over HTTP again.
+
+    A1111_DIR=... A1111_PYTHON=.../bin/python [A1111_HF_HOME=...] [A1111_CKPT=...] \
+        [A1111_SDXL_CKPT=...] python -m pytest -q tests/integration/test_a1111.py
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ A1111_PYTHON = os.environ.get("A1111_PYTHON", sys.executable)
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 AUTH = ("advdm", "s3cret")
+SDXL_NAME = "advdm_random_sdxl"
 
 pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path to a stable-diffusion-webui checkout)")
 
@@ -71,6 +78,16 @@ def server(tmp_path_factory, request):
         ckpt = str(cache / "random_sd15.safetensors")
         subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "checkpoint", ckpt, "--a1111", A1111_DIR],
                        check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
+    sdxl = os.environ.get("A1111_SDXL_CKPT")
+    if not sdxl:
+        cache = Path(request.config.cache.mkdir("advdm-a1111"))
+        sdxl = str(cache / "random_sdxl.safetensors")
+        subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "sdxl-checkpoint", sdxl, "--a1111", A1111_DIR],
+                       check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
+    models = data / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    for src in (Path(sdxl), Path(sdxl).with_suffix(".yaml")):  # the web UI reads the config beside the file
+        os.symlink(src.resolve(), models / f"{SDXL_NAME}{src.suffix}")
     (data / "advdm-in" / "sub").mkdir(parents=True)
     _png(_image(40, 40, seed=3), data / "advdm-in" / "sub" / "a.png")
     (data / "config.json").write_text(json.dumps({
@@ -104,6 +121,10 @@ def server(tmp_path_factory, request):
             if time.time() > deadline:
                 pytest.fail("web UI did not come up:\n" + (data / "server.log").read_text()[-3000:])
             time.sleep(2)
+        # the start-up checkpoint loads in a background thread; a checkpoint switch meanwhile is
+        # overwritten by it. txt2img waits for that load.
+        status, d = client.call("POST", "/sdapi/v1/txt2img", {"prompt": "", "steps": 1, "width": 64, "height": 64})
+        assert status == 200, d
         yield client
     finally:
         proc.terminate()
@@ -158,6 +179,7 @@ def test_protect_over_http_holds_the_budget(server):
     diff = np.abs(out[..., :3].astype(int) - src[..., :3].astype(int))
     assert diff.max() <= 8 and diff.max() > 0
     m = item["measurement"]
+    print("SD1.5:", item["summary"])
     assert m["linf"] <= 8 + 1e-3 and "diffusion loss" in item["summary"]
     assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
     assert d["config"]["method"] == "advdm" and d["config"]["steps"] == 3
@@ -226,3 +248,36 @@ def test_interrupt_stops_a_long_protection(server):
     # the model is usable again (parameters, attention and VAE restored)
     status, d = server.call("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 64, "height": 64})
     assert status == 200, d
+
+
+def test_sdxl_protect_over_http_holds_the_budget(server):
+    """SDXL (sgm DiffusionEngine, conditioning {'crossattn', 'vector'}) through the extension."""
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
+    assert status == 200, d
+    status, opts = server.call("GET", "/sdapi/v1/options")
+    assert status == 200 and opts["sd_model_checkpoint"].startswith(SDXL_NAME), opts["sd_model_checkpoint"]
+    src = _image(40, 72, seed=5)  # neither side a multiple of the SDXL UNet's 32 px
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["xl.png"], **FAST})
+    assert status == 200, d
+    assert not d["interrupted"]
+    (item,) = d["images"]
+    from PIL import Image
+
+    png = Image.open(io.BytesIO(base64.b64decode(item["image"])))
+    meta = json.loads(png.info["advdm"])
+    assert meta["checkpoint"] == SDXL_NAME, meta  # the SDXL model was the one used
+    out = np.array(png)
+    assert out.shape == src.shape and out.dtype == np.uint8  # same size, 8-bit
+    diff = np.abs(out.astype(int) - src.astype(int))
+    assert 0 < diff.max() <= 8
+    m = item["measurement"]
+    print("SDXL:", item["summary"])
+    assert m["linf"] <= 8 + 1e-3
+    assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
+    # the SDXL model still generates afterwards (previews by "Approx cheap": "Approx NN" would
+    # download vaeapprox-sdxl.pt, the web UI ships only the SD1 one)
+    status, d = server.call("POST", "/sdapi/v1/txt2img",
+                            {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
+                             "override_settings": {"show_progress_type": "Approx cheap"}})
+    assert status == 200, d
+    assert _decode(d["images"][0]).shape[:2] == (64, 64)
