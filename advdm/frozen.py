@@ -42,6 +42,13 @@ def _frozen(t) -> bool:
     return t is None or not t.requires_grad
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 (A1111 ships 2.1)
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 def _conv_args(args, kwargs):
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     defaults = (None, None, None, 1, 0, 1, 1)
@@ -58,7 +65,7 @@ class _InputGradOnly(TorchFunctionMode):
             x, weight, bias, stride, padding, dilation, groups = _conv_args(args, kwargs)
             if (torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad
                     and _frozen(weight) and _frozen(bias) and not isinstance(padding, str)
-                    and not torch.is_autocast_enabled(x.device.type)):
+                    and not _autocast_on(x.device.type)):
                 return _FrozenConv.apply(func, x, weight, bias, stride, padding, dilation, groups)
         return func(*args, **kwargs)
 
