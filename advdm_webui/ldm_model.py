@@ -33,9 +33,20 @@ class Conditioning(list):
         self.is_negative_prompt = False
 
 
+SD3_REFUSAL = ("SD3 checkpoints are not supported by the web UI extension yet; "
+               "protect with the advdm ComfyUI nodes or the command line (python -m advdm) instead")
+
+
 def family(sd_model: Any) -> str:
+    # A1111 v1.10's SD3Inferencer says parameterization "eps" and has alphas_cumprod, but its
+    # apply_model takes sigma and returns the denoised latent of a flow model, and its VAE has
+    # 16 latent channels: the eps/v path below would run and compute the wrong loss.
     if getattr(sd_model, "is_sd3", False):
-        raise UnsupportedModel("SD3 checkpoints are not supported in the web UI yet (use the ComfyUI nodes or the CLI)")
+        raise UnsupportedModel(SD3_REFUSAL)
+    channels = getattr(sd_model, "latent_channels", 4)
+    if channels != 4:
+        raise UnsupportedModel(f"models with {channels} latent channels are not supported by the web UI extension "
+                               "(only SD1.x, SD2.x and SDXL)")
     if getattr(sd_model, "is_sdxl", False) or hasattr(sd_model, "conditioner"):
         return "SDXL"
     if getattr(sd_model, "is_sd2", False):
@@ -44,6 +55,9 @@ def family(sd_model: Any) -> str:
 
 
 def prediction(sd_model: Any) -> str:
+    """The parameterization, after refusing what the adapter cannot run (checked first, before
+    any conditioning is computed)."""
+    family(sd_model)
     p = getattr(sd_model, "parameterization", "eps")
     if p not in ("eps", "v"):
         raise UnsupportedModel(f"{p!r}-prediction models are not supported (only eps and v)")

@@ -258,3 +258,34 @@ def test_refuses_x0_models():
     m = types.SimpleNamespace(parameterization="x0", first_stage_model=object(), apply_model=None, alphas_cumprod=torch.ones(3))
     with pytest.raises(lm.UnsupportedModel, match="x0"):
         lm.prediction(m)
+
+
+def _sd3_like():
+    """What A1111 v1.10 puts in shared.sd_model for an SD3 checkpoint (SD3Inferencer after
+    sd_models.set_model_type): it claims eps and has an alphas_cumprod, so only the flag tells."""
+    fsm = torch.nn.Conv2d(3, 32, 1)
+    return types.SimpleNamespace(
+        is_sd3=True, is_sdxl=False, is_sd2=False, is_sd1=False, parameterization="eps", latent_channels=16,
+        first_stage_model=fsm, apply_model=lambda x, t, cond: x, alphas_cumprod=torch.linspace(0.99, 0.01, 1000),
+        get_learned_conditioning=lambda prompts: {"crossattn": torch.zeros(1, 2, 8), "vector": torch.zeros(1, 4)})
+
+
+def test_refuses_sd3_before_any_work_with_one_clear_line():
+    from advdm_webui import ldm_model as lm
+
+    m = _sd3_like()
+    for check in (lm.family, lm.prediction, lambda m: lm.build(m, m.get_learned_conditioning(["x"]))):
+        with pytest.raises(lm.UnsupportedModel) as e:
+            check(m)
+        msg = str(e.value)
+        assert msg == lm.SD3_REFUSAL and "\n" not in msg
+        assert "SD3" in msg and "ComfyUI" in msg and "python -m advdm" in msg
+
+
+def test_refuses_other_latent_channel_counts():
+    from advdm_webui import ldm_model as lm
+
+    m = _sd3_like()
+    m.is_sd3 = False  # e.g. a host that does not set the flag
+    with pytest.raises(lm.UnsupportedModel, match="16 latent channels"):
+        lm.prediction(m)
