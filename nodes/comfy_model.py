@@ -182,6 +182,9 @@ class AugmentedAssignOutOfPlace:
     rebinds the name to whatever __iadd__ returns, so returning a new tensor is exact for an
     augmented assignment. Explicit method calls (`t.add_(1)` as a statement) keep running in
     place: the calling bytecode is checked, and only the augmented-assignment opcodes switch.
+    Other TorchFunctionModes may sit above this one (the core's `frozen.input_grad_only`
+    does, during the attack) and call the op from their own `__torch_function__`: those
+    frames are skipped to reach the code that wrote `x += y`.
     """
 
     _OPS = {"add_": ("add", "+="), "sub_": ("sub", "-="), "mul_": ("mul", "*="), "div_": ("div", "/=")}
@@ -203,13 +206,23 @@ class AugmentedAssignOutOfPlace:
                 kwargs = kwargs or {}
                 hit = table.get(func)
                 if hit is not None and torch.is_grad_enabled() and binary_op is not None and nb_ops:
-                    frame = outer._sys._getframe(1)
-                    code, i = frame.f_code.co_code, frame.f_lasti
-                    if i + 1 < len(code) and code[i] == binary_op and nb_ops[code[i + 1]][1] == hit[1]:
+                    if outer._augmented(outer._sys._getframe(1), binary_op, nb_ops, hit[1]):
                         return hit[0](*args, **kwargs)
                 return func(*args, **kwargs)
 
         self._mode = _Mode()
+
+    @staticmethod
+    def _augmented(frame, binary_op: int, nb_ops, symbol: str) -> bool:
+        """Is the first frame outside any mode's __torch_function__ executing `x <symbol> y`?"""
+        while frame is not None:
+            code, i = frame.f_code.co_code, frame.f_lasti
+            if 0 <= i and i + 1 < len(code) and code[i] == binary_op:
+                return nb_ops[code[i + 1]][1] == symbol
+            if frame.f_code.co_name != "__torch_function__":
+                return False
+            frame = frame.f_back
+        return False
 
     def __enter__(self):
         self._mode.__enter__()
