@@ -12,7 +12,13 @@ channel counts and block depths from the keys, see comfy/model_detection.py):
              an EDM model (the unsupported-model test);
   flux       Flux.1-dev layout (guidance_in, vector_in 768) with hidden size 128 (one head of
              the real 16/56/56 RoPE axes), one double and one single block, a 64-wide
-             txt_in, and a 16-channel Flux-shaped VAE (~85M parameters, 170 MB).
+             txt_in, and a 16-channel Flux-shaped VAE (~85M parameters, 170 MB);
+  sd3        SD3-medium layout (MMDiT: x_embedder 16 -> 2x2 patches, context_embedder 4096,
+             y_embedder 2048, pos_embed 192x192) with depth 2 (detection reads the hidden
+             size as 64 x depth: hidden 128, two heads, two joint blocks, the last one
+             context pre-only), no qk norm and no x-block self-attention
+             -> supported_models.SD3 (FLOW, shift 3); the 16-channel SD3 VAE (no quant_conv)
+             under first_stage_model. (~90M parameters, 180 MB).
 
 Run it with ComfyUI's interpreter and ComfyUI on the path (COMFYUI_DIR): the tensor shapes
 come from ComfyUI's own model classes, built on the meta device (no memory), and the file
@@ -67,7 +73,14 @@ FLUX_TINY = dict(
     axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
     txt_ids_dims=[],
 )
-FAMILIES = ("sd15", "sdxl", "sdxl_edm", "flux")
+# Reduced SD3 (medium): the MMDiT config model_detection derives from the keys below.
+SD3_TINY = dict(
+    in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=2048,
+    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+    num_patches=192 * 192, pos_embed_max_size=192, pos_embed_scaling_factor=None,
+    x_block_self_attn_layers=[],
+)
+FAMILIES = ("sd15", "sdxl", "sdxl_edm", "flux", "sd3")
 
 
 def shapes(family: str = "sd15") -> dict[str, tuple]:
@@ -139,6 +152,20 @@ def _reduced_shapes(family: str) -> dict[str, tuple]:
                 encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
                 decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
         out.update({"vae." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+    elif family == "sd3":
+        from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+        cfg = json.loads(json.dumps(SD3_TINY))
+        assert cfg["context_embedder_config"]["params"]["out_features"] == 64 * cfg["depth"]
+        dit = MMDiT(**cfg, device=meta, operations=ops, dtype=torch.float32)
+        out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in dit.state_dict().items()})
+        ddconfig = dict(SD15_VAE, z_channels=16)
+        with torch.device(meta):
+            vae = AutoencodingEngine(
+                regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+                encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
+        out.update({"first_stage_model." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     return out

@@ -9,13 +9,13 @@ workflows/ with the checkpoint substituted and the step counts cut down, checks 
 PNGs (size, budget on the 8-bit file), runs a KSampler afterwards in the same server, and
 checks that POST /interrupt stops a long protection run. Then the other families, with
 reduced-size random checkpoints that ComfyUI's model detection still classifies as the real
-family (comfy_checkpoint.py): SDXL and Flux.1 protect through the Protect node (budget held on
-the saved PNG), and an EDM model (SDXL layout + edm_mean/edm_std, which ComfyUI loads as
+family (comfy_checkpoint.py): SDXL, Flux.1 and SD3 protect through the Protect node (budget
+held on the saved PNG), and an EDM model (SDXL layout + edm_mean/edm_std, which ComfyUI loads as
 Playground v2.5) is refused with a one-line node error.
 
 Environment: COMFYUI_DIR (required), COMFYUI_PYTHON (default: this interpreter),
 ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the checkpoints (~2 GB SD1.5, ~0.5 GB
-each reduced SDXL, 0.2 GB reduced Flux).
+each reduced SDXL, 0.2 GB each reduced Flux and SD3).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a Co
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CKPT_NAME = "advdm_random_sd15.safetensors"
-FAMILY_CKPTS = {f: f"advdm_random_{f}.safetensors" for f in ("sdxl", "sdxl_edm", "flux")}
+FAMILY_CKPTS = {f: f"advdm_random_{f}.safetensors" for f in ("sdxl", "sdxl_edm", "flux", "sd3")}
 EPSILON = 16
 
 
@@ -339,7 +339,8 @@ def protect_graph(ckpt: str, image: str, steps=3, seed=0, epsilon=EPSILON, prefi
     }
 
 
-@pytest.mark.parametrize("family,model_name", [("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)")])
+@pytest.mark.parametrize("family,model_name", [
+    ("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)"), ("sd3", "ComfyUI SD3 (flow)")])
 def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
     h, w = 40, 56  # not multiples of 16: the flow models' 2x2 patches need padding
     src = artwork(h, w, 10)
