@@ -4,6 +4,8 @@
         the openai/clip-vit-large-patch14 tokenizer + text-model config in a local Hugging Face
         cache layout, built from open_clip's bpe_simple_vocab_16e6.txt.gz (the same BPE vocab;
         open_clip_torch is one of the web UI's requirements), so HF_HUB_OFFLINE=1 works.
+        Also a google/t5-v1_1-xxl tokenizer (a few-token Unigram tokenizer.json: the web UI's SD3
+        text conditioning builds a T5 tokenizer even with T5 off; with T5 off its ids are unused).
     python tests/integration/a1111_setup.py checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
         a random-weight, seeded SD1.5 checkpoint in the original ldm key layout (about 2 GB,
         fp16); shapes come from the web UI's own v1-inference.yaml.
@@ -20,6 +22,14 @@
         (conditioner present, middle-block attention present: not SSD-1B). About 230M
         parameters (half of them CLIP-L), 460 MB. A full-size SDXL (3.5B parameters, 14 GB in fp32 under --no-half,
         plus the state dict while loading) does not fit beside anything else on a 24 GB machine.
+    python tests/integration/a1111_setup.py sd3-checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
+        a random-weight SD3 checkpoint in the SD3-medium key layout the web UI detects as SD3
+        (model.diffusion_model.x_embedder.proj.weight) and builds with its own SD3Inferencer:
+        MMDiT with depth 2 (the web UI reads hidden size 64 x depth and the rest from the key
+        shapes), the 16-channel SD3 VAE, and the CLIP-L and CLIP-G text encoders included (else
+        the web UI downloads them); no T5 (off by default). Shapes come from the web UI's own
+        modules/models/sd3 classes built on the meta device. About 0.9B parameters (CLIP-G is
+        0.7B), 1.8 GB.
 
 Nothing here is web UI code; its modules are only imported at run time.
 """
@@ -133,6 +143,32 @@ def _save(tensors: dict, out: str) -> None:
     os.replace(tmp, out)
 
 
+def t5_tokenizer_cache(hf_home: str) -> str:
+    """google/t5-v1_1-xxl as a tiny Unigram tokenizer.json (see the module docstring)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    repo = os.path.join(hf_home, "hub", "models--google--t5-v1_1-xxl")
+    snap = os.path.join(repo, "snapshots", SNAPSHOT)
+    os.makedirs(snap, exist_ok=True)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(SNAPSHOT)
+    pieces = ["<pad>", "</s>", "<unk>", "\u2581"] + list("abcdefghijklmnopqrstuvwxyz")
+    tok = Tokenizer(models.Unigram([(p, 0.0 if i < 3 else -1.0 - i) for i, p in enumerate(pieces)], unk_id=2))
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(" {2,}", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", add_prefix_space=True)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", add_prefix_space=True)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    tok.save(os.path.join(snap, "tokenizer.json"))
+    special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    with open(os.path.join(snap, "special_tokens_map.json"), "w") as f:
+        json.dump(special, f)
+    with open(os.path.join(snap, "tokenizer_config.json"), "w") as f:
+        json.dump({**special, "extra_ids": 0, "model_max_length": 512, "tokenizer_class": "T5Tokenizer"}, f)
+    return snap
+
+
 def checkpoint(out: str, seed: int, a1111: str) -> None:
     if os.path.exists(out):
         return
@@ -196,6 +232,65 @@ def sdxl_checkpoint(out: str, seed: int, a1111: str) -> None:
     os.replace(tmp, yaml_path)
 
 
+def sd3_checkpoint(out: str, seed: int, a1111: str, depth: int = 2) -> None:
+    if os.path.exists(out):
+        return
+    import types
+
+    import torch
+
+    sys.path[:0] = [a1111]
+    # the SD3 classes need only sd_hijack.TextualInversionEmbeddings (an nn.Embedding) to build
+    hijack = types.ModuleType("modules.sd_hijack")
+
+    class TextualInversionEmbeddings(torch.nn.Embedding):
+        def __init__(self, num_embeddings, embedding_dim, textual_inversion_key="clip_l", **kw):
+            super().__init__(num_embeddings, embedding_dim, **kw)
+
+    hijack.TextualInversionEmbeddings = TextualInversionEmbeddings
+    sys.modules["modules.sd_hijack"] = hijack
+    from modules.models.sd3 import sd3_impls
+    from modules.models.sd3.other_impls import SDClipModel, SDXLClipG
+
+    # the text encoder configs, read from sd3_cond.py without importing it (it imports the
+    # web UI's shared state, which parses the command line)
+    import ast
+
+    with open(os.path.join(a1111, "modules", "models", "sd3", "sd3_cond.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    sd3_cond = types.SimpleNamespace(**{t.id: ast.literal_eval(node.value) for node in tree.body
+                                        if isinstance(node, ast.Assign) for t in node.targets
+                                        if isinstance(t, ast.Name) and t.id.endswith("_CONFIG")})
+
+    meta, fp16 = torch.device("meta"), torch.float16
+    hidden = 64 * depth
+    shapes = {"x_embedder.proj.weight": torch.empty(hidden, 16, 2, 2, device=meta),
+              "pos_embed": torch.empty(1, 192 * 192, hidden, device=meta),
+              "y_embedder.mlp.0.weight": torch.empty(hidden, 2048, device=meta),
+              "context_embedder.weight": torch.empty(hidden, 4096, device=meta)}
+    with torch.no_grad():  # as the web UI builds them (CLIPTextModel copies the identity into a parameter)
+        parts = {
+            "model.": sd3_impls.BaseModel(shift=3, state_dict={"model.diffusion_model." + k: v for k, v in shapes.items()},
+                                          prefix="model.diffusion_model.", device=meta, dtype=fp16),
+            "first_stage_model.": sd3_impls.SDVAE(device=meta, dtype=fp16),
+            "text_encoders.clip_g.": SDXLClipG(sd3_cond.CLIPG_CONFIG, device=meta, dtype=fp16),
+            "text_encoders.clip_l.": SDClipModel(layer="hidden", layer_idx=-2, device=meta, dtype=fp16,
+                                                 layer_norm_hidden_state=False, return_projected_pooled=False,
+                                                 textmodel_json_config=sd3_cond.CLIPL_CONFIG),
+        }
+
+    class Whole(torch.nn.Module):
+        def state_dict(self, *a, **k):
+            return {prefix + key: v for prefix, m in parts.items() for key, v in m.state_dict().items()
+                    if not key.startswith("model_sampling.")}
+
+    tensors = _random_state_dict(Whole(), seed)
+    for k in list(tensors):
+        if k.endswith("text_projection.weight"):  # the web UI starts them at the identity
+            tensors[k] = torch.eye(tensors[k].shape[0], dtype=fp16)
+    _save(tensors, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -209,9 +304,17 @@ def main() -> None:
     c.add_argument("out")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
+    d = sub.add_parser("sd3-checkpoint")
+    d.add_argument("out")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
     args = ap.parse_args()
     if args.cmd == "hf-cache":
         print(hf_cache(args.hf_home))
+        print(t5_tokenizer_cache(args.hf_home))
+    elif args.cmd == "sd3-checkpoint":
+        sd3_checkpoint(args.out, args.seed, args.a1111)
+        print(args.out)
     elif args.cmd == "checkpoint":
         checkpoint(args.out, args.seed, args.a1111)
         print(args.out)

@@ -9,10 +9,12 @@ and the folder confinement, runs a txt2img afterwards, and checks that /sdapi/v1
 stops a long protection. Last, it switches the web UI to a reduced random-weight SDXL
 checkpoint (A1111_SDXL_CKPT with its .yaml beside it, or generated once into the pytest cache;
 see a1111_setup.py sdxl-checkpoint), which the web UI loads as an sgm DiffusionEngine with
-is_sdxl, and protects over HTTP again.
+is_sdxl, and protects over HTTP again; then to a random-weight SD3 checkpoint (A1111_SD3_CKPT or
+generated; the web UI builds its SD3Inferencer, is_sd3), which the extension refuses with one
+clear line (HTTP 409) while the web UI keeps working.
 
     A1111_DIR=... A1111_PYTHON=.../bin/python [A1111_HF_HOME=...] [A1111_CKPT=...] \
-        [A1111_SDXL_CKPT=...] python -m pytest -q tests/integration/test_a1111.py
+        [A1111_SDXL_CKPT=...] [A1111_SD3_CKPT=...] python -m pytest -q tests/integration/test_a1111.py
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 AUTH = ("advdm", "s3cret")
 SDXL_NAME = "advdm_random_sdxl"
+SD3_NAME = "advdm_random_sd3"
 
 pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path to a stable-diffusion-webui checkout)")
 
@@ -84,10 +87,17 @@ def server(tmp_path_factory, request):
         sdxl = str(cache / "random_sdxl.safetensors")
         subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "sdxl-checkpoint", sdxl, "--a1111", A1111_DIR],
                        check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
+    sd3 = os.environ.get("A1111_SD3_CKPT")
+    if not sd3:
+        cache = Path(request.config.cache.mkdir("advdm-a1111"))
+        sd3 = str(cache / "random_sd3.safetensors")
+        subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "sd3-checkpoint", sd3, "--a1111", A1111_DIR],
+                       check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     for src in (Path(sdxl), Path(sdxl).with_suffix(".yaml")):  # the web UI reads the config beside the file
         os.symlink(src.resolve(), models / f"{SDXL_NAME}{src.suffix}")
+    os.symlink(Path(sd3).resolve(), models / f"{SD3_NAME}.safetensors")
     (data / "advdm-in" / "sub").mkdir(parents=True)
     _png(_image(40, 40, seed=3), data / "advdm-in" / "sub" / "a.png")
     (data / "config.json").write_text(json.dumps({
@@ -281,3 +291,19 @@ def test_sdxl_protect_over_http_holds_the_budget(server):
                              "override_settings": {"show_progress_type": "Approx cheap"}})
     assert status == 200, d
     assert _decode(d["images"][0]).shape[:2] == (64, 64)
+
+
+def test_sd3_is_refused_with_one_clear_line(server):
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD3_NAME}.safetensors"})
+    assert status == 200, d
+    status, opts = server.call("GET", "/sdapi/v1/options")
+    assert status == 200 and opts["sd_model_checkpoint"].startswith(SD3_NAME), opts["sd_model_checkpoint"]
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(32, 32))], **FAST})
+    assert status == 409, d
+    msg = d["detail"]
+    assert "SD3" in msg and "ComfyUI" in msg and "python -m advdm" in msg and "\n" not in msg, msg
+    # nothing was left half-done: the progress state is idle and the model still answers the web UI
+    status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
+    assert status == 200 and p["state"]["job"] == "" and not p["state"]["interrupted"], p
+    status, opts = server.call("GET", "/sdapi/v1/options")
+    assert opts["sd_model_checkpoint"].startswith(SD3_NAME)
