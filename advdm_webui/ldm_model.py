@@ -1,5 +1,5 @@
-"""The web UI's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL)
-as an advdm.DiffusionModel. Imports nothing from the web UI, so it is unit-tested against
+"""The web UI's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL,
+SD3Inferencer for SD3) as an advdm.DiffusionModel. Imports nothing from the web UI, so it is unit-tested against
 the real ldm classes without one.
 
 What it relies on (A1111 v1.10, see the project notes):
@@ -8,6 +8,11 @@ What it relies on (A1111 v1.10, see the project notes):
   and the (float) timestep, `get_learned_conditioning(list_of_prompts)`;
 - `first_stage_model.encoder` + `quant_conv` give the posterior moments for ldm and sgm
   autoencoders alike (`encode_first_stage` is @no_grad, and sgm's encode returns a sample).
+- SD3 (modules/models/sd3/sd3_model.py, `is_sd3`): it claims parameterization "eps" and has an
+  alphas_cumprod, but it is a rectified-flow model: `apply_model(x, sigma, cond)` takes sigma in
+  [0, 1] (x_t = (1 - sigma) z + sigma n) and returns the denoised latent; the shift is
+  `model.model_sampling.shift` (3); the VAE has 16 latent channels, no quant_conv, and
+  `latent_format` maps its latents as (z - shift_factor) * scale_factor; 2x2 patches.
 """
 from __future__ import annotations
 
@@ -33,16 +38,30 @@ class Conditioning(list):
         self.is_negative_prompt = False
 
 
-SD3_REFUSAL = ("SD3 checkpoints are not supported by the web UI extension yet; "
-               "protect with the advdm ComfyUI nodes or the command line (python -m advdm) instead")
+SD3_REFUSAL = ("this SD3 model does not look like the web UI's SD3Inferencer (sigma-input apply_model, flow "
+               "model_sampling, latent_format); protect with the advdm ComfyUI nodes or the command line "
+               "(python -m advdm) instead")
+
+
+def _sd3_parts(sd_model: Any):
+    """(model_sampling, latent_format) of an A1111 SD3Inferencer, or a one-line refusal."""
+    sampling = getattr(getattr(sd_model, "model", None), "model_sampling", None)
+    fmt = getattr(sd_model, "latent_format", None)
+    if (sampling is None or not hasattr(sampling, "shift") or not hasattr(sampling, "calculate_denoised")
+            or fmt is None or not hasattr(fmt, "scale_factor") or not hasattr(fmt, "shift_factor")
+            or getattr(sd_model, "first_stage_model", None) is None or not hasattr(sd_model, "apply_model")):
+        raise UnsupportedModel(SD3_REFUSAL)
+    return sampling, fmt
 
 
 def family(sd_model: Any) -> str:
     # A1111 v1.10's SD3Inferencer says parameterization "eps" and has alphas_cumprod, but its
     # apply_model takes sigma and returns the denoised latent of a flow model, and its VAE has
-    # 16 latent channels: the eps/v path below would run and compute the wrong loss.
+    # 16 latent channels: it gets its own path (build_sd3); the eps/v path would compute the
+    # wrong loss, hence the channel check for anything else.
     if getattr(sd_model, "is_sd3", False):
-        raise UnsupportedModel(SD3_REFUSAL)
+        _sd3_parts(sd_model)
+        return "SD3"
     channels = getattr(sd_model, "latent_channels", 4)
     if channels != 4:
         raise UnsupportedModel(f"models with {channels} latent channels are not supported by the web UI extension "
@@ -57,7 +76,8 @@ def family(sd_model: Any) -> str:
 def prediction(sd_model: Any) -> str:
     """The parameterization, after refusing what the adapter cannot run (checked first, before
     any conditioning is computed)."""
-    family(sd_model)
+    if family(sd_model) == "SD3":
+        return "flow"
     p = getattr(sd_model, "parameterization", "eps")
     if p not in ("eps", "v"):
         raise UnsupportedModel(f"{p!r}-prediction models are not supported (only eps and v)")
@@ -69,8 +89,12 @@ def prediction(sd_model: Any) -> str:
 
 
 def posterior(first_stage_model: Any, pixels_pm1: Tensor):
-    """(mean, std) of the VAE posterior, differentiable (ldm and sgm AutoencoderKL)."""
-    moments = first_stage_model.quant_conv(first_stage_model.encoder(pixels_pm1))
+    """(mean, std) of the VAE posterior, differentiable (ldm and sgm AutoencoderKL; SD3's SDVAE
+    has no quant_conv)."""
+    moments = first_stage_model.encoder(pixels_pm1)
+    quant_conv = getattr(first_stage_model, "quant_conv", None)
+    if quant_conv is not None:
+        moments = quant_conv(moments)
     mean, logvar = torch.chunk(moments, 2, dim=1)
     logvar = torch.clamp(logvar, -30.0, 20.0)
     return mean, torch.exp(0.5 * logvar)
@@ -162,6 +186,19 @@ class BatchedCond:
         return self._cache[batch]
 
 
+def _encoder(moments: Callable[[Tensor], Any], recompute: bool) -> Callable[[Tensor], Latent]:
+    def encode(pixels: Tensor) -> Latent:
+        if recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            mean, std = checkpoint(moments, pixels, use_reentrant=False)
+        else:
+            mean, std = moments(pixels)
+        return Latent(mean, std)
+
+    return encode
+
+
 def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
           before_encode: Optional[Callable[[], None]] = None,
           recompute_encode: bool = False, name: str = "webui") -> DiffusionModel:
@@ -174,6 +211,9 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
     """
     pred = prediction(sd_model)
     fam = family(sd_model)
+    if fam == "SD3":
+        return build_sd3(sd_model, cond, device=device, before_encode=before_encode,
+                         recompute_encode=recompute_encode, name=name)
     sigmas = sigmas_from_alphas_cumprod(sd_model.alphas_cumprod)
     scale = float(getattr(sd_model, "scale_factor", 0.13025 if fam == "SDXL" else 0.18215))
     fsm = sd_model.first_stage_model
@@ -188,14 +228,7 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
         mean, std = posterior(fsm, x)
         return mean.float() * scale, std.float() * scale
 
-    def encode(pixels: Tensor) -> Latent:
-        if recompute_encode and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-
-            mean, std = checkpoint(_moments, pixels, use_reentrant=False)
-        else:
-            mean, std = _moments(pixels)
-        return Latent(mean, std)
+    encode = _encoder(_moments, recompute_encode)
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         sigma = sigma.to(x.device, torch.float32).reshape(-1)
@@ -213,5 +246,40 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
         encode=encode, denoise=denoise, prediction=pred, sigmas=sigmas,
         pixel_multiple=8 * unet_multiple(sd_model), train_resolution=1024 if fam == "SDXL" else (768 if pred == "v" else 512),
         latent_channels=4, name=f"{name} {fam}{' v' if pred == 'v' else ''}",
+        device=torch.device(device), dtype=torch.float32,
+    )
+
+
+def build_sd3(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
+              before_encode: Optional[Callable[[], None]] = None,
+              recompute_encode: bool = False, name: str = "webui") -> DiffusionModel:
+    """The web UI's SD3Inferencer as a flow DiffusionModel (see the module docstring)."""
+    sampling, fmt = _sd3_parts(sd_model)
+    fsm = sd_model.first_stage_model
+    scale, shift = float(fmt.scale_factor), float(fmt.shift_factor)
+    if device is None:
+        device = _module_device(sd_model.model)
+    patch = getattr(getattr(sd_model.model, "diffusion_model", None), "patch_size", 2)
+    patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+    batched = BatchedCond(cond)
+
+    def _moments(pixels: Tensor):
+        if before_encode is not None:
+            before_encode()
+        x = pixels.to(device=_module_device(fsm), dtype=_module_dtype(fsm)) * 2 - 1
+        mean, std = posterior(fsm, x)
+        return (mean.float() - shift) * scale, std.float() * scale
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = sigma.to(x.device, torch.float32).reshape(-1)
+        if sigma.numel() == 1 and x.shape[0] > 1:
+            sigma = sigma.expand(x.shape[0])
+        return sd_model.apply_model(x, sigma, batched(x.shape[0])).float()
+
+    return DiffusionModel(
+        encode=_encoder(_moments, recompute_encode), denoise=denoise, prediction="flow",
+        flow_shift=float(sampling.shift), flow_logit_normal=True,  # SD3 trains with logit-normal t
+        pixel_multiple=8 * patch, train_resolution=1024,
+        latent_channels=int(getattr(sd_model, "latent_channels", 16)), name=f"{name} SD3",
         device=torch.device(device), dtype=torch.float32,
     )

@@ -260,20 +260,150 @@ def test_refuses_x0_models():
         lm.prediction(m)
 
 
-def _sd3_like():
-    """What A1111 v1.10 puts in shared.sd_model for an SD3 checkpoint (SD3Inferencer after
-    sd_models.set_model_type): it claims eps and has an alphas_cumprod, so only the flag tells."""
-    fsm = torch.nn.Conv2d(3, 32, 1)
-    return types.SimpleNamespace(
-        is_sd3=True, is_sdxl=False, is_sd2=False, is_sd1=False, parameterization="eps", latent_channels=16,
-        first_stage_model=fsm, apply_model=lambda x, t, cond: x, alphas_cumprod=torch.linspace(0.99, 0.01, 1000),
-        get_learned_conditioning=lambda prompts: {"crossattn": torch.zeros(1, 2, 8), "vector": torch.zeros(1, 4)})
+class _FlowSampling(torch.nn.Module):
+    """modules/models/sd3/sd3_impls.ModelSamplingDiscreteFlow, as far as the adapter uses it."""
+
+    shift = 3.0
+
+    def timestep(self, sigma):
+        return sigma * 1000
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
 
 
-def test_refuses_sd3_before_any_work_with_one_clear_line():
+class _TinyMMDiT(torch.nn.Module):
+    patch_size = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.ctx = torch.nn.Linear(8, 16)
+        self.vec = torch.nn.Linear(4, 16)
+        self.t = torch.nn.Linear(1, 16)
+
+    def forward(self, x, t, context, y):
+        h = self.conv(x) + (self.ctx(context).mean(1) + self.vec(y) + self.t(t[:, None] / 1000))[:, :, None, None]
+        return torch.tanh(h)
+
+
+class _SD3Base(torch.nn.Module):
+    """sd3_impls.BaseModel: takes sigma, returns the denoised latent."""
+
+    def __init__(self):
+        super().__init__()
+        self.diffusion_model = _TinyMMDiT()
+        self.model_sampling = _FlowSampling()
+
+    def forward(self, x, sigma, c_crossattn=None, y=None):
+        out = self.diffusion_model(x, self.model_sampling.timestep(sigma).float(), c_crossattn, y).float()
+        return self.model_sampling.calculate_denoised(sigma, out, x)
+
+
+class _SD3VAE(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 8, stride=8))  # 16 channels x (mean, logvar)
+
+
+class _SD3Like(torch.nn.Module):
+    """What A1111 v1.10 puts in shared.sd_model for an SD3 checkpoint (sd3_model.SD3Inferencer
+    after sd_models.set_model_type): it claims eps and has an alphas_cumprod; is_sd3 tells."""
+
+    is_sd3, is_sdxl, is_sd2, is_sd1 = True, False, False, False
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.model = _SD3Base()
+        self.first_stage_model = _SD3VAE()
+        self.alphas_cumprod = 1 / (torch.linspace(0.001, 1, 1000) ** 2 + 1)
+        self.parameterization = "eps"
+        self.latent_channels = 16
+        self.latent_format = types.SimpleNamespace(scale_factor=1.5305, shift_factor=0.0609)
+        self.table = torch.nn.Parameter(torch.randn(3, 8))
+
+    def get_learned_conditioning(self, batch):
+        n = len(batch)
+        return {"crossattn": self.table[None].expand(n, -1, -1) * len(batch[0]), "vector": self.table[:, :4].mean(0)[None].expand(n, -1)}
+
+    def apply_model(self, x, t, cond):
+        return self.model(x, t, c_crossattn=cond["crossattn"], y=cond["vector"])
+
+
+def test_sd3_family_and_flow_settings():
     from advdm_webui import ldm_model as lm
 
-    m = _sd3_like()
+    m = _SD3Like()
+    assert lm.family(m) == "SD3" and lm.prediction(m) == "flow"
+    model = _build(m)
+    assert model.prediction == "flow" and model.sigmas is None
+    assert model.flow_shift == 3.0 and model.flow_logit_normal
+    assert model.pixel_multiple == 16 and model.latent_channels == 16 and model.train_resolution == 1024
+    assert "SD3" in model.name
+
+
+def test_sd3_loss_is_the_rectified_flow_training_loss():
+    """w(sigma) ||D - z||^2 through the adapter equals ||v_hat - (n - z)||^2 on x_t = (1-s) z + s n."""
+    from advdm.model import diffusion_loss
+
+    m = _SD3Like()
+    model = _build(m)
+    x = _image(32, 48)
+    with torch.no_grad():
+        z = model.encode(x).mean
+        assert z.shape == (1, 16, 4, 6)
+        sigma = torch.tensor([0.1, 0.5, 0.9])
+        noise = torch.randn(3, *z.shape[1:], generator=torch.Generator().manual_seed(1))
+        ours = diffusion_loss(model, z, sigma, noise)
+        zs = z.expand(3, -1, -1, -1)
+        xt = (1 - sigma.view(-1, 1, 1, 1)) * zs + sigma.view(-1, 1, 1, 1) * noise
+        cond = m.get_learned_conditioning(["a painting"])
+        v = m.model.diffusion_model(xt, sigma * 1000, cond["crossattn"].expand(3, -1, -1), cond["vector"].expand(3, -1))
+        theirs = (v - (noise - zs)).pow(2).flatten(1).mean(1)
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6), (ours, theirs)
+
+
+def test_sd3_encode_uses_the_latent_format():
+    from advdm_webui import ldm_model as lm
+
+    m = _SD3Like()
+    x = _image(32, 48)
+    with torch.no_grad():
+        lat = _build(m).encode(x)
+        mean, logvar = m.first_stage_model.encoder(x * 2 - 1).chunk(2, dim=1)
+    assert torch.allclose(lat.mean, (mean - 0.0609) * 1.5305, atol=1e-6)
+    assert torch.allclose(lat.std, torch.exp(0.5 * logvar.clamp(-30, 20)) * 1.5305, atol=1e-6)
+    assert lm.posterior(m.first_stage_model, x)[0].shape[1] == 16  # no quant_conv
+
+
+def test_sd3_protect_budget_and_model_left_as_it_was():
+    import advdm
+    from advdm_webui import ldm_model as lm
+
+    m = _SD3Like(seed=2)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    before, flags = _snapshot(m)
+    x = _image(40, 56)  # neither side a multiple of 16
+    with lm.attack_mode(m):
+        model = _build(m, h=40, w=56)
+        out = advdm.protect(model, x, advdm.ProtectConfig(steps=3, epsilon=8))
+        d = advdm.measure(model, x, out, samples=2)
+    assert out.shape == x.shape
+    k = out * 255
+    assert torch.allclose(k, k.round(), atol=1e-4)
+    assert 0 < (k.round() - (x * 255).round()).abs().max() <= 8
+    assert d["linf"] <= 8 + 1e-4
+    after, flags_after = _snapshot(m)
+    assert flags_after == flags and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_refuses_an_unrecognised_sd3_with_one_clear_line():
+    from advdm_webui import ldm_model as lm
+
+    m = _SD3Like()
+    del m.latent_format  # not the SD3Inferencer interface the adapter knows
     for check in (lm.family, lm.prediction, lambda m: lm.build(m, m.get_learned_conditioning(["x"]))):
         with pytest.raises(lm.UnsupportedModel) as e:
             check(m)
@@ -285,7 +415,7 @@ def test_refuses_sd3_before_any_work_with_one_clear_line():
 def test_refuses_other_latent_channel_counts():
     from advdm_webui import ldm_model as lm
 
-    m = _sd3_like()
+    m = _SD3Like()
     m.is_sd3 = False  # e.g. a host that does not set the flag
     with pytest.raises(lm.UnsupportedModel, match="16 latent channels"):
         lm.prediction(m)

@@ -10,8 +10,7 @@ stops a long protection. Last, it switches the web UI to a reduced random-weight
 checkpoint (A1111_SDXL_CKPT with its .yaml beside it, or generated once into the pytest cache;
 see a1111_setup.py sdxl-checkpoint), which the web UI loads as an sgm DiffusionEngine with
 is_sdxl, and protects over HTTP again; then to a random-weight SD3 checkpoint (A1111_SD3_CKPT or
-generated; the web UI builds its SD3Inferencer, is_sd3), which the extension refuses with one
-clear line (HTTP 409) while the web UI keeps working.
+generated; the web UI builds its SD3Inferencer, is_sd3) and protects over HTTP with it.
 
     A1111_DIR=... A1111_PYTHON=.../bin/python [A1111_HF_HOME=...] [A1111_CKPT=...] \
         [A1111_SDXL_CKPT=...] [A1111_SD3_CKPT=...] python -m pytest -q tests/integration/test_a1111.py
@@ -293,17 +292,33 @@ def test_sdxl_protect_over_http_holds_the_budget(server):
     assert _decode(d["images"][0]).shape[:2] == (64, 64)
 
 
-def test_sd3_is_refused_with_one_clear_line(server):
+def test_sd3_protect_over_http_holds_the_budget(server):
+    """SD3 (the web UI's SD3Inferencer: a flow model whose apply_model takes sigma) through the extension."""
     status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD3_NAME}.safetensors"})
     assert status == 200, d
     status, opts = server.call("GET", "/sdapi/v1/options")
     assert status == 200 and opts["sd_model_checkpoint"].startswith(SD3_NAME), opts["sd_model_checkpoint"]
-    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(32, 32))], **FAST})
-    assert status == 409, d
-    msg = d["detail"]
-    assert "SD3" in msg and "ComfyUI" in msg and "python -m advdm" in msg and "\n" not in msg, msg
-    # nothing was left half-done: the progress state is idle and the model still answers the web UI
+    src = _image(40, 72, seed=6)  # neither side a multiple of SD3's 16 px
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["sd3.png"], **FAST})
+    assert status == 200, d
+    assert not d["interrupted"]
+    (item,) = d["images"]
+    from PIL import Image
+
+    png = Image.open(io.BytesIO(base64.b64decode(item["image"])))
+    assert json.loads(png.info["advdm"])["checkpoint"] == SD3_NAME
+    out = np.array(png)
+    assert out.shape == src.shape and out.dtype == np.uint8
+    diff = np.abs(out.astype(int) - src.astype(int))
+    assert 0 < diff.max() <= 8
+    m = item["measurement"]
+    print("SD3:", item["summary"])
+    assert m["linf"] <= 8 + 1e-3
+    assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
     status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
-    assert status == 200 and p["state"]["job"] == "" and not p["state"]["interrupted"], p
-    status, opts = server.call("GET", "/sdapi/v1/options")
-    assert opts["sd_model_checkpoint"].startswith(SD3_NAME)
+    assert status == 200 and p["state"]["job"] == "", p
+    status, d = server.call("POST", "/sdapi/v1/txt2img",
+                            {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
+                             "override_settings": {"show_progress_type": "Approx cheap"}})
+    assert status == 200, d
+    assert _decode(d["images"][0]).shape[:2] == (64, 64)
