@@ -54,6 +54,30 @@ def test_flow_loss_matches_textbook_sd3():
     assert ours.item() == pytest.approx(textbook.item(), rel=1e-4)
 
 
+def test_flow_loss_matches_textbook_flux():
+    """Flux's velocity loss on latents packed into 2x2 patches by diffusers' own pipeline helpers."""
+    from diffusers import FluxPipeline
+
+    net, vae, cond = builtin.tiny_parts("tiny-flux")
+    model = builtin.build("tiny-flux")
+    image = smooth_image(32, 32)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    sigma = flow_sigma(t, 3.0)
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(3, 16, 4, 4, generator=g)
+    with torch.no_grad():
+        z = _latent(vae, image, builtin.TINY_SCALE[16]).expand(3, -1, -1, -1)
+        s = sigma.view(-1, 1, 1, 1)
+        x = FluxPipeline._pack_latents((1 - s) * z + s * noise, 3, 16, 4, 4)
+        v = net(x, timestep=sigma, guidance=torch.full((3,), 3.5), pooled_projections=cond.pooled.expand(3, -1),
+                encoder_hidden_states=cond.context.expand(3, -1, -1), txt_ids=torch.zeros(cond.context.shape[1], 3),
+                img_ids=FluxPipeline._prepare_latent_image_ids(3, 2, 2, "cpu", torch.float32)).sample
+        target = FluxPipeline._pack_latents(noise - z, 3, 16, 4, 4)
+        textbook = (v - target).pow(2).mean()
+        ours = advdm_loss(model, image, t, noise)
+    assert ours.item() == pytest.approx(textbook.item(), rel=1e-4)
+
+
 def test_encoder_noise_gives_the_reparameterised_sample():
     model = builtin.build("tiny")
     image = smooth_image()
