@@ -1,0 +1,366 @@
+"""The mimicry benchmark on the test-bed (testbed/model): does protecting an artist's
+images stop a mimic from learning their style?
+
+The artist is the style train.py held out (testbed/styles.py: HELD_OUT, "mosaic"): the
+test-bed model has never seen it. For every seed:
+
+1. take N images of that style (seed-dependent image set);
+2. make one training set per condition: clean; same-budget uniform noise (the control);
+   and each method protected with `advdm.protect` at 8/255 (the `fast` preset: 30 PGD
+   steps of 1/255) on the test-bed model loaded with the project's own loader
+   (`advdm.checkpoints.load_model`, prompt "a painting" - the artist does not know the
+   mimic's prompt);
+3. the mimic fine-tunes the test-bed UNet on each set, DreamBooth-style, with the prompt
+   "a painting in style sks" ("sks" is a token the model was never trained on): full
+   fine-tuning (lr 1e-3, 200 steps, all N images per step), and with --finetune full,lora
+   also a rank-4 LoRA on the attention projections (lr 3e-3);
+4. generates G images with that prompt (DDIM, classifier-free guidance), the same noise
+   for every condition;
+5. scores them with a style classifier trained here on all seven styles including the
+   held-out one (fresh images, disjoint seeds, noise/flip augmentation):
+     P(style) - mean classifier probability of the held-out style (higher: closer), and
+     dist     - distance of the mean of the classifier's penultimate features of the
+                generations to that of real held-out images, relative to the average
+                distance between style centroids (lower: closer).
+Also SDEdit (img2img with the base model, prompt "a painting") at two strengths: RMSE
+(/255) of the edit of each condition's images from the edit of the clean images, same
+noise; and the `advdm.measure` loss gain of the protected images (x clean loss).
+
+Done-when of issue 8: protected fine-tunes farther from the style than clean *and* than
+the noise control, across seeds.
+
+    /work/venv/bin/python bench/mimicry.py                  # full: 3 seeds, all methods
+    /work/venv/bin/python bench/mimicry.py --quick          # smoke run (a minute or two)
+    /work/venv/bin/python bench/mimicry.py --methods advdm --seeds 0,1,2 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "testbed"))
+
+import styles  # noqa: E402
+
+from advdm.attack import ProtectConfig, protect  # noqa: E402
+from advdm.checkpoints import load_model  # noqa: E402
+from advdm.measure import fixed_loss, noise_control  # noqa: E402
+
+TOKEN = "sks"
+MIMIC_PROMPT = f"a painting in style {TOKEN}"
+EDIT_PROMPT = "a painting"
+METHODS = ("advdm", "mist", "sds", "photoguard")
+FULL_LR, LORA_LR = 1e-3, 3e-3
+
+
+# ------------------------------------------------------------------ model parts
+def load_parts(path: Path):
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    o = dict(local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **o).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **o).eval().requires_grad_(False)
+    te = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **o).eval().requires_grad_(False)
+    tok = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **o)
+    ddpm = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **o)
+    ddim = DDIMScheduler.from_config(ddpm.config)
+    return dict(unet=unet, vae=vae, te=te, tok=tok, ddpm=ddpm, ddim=ddim, scale=vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def context(parts, prompts):
+    ids = parts["tok"](prompts, padding="max_length", max_length=parts["te"].config.max_position_embeddings,
+                       truncation=True, return_tensors="pt").input_ids
+    return parts["te"](ids).last_hidden_state
+
+
+# ------------------------------------------------------------------ the mimic
+class LoRALinear(nn.Module):
+    """y = W x + (alpha / r) B A x, B starts at zero (Hu et al. 2021)."""
+
+    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float = 4.0, gen=None):
+        super().__init__()
+        self.base = base
+        self.a = nn.Parameter(torch.randn(rank, base.in_features, generator=gen) / math.sqrt(base.in_features))
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.a), self.b) * self.scale
+
+
+def add_lora(unet, rank: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for module in list(unet.modules()):
+        if type(module).__name__ != "Attention":
+            continue
+        for name in ("to_q", "to_k", "to_v"):
+            lora = LoRALinear(getattr(module, name), rank, gen=gen)
+            setattr(module, name, lora)
+            params += [lora.a, lora.b]
+        lora = LoRALinear(module.to_out[0], rank, gen=gen)
+        module.to_out[0] = lora
+        params += [lora.a, lora.b]
+    return params
+
+
+def finetune(parts, images, mode: str, steps: int, seed: int):
+    """DreamBooth-style fine-tuning of a copy of the UNet on `images` with MIMIC_PROMPT
+    (text encoder frozen); returns the tuned UNet."""
+    torch.manual_seed(seed)
+    unet = copy.deepcopy(parts["unet"])
+    if mode == "full":
+        unet.requires_grad_(True)
+        params, lr = list(unet.parameters()), FULL_LR
+    else:
+        params, lr = add_lora(unet, rank=4, seed=seed), LORA_LR
+    unet.train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(seed + 777)
+    with torch.no_grad():
+        post = parts["vae"].encode(images * 2 - 1).latent_dist  # the mimic encodes once
+    ctx = context(parts, [MIMIC_PROMPT]).expand(len(images), -1, -1)
+    abar = parts["ddpm"].alphas_cumprod
+    for _ in range(steps):
+        z = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * parts["scale"]
+        t = torch.randint(0, len(abar), (len(images),), generator=gen)
+        n = torch.randn(z.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(unet(a.sqrt() * z + (1 - a).sqrt() * n, t, encoder_hidden_states=ctx).sample, n)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return unet.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def generate(parts, unet, prompt, count, seed, steps, guidance, batch=8):
+    sched = copy.deepcopy(parts["ddim"])
+    sched.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, count, batch):
+        k = min(batch, count - start)
+        ctx = torch.cat([context(parts, [prompt] * k), context(parts, [""] * k)])
+        z = torch.randn((k, 4, 16, 16), generator=gen)
+        for t in sched.timesteps:
+            ec, eu = unet(torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
+            z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
+        out.append(((parts["vae"].decode(z / parts["scale"]).sample + 1) / 2).clamp(0, 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def sdedit(parts, images, strength, seed, steps, guidance=3.0):
+    """img2img: noise the (posterior-mean) latent to `strength` of the schedule, then DDIM
+    back with the base model; the same noise for every condition."""
+    sched = copy.deepcopy(parts["ddim"])
+    sched.set_timesteps(steps)
+    ts = sched.timesteps[int(round(steps * (1 - strength))):]
+    gen = torch.Generator().manual_seed(seed)
+    z0 = parts["vae"].encode(images * 2 - 1).latent_dist.mean * parts["scale"]
+    noise = torch.randn(z0.shape, generator=gen)
+    z = sched.add_noise(z0, noise, ts[:1].repeat(len(images)))
+    ctx = torch.cat([context(parts, [EDIT_PROMPT] * len(images)), context(parts, [""] * len(images))])
+    for t in ts:
+        ec, eu = parts["unet"](torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
+        z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
+    return ((parts["vae"].decode(z / parts["scale"]).sample + 1) / 2).clamp(0, 1)
+
+
+# ------------------------------------------------------------------ the judge
+class StyleNet(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        layers, c = [], 3
+        for w in (32, 64, 96, 128):
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.GroupNorm(8, w), nn.SiLU()]
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(c, classes)
+
+    def features(self, x):
+        return self.body(x * 2 - 1).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def train_judge(per_style: int, steps: int, log):
+    """A style classifier on all styles (the held-out one included), seeds 20000+: never
+    the images the benchmark protects. Augmented with flips, Gaussian noise up to 8/255
+    and slight blur, so that it judges style, not pixel noise."""
+    torch.manual_seed(1234)
+    xs = torch.cat([styles.batch(s, range(20000, 20000 + per_style)) for s in styles.STYLES])
+    ys = torch.arange(len(styles.STYLES)).repeat_interleave(per_style)
+    net = StyleNet(len(styles.STYLES))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(4321)
+    for step in range(steps):
+        idx = torch.randint(len(xs), (32,), generator=gen)
+        x = xs[idx]
+        flip = torch.rand(32, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        blur = torch.rand(32, generator=gen) < 0.3
+        x = torch.where(blur.view(-1, 1, 1, 1), F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), x)
+        x = (x + torch.randn(x.shape, generator=gen) * torch.rand(32, 1, 1, 1, generator=gen) * 8 / 255).clamp(0, 1)
+        loss = F.cross_entropy(net(x), ys[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval().requires_grad_(False)
+    test = torch.cat([styles.batch(s, range(30000, 30040)) for s in styles.STYLES])
+    test_y = torch.arange(len(styles.STYLES)).repeat_interleave(40)
+    with torch.no_grad():
+        acc = (net(test).argmax(1) == test_y).float().mean().item()
+        feats = net.features(test)
+    centroids = torch.stack([feats[test_y == i].mean(0) for i in range(len(styles.STYLES))])
+    spread = torch.pdist(centroids).mean().item()
+    log(f"judge: {steps} steps, held-out test accuracy {acc:.3f} over {len(styles.STYLES)} styles")
+    return net, centroids[styles.STYLES.index(styles.HELD_OUT)], spread, acc
+
+
+@torch.no_grad()
+def judge(net, centroid, spread, images):
+    k = styles.STYLES.index(styles.HELD_OUT)
+    p = net(images).softmax(1)[:, k].mean().item()
+    d = (net.features(images).mean(0) - centroid).norm().item() / spread
+    return p, d
+
+
+# ------------------------------------------------------------------ the run
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(ROOT / "testbed" / "model"))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--images", type=int, default=5, help="held-out style images per set")
+    p.add_argument("--epsilon", type=float, default=8.0, help="L_inf budget, /255")
+    p.add_argument("--pgd-steps", type=int, default=None, help="default: the fast preset's (30)")
+    p.add_argument("--finetune", default="full", help="full, lora or full,lora")
+    p.add_argument("--ft-steps", type=int, default=200)
+    p.add_argument("--generate", type=int, default=16, help="generations per fine-tune")
+    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--strengths", default="0.3,0.6")
+    p.add_argument("--judge-steps", type=int, default=800)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, advdm only, few steps")
+    p.add_argument("--json", help="write the raw numbers here")
+    p.add_argument("--save-grid", help="write a PNG grid of the first seed's sets and generations")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.methods, args.seeds, args.images = "advdm", "0", 2
+        args.pgd_steps, args.ft_steps, args.generate, args.sample_steps, args.judge_steps = 5, 20, 4, 10, 100
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    modes = [m for m in args.finetune.split(",") if m]
+    strengths = [float(s) for s in args.strengths.split(",")]
+    pgd_steps = args.pgd_steps if args.pgd_steps is not None else ProtectConfig.preset("fast").steps
+    t_start = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    path = Path(args.checkpoint)
+    parts = load_parts(path)
+    model = load_model(str(path), torch.device("cpu"), torch.float32)  # the project's loader, prompt "a painting"
+    net, centroid, spread, acc = train_judge(300 if not args.quick else 40, args.judge_steps, log)
+    real_p, real_d = judge(net, centroid, spread, styles.batch(styles.HELD_OUT, range(40000, 40016)))
+    log(f"judge on real held-out images: P {real_p:.3f}, dist {real_d:.3f}")
+
+    conditions = ["clean", "noise", *methods]
+    results = {c: {} for c in ["base", *conditions]}  # condition -> metric -> [per seed]
+
+    def put(cond, key, value):
+        results[cond].setdefault(key, []).append(value)
+
+    grid = []
+    for seed in seeds:
+        clean = styles.batch(styles.HELD_OUT, range(10000 + 100 * seed, 10000 + 100 * seed + args.images))
+        sets = {"clean": clean,
+                "noise": torch.cat([noise_control(x[None], args.epsilon, seed * 100 + i) for i, x in enumerate(clean)])}
+        for m in methods:
+            cfg = ProtectConfig.preset("fast", method=m, epsilon=args.epsilon, steps=pgd_steps, seed=seed)
+            sets[m] = torch.cat([protect(model, x[None], cfg) for x in clean])
+            log(f"seed {seed}: protected {len(clean)} images with {m}")
+        for c in conditions:
+            linf = (sets[c] - clean).abs().max().item() * 255
+            assert linf <= args.epsilon + 1e-3, (c, linf)
+            gain = statistics.mean(fixed_loss(model, x[None]) for x in sets[c]) / statistics.mean(
+                fixed_loss(model, x[None]) for x in clean)
+            put(c, "loss_gain", gain)
+        # reference: the base model with the untrained token (what "not learned" looks like)
+        base_gen = generate(parts, parts["unet"], MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
+        bp, bd = judge(net, centroid, spread, base_gen)
+        for mode in modes:
+            put("base", f"{mode}_p", bp)
+            put("base", f"{mode}_dist", bd)
+        clean_edits = {s: sdedit(parts, clean, s, 2000 + seed, args.sample_steps) for s in strengths}
+        for c in conditions:
+            for mode in modes:
+                unet = finetune(parts, sets[c], mode, args.ft_steps, seed)
+                gen = generate(parts, unet, MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
+                pr, d = judge(net, centroid, spread, gen)
+                put(c, f"{mode}_p", pr)
+                put(c, f"{mode}_dist", d)
+                if seed == seeds[0] and mode == modes[0]:
+                    grid += [sets[c], gen[: args.images]]
+                log(f"seed {seed}: {c:10s} {mode}: P(style) {pr:.3f}, dist {d:.3f}")
+                del unet
+            for s in strengths:
+                edit = sdedit(parts, sets[c], s, 2000 + seed, args.sample_steps)
+                put(c, f"sdedit_{s}", (edit - clean_edits[s]).pow(2).mean().sqrt().item() * 255)
+    elapsed = time.time() - t_start
+
+    cols = ["loss_gain"] + [f"{m}_{k}" for m in modes for k in ("p", "dist")] + [f"sdedit_{s}" for s in strengths]
+    head = {"loss_gain": "loss x clean"}
+    for m in modes:
+        head[f"{m}_p"] = f"{m} FT: P(style) ↑close"
+        head[f"{m}_dist"] = f"{m} FT: dist ↓close"
+    for s in strengths:
+        head[f"sdedit_{s}"] = f"SDEdit {s}: RMSE vs clean edit"
+
+    def cell(vals):
+        if not vals:
+            return ""
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+    lines = ["| condition | " + " | ".join(head[c] for c in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for c in ["base", *conditions]:
+        name = "base model, no fine-tune" if c == "base" else c
+        lines.append(f"| {name} | " + " | ".join(cell(results[c].get(k, [])) for k in cols) + " |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"\nbudget {args.epsilon:g}/255 L_inf; PGD {pgd_steps} steps of 1/255 (fast preset), prompt "
+          f"'a painting'; {args.images} held-out '{styles.HELD_OUT}' images per seed; fine-tune "
+          f"{args.ft_steps} steps ({', '.join(modes)}; full lr {FULL_LR:g}, LoRA r4 lr {LORA_LR:g}) on '{MIMIC_PROMPT}'; "
+          f"{args.generate} generations, DDIM {args.sample_steps} steps, CFG {args.guidance}; seeds {seeds}; "
+          f"mean ± stdev over seeds; judge accuracy {acc:.3f}, real held-out images P {real_p:.3f} dist "
+          f"{real_d:.3f}; {elapsed / 60:.1f} min, {args.threads} thread(s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "judge_acc": acc,
+                                               "real": [real_p, real_d], "seconds": elapsed}, indent=1))
+    if args.save_grid and grid:
+        styles.grid_png(torch.cat(grid), args.save_grid, ncol=args.images)
+    return results
+
+
+if __name__ == "__main__":
+    main()
