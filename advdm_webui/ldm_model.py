@@ -1,6 +1,6 @@
 """The web UI's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL,
-SD3Inferencer for SD3) as an advdm.DiffusionModel. Imports nothing from the web UI, so it is unit-tested against
-the real ldm classes without one.
+SD3Inferencer for SD3) as an advdm.DiffusionModel. Imports nothing from the web UI, so it is
+unit-tested against the real ldm classes without one.
 
 What it relies on (A1111 v1.10, see the project notes):
 - `alphas_cumprod` (SDXL: set by modules/sd_models_xl.extend_sdxl), `parameterization`

@@ -325,7 +325,8 @@ class _SD3Like(torch.nn.Module):
 
     def get_learned_conditioning(self, batch):
         n = len(batch)
-        return {"crossattn": self.table[None].expand(n, -1, -1) * len(batch[0]), "vector": self.table[:, :4].mean(0)[None].expand(n, -1)}
+        return {"crossattn": self.table[None].expand(n, -1, -1) * len(batch[0]),
+                "vector": self.table[:, :4].mean(0)[None].expand(n, -1)}
 
     def apply_model(self, x, t, cond):
         return self.model(x, t, c_crossattn=cond["crossattn"], y=cond["vector"])
