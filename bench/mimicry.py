@@ -243,12 +243,35 @@ def judge(net, centroid, spread, images):
 
 
 # ------------------------------------------------------------------ the run
+def render(results: dict, modes, strengths) -> str:
+    """The markdown table: one row per condition, mean ± stdev over seeds."""
+    cols = ["loss_gain"] + [f"{m}_{k}" for m in modes for k in ("p", "dist")] + [f"sdedit_{s}" for s in strengths]
+    head = {"loss_gain": "loss x clean"}
+    for m in modes:
+        head[f"{m}_p"] = f"{m} FT: P(style) ↑close"
+        head[f"{m}_dist"] = f"{m} FT: dist ↓close"
+    for s in strengths:
+        head[f"sdedit_{s}"] = f"SDEdit {s}: RMSE vs clean edit"
+
+    def cell(vals):
+        if not vals:
+            return ""
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+    lines = ["| condition | " + " | ".join(head[c] for c in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for c in results:
+        name = "base model, no fine-tune" if c == "base" else c
+        lines.append(f"| {name} | " + " | ".join(cell(results[c].get(k, [])) for k in cols) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "testbed" / "model"))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--images", type=int, default=5, help="held-out style images per set")
+    p.add_argument("--images", type=int, default=4, help="held-out style images per set")
     p.add_argument("--epsilon", type=float, default=8.0, help="L_inf budget, /255")
     p.add_argument("--pgd-steps", type=int, default=None, help="default: the fast preset's (30)")
     p.add_argument("--finetune", default="full", help="full, lora or full,lora")
@@ -257,12 +280,18 @@ def main(argv=None):
     p.add_argument("--sample-steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--strengths", default="0.3,0.6")
-    p.add_argument("--judge-steps", type=int, default=800)
+    p.add_argument("--judge-steps", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, advdm only, few steps")
     p.add_argument("--json", help="write the raw numbers here")
     p.add_argument("--save-grid", help="write a PNG grid of the first seed's sets and generations")
+    p.add_argument("--render", help="re-print the table of a --json file (also a partial one) and exit")
     args = p.parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        a = saved["args"]
+        print(render(saved["results"], a["finetune"].split(","), [float(x) for x in a["strengths"].split(",")]))
+        return saved["results"]
     if args.quick:
         args.methods, args.seeds, args.images = "advdm", "0", 2
         args.pgd_steps, args.ft_steps, args.generate, args.sample_steps, args.judge_steps = 5, 20, 4, 10, 100
@@ -280,7 +309,7 @@ def main(argv=None):
     path = Path(args.checkpoint)
     parts = load_parts(path)
     model = load_model(str(path), torch.device("cpu"), torch.float32)  # the project's loader, prompt "a painting"
-    net, centroid, spread, acc = train_judge(300 if not args.quick else 40, args.judge_steps, log)
+    net, centroid, spread, acc = train_judge(200 if not args.quick else 40, args.judge_steps, log)
     real_p, real_d = judge(net, centroid, spread, styles.batch(styles.HELD_OUT, range(40000, 40016)))
     log(f"judge on real held-out images: P {real_p:.3f}, dist {real_d:.3f}")
 
@@ -326,28 +355,12 @@ def main(argv=None):
             for s in strengths:
                 edit = sdedit(parts, sets[c], s, 2000 + seed, args.sample_steps)
                 put(c, f"sdedit_{s}", (edit - clean_edits[s]).pow(2).mean().sqrt().item() * 255)
+        if args.json:  # after every seed, so an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "judge_acc": acc,
+                                                   "real": [real_p, real_d], "partial": True}, indent=1))
     elapsed = time.time() - t_start
 
-    cols = ["loss_gain"] + [f"{m}_{k}" for m in modes for k in ("p", "dist")] + [f"sdedit_{s}" for s in strengths]
-    head = {"loss_gain": "loss x clean"}
-    for m in modes:
-        head[f"{m}_p"] = f"{m} FT: P(style) ↑close"
-        head[f"{m}_dist"] = f"{m} FT: dist ↓close"
-    for s in strengths:
-        head[f"sdedit_{s}"] = f"SDEdit {s}: RMSE vs clean edit"
-
-    def cell(vals):
-        if not vals:
-            return ""
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
-
-    lines = ["| condition | " + " | ".join(head[c] for c in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
-    for c in ["base", *conditions]:
-        name = "base model, no fine-tune" if c == "base" else c
-        lines.append(f"| {name} | " + " | ".join(cell(results[c].get(k, [])) for k in cols) + " |")
-    table = "\n".join(lines)
-    print(table)
+    print(render(results, modes, strengths))
     print(f"\nbudget {args.epsilon:g}/255 L_inf; PGD {pgd_steps} steps of 1/255 (fast preset), prompt "
           f"'a painting'; {args.images} held-out '{styles.HELD_OUT}' images per seed; fine-tune "
           f"{args.ft_steps} steps ({', '.join(modes)}; full lr {FULL_LR:g}, LoRA r4 lr {LORA_LR:g}) on '{MIMIC_PROMPT}'; "
