@@ -18,8 +18,8 @@ ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the checkpoints (~2 GB SD1.5
 each reduced SDXL, 0.2 GB each reduced Flux and SD3).
 
 Memory: the server peaks at about 19 GB RSS in test_lora_clean_vs_protected (ComfyUI's own
-TrainLoraNode deep-copies the fp32 SD1.5 model and trains it twice); the other tests stay
-under 5 GB. On a machine that cannot spare that, the kernel kills the server there and the
+TrainLoraNode deep-copies the fp32 SD1.5 model and trains it twice); before the trainer
+starts (SD1.5 loaded, two images protected) it is about 4.5 GB. On a machine that cannot spare that, the kernel kills the server there and the
 tests after it fail with "connection refused": deselect that test (-k "not lora").
 """
 from __future__ import annotations
