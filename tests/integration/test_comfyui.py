@@ -19,8 +19,9 @@ each reduced SDXL, 0.2 GB each reduced Flux and SD3).
 
 Memory: the server peaks at about 19 GB RSS in test_lora_clean_vs_protected (ComfyUI's own
 TrainLoraNode deep-copies the fp32 SD1.5 model and trains it twice); before the trainer
-starts (SD1.5 loaded, two images protected) it is about 4.5 GB. On a machine that cannot spare that, the kernel kills the server there and the
-tests after it fail with "connection refused": deselect that test (-k "not lora").
+starts (SD1.5 loaded, two images protected) it is about 4.5 GB. On a machine that cannot
+spare that, the kernel kills the server there and the tests after it fail with
+"connection refused": deselect that test (-k "not lora").
 """
 from __future__ import annotations
 
