@@ -523,9 +523,15 @@ def test_workflow_inputs_match_node_signatures():
                 assert set(node["inputs"]) <= sigs[node["class_type"]]
 
 
-def test_augmented_assignment_runs_out_of_place_for_backward():
+@pytest.mark.parametrize("core_mode_inside", [False, True])
+def test_augmented_assignment_runs_out_of_place_for_backward(core_mode_inside):
     """Flux's blocks do `x += f(norm(x))`; under the guard the backward works and is exact,
-    while explicit in-place calls keep their in-place effect."""
+    while explicit in-place calls keep their in-place effect. Also with the attack's own
+    TorchFunctionMode (frozen.input_grad_only) entered inside the guard, as protect() does."""
+    import contextlib
+
+    from advdm.frozen import input_grad_only
+
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(4)
 
@@ -539,7 +545,7 @@ def test_augmented_assignment_runs_out_of_place_for_backward():
     x0 = torch.randn(2, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="inplace"):
         block(x0 * 1).sum().backward()
-    with cm.AugmentedAssignOutOfPlace():
+    with cm.AugmentedAssignOutOfPlace(), input_grad_only() if core_mode_inside else contextlib.nullcontext():
         out = block(x0 * 1)
         out.sum().backward()
     x1 = x0.detach().clone().requires_grad_(True)
