@@ -47,6 +47,15 @@ def load(args):
     return load_model(args.checkpoint or f"builtin:{args.model}", torch.device("cpu"), torch.float32, args.prompt)
 
 
+def load_image(path, size):
+    """An image file, resized (bicubic) to size x size as a high-resolution original."""
+    from PIL import Image
+
+    from advdm.robustness import from_pil
+
+    return from_pil(Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC))
+
+
 def memory_child(args):
     """Peak RSS (MB) of one protect() in this process."""
     from advdm import ProtectConfig, protect
@@ -89,7 +98,7 @@ def robustness_table(args):
     torch.set_num_threads(args.threads)
     model = load(args)
     r = args.resolution or model.train_resolution
-    image = test_image(args.size, args.size)
+    image = load_image(args.image, args.size) if args.image else test_image(args.size, args.size)
     cfg = dict(epsilon=args.epsilon, step_size=args.step_size, steps=args.steps, samples=args.samples, seed=args.seed,
                resolution=r)
     runs = {
@@ -120,6 +129,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", help="instead of --model: a checkpoint the command line loads (e.g. testbed/model)")
     p.add_argument("--prompt", default="a painting", help="conditioning prompt for --checkpoint")
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--image", help="an image file (resized to --size) instead of the generated test image")
     p.add_argument("--resolution", type=int, default=None, help="R (default: the model's training resolution)")
     p.add_argument("--epsilon", type=float, default=16)
     p.add_argument("--step-size", type=float, default=2)
