@@ -333,9 +333,9 @@ def test_interrupt_stops_long_protect(comfy):
 # Other model families (reduced random checkpoints detected as the real family)
 
 
-def protect_graph(ckpt: str, image: str, steps=3, seed=0, epsilon=EPSILON, prefix="advdm_family") -> dict:
+def protect_graph(ckpt: str, image: str, steps=3, seed=0, epsilon=EPSILON, prefix="advdm_family", **extra) -> dict:
     """Checkpoint -> Protect (no conditioning: the family's zero conditioning) -> SaveImage."""
-    return {
+    graph = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "LoadImage", "inputs": {"image": image}},
         "3": {"class_type": "AdvDMProtect", "inputs": {
@@ -343,6 +343,18 @@ def protect_graph(ckpt: str, image: str, steps=3, seed=0, epsilon=EPSILON, prefi
             "steps": steps, "step_size": 1.0, "samples": 1, "t_min": 0.0, "t_max": 1.0, "seed": seed}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
+    graph["3"]["inputs"].update(extra)
+    return graph
+
+
+def test_low_memory_gives_the_same_pixels(comfy):
+    """The encoder recomputed in backward (with Flux's in-place guard active in the recomputation)."""
+    src = artwork(40, 56, 12)
+    name = comfy.upload("advdm_lowmem.png", src)
+    saved = [load_png(comfy.output_file(comfy.run(protect_graph(FAMILY_CKPTS["flux"], name, prefix=f"advdm_lm{low}",
+                                                                low_memory=low)), "4")) for low in (False, True)]
+    assert np.abs(saved[0] - src).max() > 0
+    assert np.array_equal(saved[0], saved[1])
 
 
 @pytest.mark.parametrize("family,model_name", [
