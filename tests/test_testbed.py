@@ -15,8 +15,17 @@ sys.path.insert(0, str(ROOT / "testbed"))
 pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="testbed/model not built")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The model is so small that a second thread only costs (badly, on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def testbed():
+def testbed(one_thread):
     from advdm.checkpoints import load_model
 
     return load_model(str(MODEL), torch.device("cpu"), torch.float32)
