@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.utils.checkpoint
 from torch import Tensor
 
 from .draws import Draws
-from .frozen import input_grad_only
+from .frozen import input_grad_only, recomputed
 from .model import DiffusionModel
 from .objectives import OBJECTIVES
 from .views import Views
@@ -185,19 +184,8 @@ def _for_attack(model: DiffusionModel, config: ProtectConfig) -> DiffusionModel:
     if config.flow_shift is not None:
         changes["flow_shift"] = float(config.flow_shift)
     if config.low_memory:
-        changes["encode"] = _recomputed(model.encode)
+        changes["encode"] = recomputed(model.encode)
     return dataclasses.replace(model, **changes) if changes else model
-
-
-def _recomputed(encode):
-    def run(pixels: Tensor):
-        with input_grad_only():  # the same saved tensors in the forward and in its recomputation
-            return encode(pixels)
-
-    def recomputed(pixels: Tensor):
-        return torch.utils.checkpoint.checkpoint(run, pixels, use_reentrant=False)
-
-    return recomputed
 
 
 def _objective_kwargs(config: ProtectConfig) -> dict:

@@ -73,3 +73,21 @@ class _InputGradOnly(TorchFunctionMode):
 def input_grad_only() -> TorchFunctionMode:
     """A context in which frozen convolutions save no activations for backward."""
     return _InputGradOnly()
+
+
+def recomputed(fn):
+    """fn(pixels) recomputed in backward instead of keeping its activations (non-reentrant
+    checkpoint). The recomputation must save what the forward saved, so both run inside
+    input_grad_only() whichever thread autograd recomputes on."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(pixels):
+        with input_grad_only():
+            return fn(pixels)
+
+    def wrapped(pixels):
+        if not torch.is_grad_enabled():
+            return fn(pixels)
+        return checkpoint(run, pixels, use_reentrant=False)
+
+    return wrapped

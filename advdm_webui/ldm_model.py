@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from advdm import DiffusionModel, Latent, sigmas_from_alphas_cumprod
+from advdm.frozen import recomputed
 
 
 class UnsupportedModel(ValueError):
@@ -186,15 +187,20 @@ class BatchedCond:
         return self._cache[batch]
 
 
-def _encoder(moments: Callable[[Tensor], Any], recompute: bool) -> Callable[[Tensor], Latent]:
-    def encode(pixels: Tensor) -> Latent:
-        if recompute and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
+def _encoder(fsm: Any, scale: float, shift: float, before_encode: Optional[Callable[[], None]],
+             recompute: bool) -> Callable[[Tensor], Latent]:
+    def moments(pixels: Tensor):
+        if before_encode is not None:
+            before_encode()
+        x = pixels.to(device=_module_device(fsm), dtype=_module_dtype(fsm)) * 2 - 1
+        mean, std = posterior(fsm, x)
+        return (mean.float() - shift) * scale, std.float() * scale
 
-            mean, std = checkpoint(moments, pixels, use_reentrant=False)
-        else:
-            mean, std = moments(pixels)
-        return Latent(mean, std)
+    if recompute:
+        moments = recomputed(moments)
+
+    def encode(pixels: Tensor) -> Latent:
+        return Latent(*moments(pixels))
 
     return encode
 
@@ -221,14 +227,7 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
         device = _module_device(sd_model.model) if hasattr(sd_model, "model") else _module_device(fsm)
     batched = BatchedCond(cond)
 
-    def _moments(pixels: Tensor):
-        if before_encode is not None:
-            before_encode()
-        x = pixels.to(device=_module_device(fsm), dtype=_module_dtype(fsm)) * 2 - 1
-        mean, std = posterior(fsm, x)
-        return mean.float() * scale, std.float() * scale
-
-    encode = _encoder(_moments, recompute_encode)
+    encode = _encoder(fsm, scale, 0.0, before_encode, recompute_encode)
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         sigma = sigma.to(x.device, torch.float32).reshape(-1)
@@ -263,13 +262,6 @@ def build_sd3(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None
     patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
     batched = BatchedCond(cond)
 
-    def _moments(pixels: Tensor):
-        if before_encode is not None:
-            before_encode()
-        x = pixels.to(device=_module_device(fsm), dtype=_module_dtype(fsm)) * 2 - 1
-        mean, std = posterior(fsm, x)
-        return (mean.float() - shift) * scale, std.float() * scale
-
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         sigma = sigma.to(x.device, torch.float32).reshape(-1)
         if sigma.numel() == 1 and x.shape[0] > 1:
@@ -277,7 +269,7 @@ def build_sd3(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None
         return sd_model.apply_model(x, sigma, batched(x.shape[0])).float()
 
     return DiffusionModel(
-        encode=_encoder(_moments, recompute_encode), denoise=denoise, prediction="flow",
+        encode=_encoder(fsm, scale, shift, before_encode, recompute_encode), denoise=denoise, prediction="flow",
         flow_shift=float(sampling.shift), flow_logit_normal=True,  # SD3 trains with logit-normal t
         pixel_multiple=8 * patch, train_resolution=1024,
         latent_channels=int(getattr(sd_model, "latent_channels", 16)), name=f"{name} SD3",

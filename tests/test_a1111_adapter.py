@@ -23,7 +23,8 @@ CONTEXT_DIM = 32
 
 def _import_ldm():
     try:
-        import pytorch_lightning  # noqa: F401  (before any torchvision stand-in: it probes torchvision)
+        import diffusers  # noqa: F401  (before any torchvision stand-in: both probe torchvision)
+        import pytorch_lightning  # noqa: F401
     except Exception as e:  # pragma: no cover
         pytest.skip(f"pytorch_lightning does not import: {e}")
     try:
