@@ -162,7 +162,7 @@ def protect(
             x = (original + delta).requires_grad_(True)
             grad = None
             for view in views.sample(draws):
-                with input_grad_only():  # frozen weights: keep no layer inputs for backward
+                with input_grad_only():  # frozen convolutions keep no inputs for backward
                     (g,) = torch.autograd.grad(objective(view(x), draws), x)
                 grad = g if grad is None else grad.add_(g)
             del x

@@ -2,10 +2,10 @@
 
 The attack differentiates w.r.t. the image only. A convolution's gradient w.r.t. its
 input needs only the weight, yet autograd saves the convolution's *input* as well (it
-would need it for the weight's gradient; linear layers already skip it). In the SD1.5 VAE encoder those
-inputs are 38 % of everything kept for backward, and the encoder's graph is alive during
-the whole UNet backward. Inside ``input_grad_only()`` such layers save their weight (no
-extra memory: it is already resident) instead. Same kernels, same gradients.
+would need it for the weight's gradient; linear layers already skip it). In the SD1.5 VAE
+encoder those inputs are 38 % of everything kept for backward, and the encoder's graph is
+alive during the whole UNet backward. Inside ``input_grad_only()`` such convolutions save
+only their weight (which autograd saved anyway). Same kernels, same gradients.
 
 Works on whatever calls ``torch.nn.functional.conv*d`` (diffusers, ldm, ComfyUI's casting
 ops), so every host adapter gets it. Convolutions whose weights require grad, calls
