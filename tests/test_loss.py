@@ -35,16 +35,20 @@ def test_unet_loss_matches_textbook(name, prediction_type):
     assert ours.item() == pytest.approx(textbook.item(), rel=1e-4)
 
 
-def test_flow_loss_matches_textbook_sd3():
-    net, vae, cond = builtin.tiny_parts("tiny-sd3")
-    model = builtin.build("tiny-sd3")
+def _flow_case(name, seed):
+    """(net, cond, model, image, t, sigma, noise, clean latent z) for a flow textbook check."""
+    net, vae, cond = builtin.tiny_parts(name)
     image = smooth_image(32, 32)
     t = torch.tensor([0.1, 0.5, 0.9])
-    sigma = flow_sigma(t, 3.0)
-    g = torch.Generator().manual_seed(4)
-    noise = torch.randn(3, 16, 4, 4, generator=g)
+    noise = torch.randn(3, 16, 4, 4, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         z = _latent(vae, image, builtin.TINY_SCALE[16]).expand(3, -1, -1, -1)
+    return net, cond, builtin.build(name), image, t, flow_sigma(t, 3.0), noise, z
+
+
+def test_flow_loss_matches_textbook_sd3():
+    net, cond, model, image, t, sigma, noise, z = _flow_case("tiny-sd3", 4)
+    with torch.no_grad():
         s = sigma.view(-1, 1, 1, 1)
         x = (1 - s) * z + s * noise
         v = net(x, timestep=sigma * 1000, encoder_hidden_states=cond.context.expand(3, -1, -1),
@@ -58,15 +62,8 @@ def test_flow_loss_matches_textbook_flux():
     """Flux's velocity loss on latents packed into 2x2 patches by diffusers' own pipeline helpers."""
     from diffusers import FluxPipeline
 
-    net, vae, cond = builtin.tiny_parts("tiny-flux")
-    model = builtin.build("tiny-flux")
-    image = smooth_image(32, 32)
-    t = torch.tensor([0.1, 0.5, 0.9])
-    sigma = flow_sigma(t, 3.0)
-    g = torch.Generator().manual_seed(5)
-    noise = torch.randn(3, 16, 4, 4, generator=g)
+    net, cond, model, image, t, sigma, noise, z = _flow_case("tiny-flux", 5)
     with torch.no_grad():
-        z = _latent(vae, image, builtin.TINY_SCALE[16]).expand(3, -1, -1, -1)
         s = sigma.view(-1, 1, 1, 1)
         x = FluxPipeline._pack_latents((1 - s) * z + s * noise, 3, 16, 4, 4)
         v = net(x, timestep=sigma, guidance=torch.full((3,), 3.5), pooled_projections=cond.pooled.expand(3, -1),
