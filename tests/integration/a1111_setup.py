@@ -52,6 +52,17 @@ CLIP_L_TEXT_CONFIG = {
 }
 
 
+def _snapshot_dir(hf_home: str, repo_id: str) -> str:
+    """A Hugging Face cache entry for repo_id with one snapshot, its refs/main pointing at it."""
+    repo = os.path.join(hf_home, "hub", "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(repo, "snapshots", SNAPSHOT)
+    os.makedirs(snap, exist_ok=True)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(SNAPSHOT)
+    return snap
+
+
 def bytes_to_unicode():
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
     cs = bs[:]
@@ -72,12 +83,7 @@ def hf_cache(hf_home: str) -> str:
     merges = [tuple(m.split()) for m in merges]
     vocab = bytes_to_unicode()
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    repo = os.path.join(hf_home, "hub", "models--openai--clip-vit-large-patch14")
-    snap = os.path.join(repo, "snapshots", SNAPSHOT)
-    os.makedirs(snap, exist_ok=True)
-    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
-    with open(os.path.join(repo, "refs", "main"), "w") as f:
-        f.write(SNAPSHOT)
+    snap = _snapshot_dir(hf_home, "openai/clip-vit-large-patch14")
     with open(os.path.join(snap, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
     with open(os.path.join(snap, "merges.txt"), "w", encoding="utf-8") as f:
@@ -147,12 +153,7 @@ def t5_tokenizer_cache(hf_home: str) -> str:
     """google/t5-v1_1-xxl as a tiny Unigram tokenizer.json (see the module docstring)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    repo = os.path.join(hf_home, "hub", "models--google--t5-v1_1-xxl")
-    snap = os.path.join(repo, "snapshots", SNAPSHOT)
-    os.makedirs(snap, exist_ok=True)
-    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
-    with open(os.path.join(repo, "refs", "main"), "w") as f:
-        f.write(SNAPSHOT)
+    snap = _snapshot_dir(hf_home, "google/t5-v1_1-xxl")
     pieces = ["<pad>", "</s>", "<unk>", "\u2581"] + list("abcdefghijklmnopqrstuvwxyz")
     tok = Tokenizer(models.Unigram([(p, 0.0 if i < 3 else -1.0 - i) for i, p in enumerate(pieces)], unk_id=2))
     tok.normalizer = normalizers.Sequence([normalizers.Replace(" {2,}", " ")])

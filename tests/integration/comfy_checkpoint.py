@@ -117,6 +117,19 @@ def shapes(family: str = "sd15") -> dict[str, tuple]:
     return out
 
 
+def _vae16_shapes(prefix: str, engine, meta) -> dict[str, tuple]:
+    """A 16-channel (SD3 / Flux) VAE's key shapes, under prefix."""
+    import torch
+
+    ddconfig = dict(SD15_VAE, z_channels=16)
+    with torch.device(meta):
+        vae = engine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+            decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
+    return {prefix + k: tuple(v.shape) for k, v in vae.state_dict().items()}
+
+
 def _reduced_shapes(family: str) -> dict[str, tuple]:
     _comfy_on_path()
     import torch
@@ -145,13 +158,7 @@ def _reduced_shapes(family: str) -> dict[str, tuple]:
 
         dit = Flux(**dict(FLUX_TINY), device=meta, operations=ops, dtype=torch.float32)
         out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in dit.state_dict().items()})
-        ddconfig = dict(SD15_VAE, z_channels=16)
-        with torch.device(meta):
-            vae = AutoencodingEngine(
-                regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
-                encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
-                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
-        out.update({"vae." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+        out.update(_vae16_shapes("vae.", AutoencodingEngine, meta))
     elif family == "sd3":
         from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
@@ -159,13 +166,7 @@ def _reduced_shapes(family: str) -> dict[str, tuple]:
         assert cfg["context_embedder_config"]["params"]["out_features"] == 64 * cfg["depth"]
         dit = MMDiT(**cfg, device=meta, operations=ops, dtype=torch.float32)
         out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in dit.state_dict().items()})
-        ddconfig = dict(SD15_VAE, z_channels=16)
-        with torch.device(meta):
-            vae = AutoencodingEngine(
-                regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
-                encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
-                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
-        out.update({"first_stage_model." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+        out.update(_vae16_shapes("first_stage_model.", AutoencodingEngine, meta))
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     return out

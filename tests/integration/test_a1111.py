@@ -74,24 +74,21 @@ def server(tmp_path_factory, request):
     os.symlink(REPO, data / "extensions" / "advdm", target_is_directory=True)
     hf_home = os.environ.get("A1111_HF_HOME") or str(tmp_path_factory.mktemp("hf"))
     subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "hf-cache", hf_home], check=True)
-    ckpt = os.environ.get("A1111_CKPT")
-    if not ckpt:
-        cache = Path(request.config.cache.mkdir("advdm-a1111"))
-        ckpt = str(cache / "random_sd15.safetensors")
-        subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "checkpoint", ckpt, "--a1111", A1111_DIR],
-                       check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
-    sdxl = os.environ.get("A1111_SDXL_CKPT")
-    if not sdxl:
-        cache = Path(request.config.cache.mkdir("advdm-a1111"))
-        sdxl = str(cache / "random_sdxl.safetensors")
-        subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "sdxl-checkpoint", sdxl, "--a1111", A1111_DIR],
-                       check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
-    sd3 = os.environ.get("A1111_SD3_CKPT")
-    if not sd3:
-        cache = Path(request.config.cache.mkdir("advdm-a1111"))
-        sd3 = str(cache / "random_sd3.safetensors")
-        subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "sd3-checkpoint", sd3, "--a1111", A1111_DIR],
-                       check=True, env={**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"})
+    cache = Path(request.config.cache.mkdir("advdm-a1111"))
+    setup_env = {**os.environ, "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1"}
+
+    def checkpoint(variable: str, command: str, name: str) -> str:
+        """$variable if set, else a random checkpoint written once into the pytest cache."""
+        path = os.environ.get(variable)
+        if not path:
+            path = str(cache / name)
+            subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), command, path, "--a1111", A1111_DIR],
+                           check=True, env=setup_env)
+        return path
+
+    ckpt = checkpoint("A1111_CKPT", "checkpoint", "random_sd15.safetensors")
+    sdxl = checkpoint("A1111_SDXL_CKPT", "sdxl-checkpoint", "random_sdxl.safetensors")
+    sd3 = checkpoint("A1111_SD3_CKPT", "sd3-checkpoint", "random_sd3.safetensors")
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     for src in (Path(sdxl), Path(sdxl).with_suffix(".yaml")):  # the web UI reads the config beside the file
