@@ -266,6 +266,29 @@ def render(results: dict, modes, strengths) -> str:
     return "\n".join(lines)
 
 
+def render_paired(results: dict, modes) -> str:
+    """The done-when, per seed: each condition's fine-tune against the clean and the noise
+    fine-tune of the *same* seed (same images, same fine-tuning and sampling noise), so the
+    seed-to-seed spread of the fine-tunes themselves cancels. Farther = lower P, higher dist."""
+    lines = ["| condition | mimic | vs | P(style) change | dist change | farther in |", "|" + " --- |" * 6]
+    for c in results:
+        if c in ("base", "clean"):
+            continue
+        for mode in modes:
+            for ref in ("clean", "noise"):
+                if ref == c or f"{mode}_p" not in results.get(ref, {}):
+                    continue
+                dp = [a - b for a, b in zip(results[c][f"{mode}_p"], results[ref][f"{mode}_p"])]
+                dd = [a - b for a, b in zip(results[c][f"{mode}_dist"], results[ref][f"{mode}_dist"])]
+                farther = sum(p < 0 and d > 0 for p, d in zip(dp, dd))
+
+                def cell(v):
+                    return f"{statistics.mean(v):+.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
+
+                lines.append(f"| {c} | {mode} | {ref} | {cell(dp)} | {cell(dd)} | {farther}/{len(dp)} seeds |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "testbed" / "model"))
@@ -274,6 +297,7 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=4, help="held-out style images per set")
     p.add_argument("--epsilon", type=float, default=8.0, help="L_inf budget, /255")
     p.add_argument("--pgd-steps", type=int, default=None, help="default: the fast preset's (30)")
+    p.add_argument("--pgd-samples", type=int, default=None, help="Monte-Carlo samples per PGD step (default: the fast preset's, 1)")
     p.add_argument("--finetune", default="full", help="full, lora or full,lora")
     p.add_argument("--ft-steps", type=int, default=200)
     p.add_argument("--generate", type=int, default=16, help="generations per fine-tune")
@@ -291,6 +315,7 @@ def main(argv=None):
         saved = json.loads(Path(args.render).read_text())
         a = saved["args"]
         print(render(saved["results"], a["finetune"].split(","), [float(x) for x in a["strengths"].split(",")]))
+        print("\n" + render_paired(saved["results"], a["finetune"].split(",")))
         return saved["results"]
     if args.quick:
         args.methods, args.seeds, args.images = "advdm", "0", 2
@@ -300,7 +325,9 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     modes = [m for m in args.finetune.split(",") if m]
     strengths = [float(s) for s in args.strengths.split(",")]
-    pgd_steps = args.pgd_steps if args.pgd_steps is not None else ProtectConfig.preset("fast").steps
+    fast = ProtectConfig.preset("fast")
+    pgd_steps = args.pgd_steps if args.pgd_steps is not None else fast.steps
+    pgd_samples = args.pgd_samples if args.pgd_samples is not None else fast.samples
     t_start = time.time()
 
     def log(msg):
@@ -325,7 +352,8 @@ def main(argv=None):
         sets = {"clean": clean,
                 "noise": torch.cat([noise_control(x[None], args.epsilon, seed * 100 + i) for i, x in enumerate(clean)])}
         for m in methods:
-            cfg = ProtectConfig.preset("fast", method=m, epsilon=args.epsilon, steps=pgd_steps, seed=seed)
+            cfg = ProtectConfig.preset("fast", method=m, epsilon=args.epsilon, steps=pgd_steps,
+                                       samples=pgd_samples, seed=seed)
             sets[m] = torch.cat([protect(model, x[None], cfg) for x in clean])
             log(f"seed {seed}: protected {len(clean)} images with {m}")
         for c in conditions:
@@ -361,7 +389,8 @@ def main(argv=None):
     elapsed = time.time() - t_start
 
     print(render(results, modes, strengths))
-    print(f"\nbudget {args.epsilon:g}/255 L_inf; PGD {pgd_steps} steps of 1/255 (fast preset), prompt "
+    print("\n" + render_paired(results, modes))
+    print(f"\nbudget {args.epsilon:g}/255 L_inf; PGD {pgd_steps} steps of 1/255 x {pgd_samples} sample(s), prompt "
           f"'a painting'; {args.images} held-out '{styles.HELD_OUT}' images per seed; fine-tune "
           f"{args.ft_steps} steps ({', '.join(modes)}; full lr {FULL_LR:g}, LoRA r4 lr {LORA_LR:g}) on '{MIMIC_PROMPT}'; "
           f"{args.generate} generations, DDIM {args.sample_steps} steps, CFG {args.guidance}; seeds {seeds}; "
