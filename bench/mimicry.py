@@ -12,8 +12,9 @@ test-bed model has never seen it. For every seed:
    mimic's prompt);
 3. the mimic fine-tunes the test-bed UNet on each set, DreamBooth-style, with the prompt
    "a painting in style sks" ("sks" is a token the model was never trained on): full
-   fine-tuning (lr 1e-3, 200 steps, all N images per step), and with --finetune full,lora
-   also a rank-4 LoRA on the attention projections (lr 3e-3);
+   fine-tuning (lr 1e-3, 200 steps, all N images per step); with --finetune also a rank-4
+   LoRA on the attention projections ("lora", lr 3e-3) and textual inversion ("ti", the
+   paper's mimic: only the embedding of "sks" learns, lr 5e-3);
 4. generates G images with that prompt (DDIM, classifier-free guidance), the same noise
    for every condition;
 5. scores them with a style classifier trained here on all seven styles including the
@@ -62,7 +63,7 @@ TOKEN = "sks"
 MIMIC_PROMPT = f"a painting in style {TOKEN}"
 EDIT_PROMPT = "a painting"
 METHODS = ("advdm", "mist", "sds", "photoguard")
-FULL_LR, LORA_LR = 1e-3, 3e-3
+FULL_LR, LORA_LR, TI_LR = 1e-3, 3e-3, 5e-3
 
 
 # ------------------------------------------------------------------ model parts
@@ -80,7 +81,6 @@ def load_parts(path: Path):
     return dict(unet=unet, vae=vae, te=te, tok=tok, ddpm=ddpm, ddim=ddim, scale=vae.config.scaling_factor)
 
 
-@torch.no_grad()
 def context(parts, prompts):
     ids = parts["tok"](prompts, padding="max_length", max_length=parts["te"].config.max_position_embeddings,
                        truncation=True, return_tensors="pt").input_ids
@@ -119,36 +119,53 @@ def add_lora(unet, rank: int, seed: int):
 
 
 def finetune(parts, images, mode: str, steps: int, seed: int):
-    """DreamBooth-style fine-tuning of a copy of the UNet on `images` with MIMIC_PROMPT
-    (text encoder frozen); returns the tuned UNet."""
+    """DreamBooth-style fine-tuning on `images` with MIMIC_PROMPT: of a copy of the whole UNet
+    ("full") or of a LoRA on it ("lora"), text encoder frozen; or textual inversion ("ti",
+    the paper's mimic): only the new token's embedding learns, UNet and the rest of the text
+    encoder frozen. Returns the parts with the tuned copies in place."""
     torch.manual_seed(seed)
-    unet = copy.deepcopy(parts["unet"])
-    if mode == "full":
-        unet.requires_grad_(True)
-        params, lr = list(unet.parameters()), FULL_LR
+    unet, te = parts["unet"], parts["te"]
+    if mode == "ti":
+        te = copy.deepcopy(te)
+        table = te.get_input_embeddings().weight
+        only_token = torch.zeros(len(table), 1)
+        only_token[parts["tok"].convert_tokens_to_ids(TOKEN + "</w>")] = 1
+        table.requires_grad_(True).register_hook(lambda g: g * only_token)
+        # no weight decay: AdamW's decay would shrink every row, not just the token's
+        opt = torch.optim.AdamW([table], lr=TI_LR, weight_decay=0.0)
     else:
-        params, lr = add_lora(unet, rank=4, seed=seed), LORA_LR
-    unet.train()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+        unet = copy.deepcopy(unet)
+        if mode == "full":
+            unet.requires_grad_(True)
+            params, lr = list(unet.parameters()), FULL_LR
+        else:
+            params, lr = add_lora(unet, rank=4, seed=seed), LORA_LR
+        unet.train()
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    tuned = dict(parts, unet=unet, te=te)
     gen = torch.Generator().manual_seed(seed + 777)
     with torch.no_grad():
         post = parts["vae"].encode(images * 2 - 1).latent_dist  # the mimic encodes once
-    ctx = context(parts, [MIMIC_PROMPT]).expand(len(images), -1, -1)
+        ctx = context(tuned, [MIMIC_PROMPT]).expand(len(images), -1, -1)
     abar = parts["ddpm"].alphas_cumprod
     for _ in range(steps):
         z = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * parts["scale"]
         t = torch.randint(0, len(abar), (len(images),), generator=gen)
         n = torch.randn(z.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
+        if mode == "ti":
+            ctx = context(tuned, [MIMIC_PROMPT]).expand(len(images), -1, -1)
         loss = F.mse_loss(unet(a.sqrt() * z + (1 - a).sqrt() * n, t, encoder_hidden_states=ctx).sample, n)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return unet.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+    te.requires_grad_(False)
+    return tuned
 
 
 @torch.no_grad()
-def generate(parts, unet, prompt, count, seed, steps, guidance, batch=8):
+def generate(parts, prompt, count, seed, steps, guidance, batch=8):
     sched = copy.deepcopy(parts["ddim"])
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
@@ -158,7 +175,7 @@ def generate(parts, unet, prompt, count, seed, steps, guidance, batch=8):
         ctx = torch.cat([context(parts, [prompt] * k), context(parts, [""] * k)])
         z = torch.randn((k, 4, 16, 16), generator=gen)
         for t in sched.timesteps:
-            ec, eu = unet(torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
+            ec, eu = parts["unet"](torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
             z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
         out.append(((parts["vae"].decode(z / parts["scale"]).sample + 1) / 2).clamp(0, 1))
     return torch.cat(out)
@@ -298,7 +315,7 @@ def main(argv=None):
     p.add_argument("--epsilon", type=float, default=8.0, help="L_inf budget, /255")
     p.add_argument("--pgd-steps", type=int, default=None, help="default: the fast preset's (30)")
     p.add_argument("--pgd-samples", type=int, default=None, help="Monte-Carlo samples per PGD step (default: the fast preset's, 1)")
-    p.add_argument("--finetune", default="full", help="full, lora or full,lora")
+    p.add_argument("--finetune", default="full", help="comma-separated mimics: full, lora, ti (textual inversion)")
     p.add_argument("--ft-steps", type=int, default=200)
     p.add_argument("--generate", type=int, default=16, help="generations per fine-tune")
     p.add_argument("--sample-steps", type=int, default=25)
@@ -363,7 +380,7 @@ def main(argv=None):
                 fixed_loss(model, x[None]) for x in clean)
             put(c, "loss_gain", gain)
         # reference: the base model with the untrained token (what "not learned" looks like)
-        base_gen = generate(parts, parts["unet"], MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
+        base_gen = generate(parts, MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
         bp, bd = judge(net, centroid, spread, base_gen)
         for mode in modes:
             put("base", f"{mode}_p", bp)
@@ -371,15 +388,15 @@ def main(argv=None):
         clean_edits = {s: sdedit(parts, clean, s, 2000 + seed, args.sample_steps) for s in strengths}
         for c in conditions:
             for mode in modes:
-                unet = finetune(parts, sets[c], mode, args.ft_steps, seed)
-                gen = generate(parts, unet, MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
+                tuned = finetune(parts, sets[c], mode, args.ft_steps, seed)
+                gen = generate(tuned, MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
                 pr, d = judge(net, centroid, spread, gen)
                 put(c, f"{mode}_p", pr)
                 put(c, f"{mode}_dist", d)
                 if seed == seeds[0] and mode == modes[0]:
                     grid += [sets[c], gen[: args.images]]
                 log(f"seed {seed}: {c:10s} {mode}: P(style) {pr:.3f}, dist {d:.3f}")
-                del unet
+                del tuned
             for s in strengths:
                 edit = sdedit(parts, sets[c], s, 2000 + seed, args.sample_steps)
                 put(c, f"sdedit_{s}", (edit - clean_edits[s]).pow(2).mean().sqrt().item() * 255)
@@ -392,7 +409,7 @@ def main(argv=None):
     print("\n" + render_paired(results, modes))
     print(f"\nbudget {args.epsilon:g}/255 L_inf; PGD {pgd_steps} steps of 1/255 x {pgd_samples} sample(s), prompt "
           f"'a painting'; {args.images} held-out '{styles.HELD_OUT}' images per seed; fine-tune "
-          f"{args.ft_steps} steps ({', '.join(modes)}; full lr {FULL_LR:g}, LoRA r4 lr {LORA_LR:g}) on '{MIMIC_PROMPT}'; "
+          f"{args.ft_steps} steps ({', '.join(modes)}; full lr {FULL_LR:g}, LoRA r4 lr {LORA_LR:g}, TI lr {TI_LR:g}) on '{MIMIC_PROMPT}'; "
           f"{args.generate} generations, DDIM {args.sample_steps} steps, CFG {args.guidance}; seeds {seeds}; "
           f"mean ± stdev over seeds; judge accuracy {acc:.3f}, real held-out images P {real_p:.3f} dist "
           f"{real_d:.3f}; {elapsed / 60:.1f} min, {args.threads} thread(s)")
