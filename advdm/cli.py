@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--json", action="store_true")
     m.add_argument("--robustness", action="store_true", help="also the gains after what a mimic does: "
-                   "downscale to 512/1024, centre and random crops, JPEG 95/85/75, light blur")
+                   "downscale to the training resolution and 512/1024, centre and random crops, JPEG 95/85/75, "
+                   "light blur")
+    m.add_argument("--resolution", type=int, help="with --robustness: the mimic's training resolution the resizes "
+                   "and crops go to (default: the model's)")
 
     sub.add_parser("selftest", help="protect a generated image with builtin:tiny and check the result")
     return parser
@@ -234,7 +237,8 @@ def cmd_measure(args) -> int:
     if args.robustness:
         from .robustness import format_robustness, robustness
 
-        result["robustness"] = robustness(model, original, protected, samples=args.samples, seed=args.seed)
+        result["robustness"] = robustness(model, original, protected, samples=args.samples, seed=args.seed,
+                                          resolution=args.resolution)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

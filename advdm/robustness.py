@@ -85,7 +85,7 @@ def default_transforms(model: DiffusionModel, resolution: Optional[int] = None, 
         return pil(fn)
 
     out: List[Tuple[str, Transform]] = [("none", lambda x: x)]
-    for side in sorted({r, *COMMON_RESOLUTIONS}):
+    for side in sorted({r, 2 * r, *COMMON_RESOLUTIONS}):
         out.append((f"resize {side}", down(side)))
     out.append((f"centre crop {r}", crop(False)))
     out.append((f"random crop {r}", crop(True)))
@@ -133,9 +133,11 @@ def robustness(
     resolution: Optional[int] = None,
     transforms: Optional[Sequence[str]] = None,
     control: Optional[Tensor] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, dict]:
     """Per transform: losses of the transformed clean / protected / same-budget noise images
-    and the gains over clean. `transforms` picks rows by name (default: all)."""
+    and the gains over clean. `transforms` picks rows by name (default: all). `progress(done,
+    total)` is called after each row (a host's progress bar and cancel point)."""
     if original.shape != protected.shape:
         raise ValueError(f"original {tuple(original.shape)} and protected {tuple(protected.shape)} differ in size")
     original, protected = original.float().cpu(), protected.float().cpu()
@@ -149,25 +151,23 @@ def robustness(
         if missing:
             raise ValueError(f"unknown transforms {missing}; choose from {list(known)}")
         table = [(t, known[t]) for t in transforms]
-    results: Dict[str, dict] = {}
-    for name, fn in table:
+    kw = dict(samples=samples, seed=seed, resolution=resolution)
+
+    def row(fn) -> dict:
         clean_t = fn(original)
         if clean_t is None:
-            results[name] = {"skipped": True}
-            continue
-        prot_t, noise_t = fn(protected), fn(control)
-        kw = dict(samples=samples, seed=seed, resolution=resolution)
+            return {"skipped": True}
         clean = evaluate(model, clean_t, **kw)
-        prot = evaluate(model, prot_t, **kw)
-        noisy = evaluate(model, noise_t, **kw)
-        results[name] = {
-            "size": tuple(clean_t.shape[-2:]),
-            "loss_clean": clean,
-            "loss_protected": prot,
-            "loss_noise": noisy,
-            "gain": prot / clean,
-            "gain_noise": noisy / clean,
-        }
+        prot = evaluate(model, fn(protected), **kw)
+        noisy = evaluate(model, fn(control), **kw)
+        return {"size": tuple(clean_t.shape[-2:]), "loss_clean": clean, "loss_protected": prot,
+                "loss_noise": noisy, "gain": prot / clean, "gain_noise": noisy / clean}
+
+    results: Dict[str, dict] = {}
+    for done, (name, fn) in enumerate(table, 1):
+        results[name] = row(fn)
+        if progress is not None:
+            progress(done, len(table))
     return results
 
 

@@ -138,9 +138,10 @@ def test_views_and_eot_flags_reach_the_config_and_robustness_is_reported(images,
     assert (meta["view"], meta["resolution"], meta["eot_jpeg"], meta["flip"]) == ("train", 32, 80, True)
     capsys.readouterr()
     assert main(["measure", str(images[0]), str(out / "art_protected.png"), "--checkpoint", "builtin:tiny",
-                 "--robustness", "--samples", "2", "--json"]) == 0
+                 "--robustness", "--resolution", "16", "--samples", "2", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["robustness"]
-    assert {"jpeg 85", "blur 1"} <= set(table) and "gain" in table["jpeg 85"]
+    assert {"jpeg 85", "blur 1", "resize 16", "random crop 16"} <= set(table) and "gain" in table["jpeg 85"]
+    assert table["random crop 16"]["size"] == [16, 16]
 
 
 def test_memory_and_flow_schedule_flags_reach_the_config(images, tmp_path):

@@ -23,8 +23,11 @@ def test_table_rows_skips_and_tiles(tiny):
     assert names[0] == "none" and "resize 512" in names and "jpeg 85" in names and "random crop 128" in names
     image = smooth_image(96, 80, seed=1)
     protected = protect(tiny, image, ProtectConfig(view="full", steps=1, epsilon=4))
+    rows_done = []
     res = robustness(tiny, image, protected, samples=2, resolution=32,
-                     transforms=["none", "resize 32", "resize 512", "centre crop 32", "jpeg 85", "blur 1"])
+                     transforms=["none", "resize 32", "resize 512", "centre crop 32", "jpeg 85", "blur 1"],
+                     progress=lambda done, total: rows_done.append((done, total)))
+    assert rows_done == [(k, 6) for k in range(1, 7)]  # one call per row, skipped ones included
     assert res["resize 512"] == {"skipped": True}
     assert res["resize 32"]["size"] == (38, 32)
     assert res["centre crop 32"]["size"] == (32, 32)
