@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import socket
 import subprocess
@@ -258,6 +259,23 @@ def test_protect_and_save(comfy):
     assert "diffusion loss" in text and "PSNR" in text
     pert = load_png(comfy.output_file(entry, "6"))
     assert pert.shape == src.shape
+
+
+def test_measure_reports_robustness(comfy):
+    src = artwork(64, 64, 5)
+    name = comfy.upload("advdm_robust.png", src)
+    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), [name])
+    # a mimic training at 32 px: the model's 512 would upscale the 64 px image (slow on a CPU)
+    graph["7"]["inputs"].update(robustness=True, resolution=32)
+    text = comfy.run(graph)["outputs"]["7"]["text"][0]
+    print(text)
+    table = text[text.index("after what a mimic does"):]
+    for row in ("none", "resize 32", "random crop 32", "jpeg 85", "resize 32 + jpeg 75", "blur 1"):
+        assert f"\n{row} " in table, row
+    assert re.search(r"\nresize 32 +32x32 ", table)
+    # the 64 px image is smaller than 512 and 1024: those rows say so instead of a number
+    assert re.search(r"\nresize 512 +\(skipped: image smaller\)", table)
+    assert len(re.findall(r"x ?\d+\.\d{3} x ?\d+\.\d{3}$", table, re.M)) >= 9  # gain and noise gain per row
 
 
 def test_img2img_side_by_side(comfy):
