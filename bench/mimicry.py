@@ -64,6 +64,9 @@ MIMIC_PROMPT = f"a painting in style {TOKEN}"
 EDIT_PROMPT = "a painting"
 METHODS = ("advdm", "mist", "sds", "photoguard")
 FULL_LR, LORA_LR, TI_LR = 1e-3, 3e-3, 5e-3
+# Paired differences at or below this count as ties: noise-control fine-tunes land within
+# 0.001 of clean ones, which is no evidence of anything.
+TIE = 0.01
 
 
 # ------------------------------------------------------------------ model parts
@@ -286,8 +289,10 @@ def render(results: dict, modes, strengths) -> str:
 def render_paired(results: dict, modes) -> str:
     """The done-when, per seed: each condition's fine-tune against the clean and the noise
     fine-tune of the *same* seed (same images, same fine-tuning and sampling noise), so the
-    seed-to-seed spread of the fine-tunes themselves cancels. Farther = lower P, higher dist."""
-    lines = ["| condition | mimic | vs | P(style) change | dist change | farther in |", "|" + " --- |" * 6]
+    seed-to-seed spread of the fine-tunes themselves cancels. Farther = P lower and dist
+    higher, each by more than TIE."""
+    lines = ["| condition | mimic | vs | P(style) change | dist change | farther in (by > %g on both) |" % TIE,
+             "|" + " --- |" * 6]
     for c in results:
         if c in ("base", "clean"):
             continue
@@ -297,7 +302,7 @@ def render_paired(results: dict, modes) -> str:
                     continue
                 dp = [a - b for a, b in zip(results[c][f"{mode}_p"], results[ref][f"{mode}_p"])]
                 dd = [a - b for a, b in zip(results[c][f"{mode}_dist"], results[ref][f"{mode}_dist"])]
-                farther = sum(p < 0 and d > 0 for p, d in zip(dp, dd))
+                farther = sum(p < -TIE and d > TIE for p, d in zip(dp, dd))
 
                 def cell(v):
                     return f"{statistics.mean(v):+.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
