@@ -10,6 +10,7 @@ import advdm
 from advdm.images import for_truncating_savers
 from advdm.measure import format_measurement, measure
 from advdm.robustness import default_transforms, format_robustness
+from advdm.views import MODES as VIEWS
 from advdm.robustness import robustness as measure_robustness
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
@@ -22,6 +23,10 @@ METHODS = ["advdm", "mist", "photoguard", "sds"]
 _MODEL_TIP = ("The diffusion model to protect against (SD1.x, SD2.x, SDXL, SD3 or Flux.1; other families are "
               "refused with a message). Protection is strongest against the model family it was computed with.")
 _VAE_TIP = "The VAE of that model (the attack differentiates through its encoder)."
+_VIEW_TIP = ("What the model sees each step; the output always keeps the image's own size. auto: the whole image "
+             "up to 1.5x the model's training size, else train. train: the crops and resized copies a fine-tuning "
+             "pipeline makes of a large image, so the protection survives its downscale (memory set by the training "
+             "size). tiled: native-size tiles, for images that will be used at full size. full: the whole image.")
 _COND_TIP = ("Optional text conditioning the attack uses (AdvDM's default is the prompt 'a painting'). "
              "Without it a zero text embedding is used, which is not the empty prompt: connect a "
              "CLIPTextEncode for results that match the paper.")
@@ -68,6 +73,11 @@ class AdvDMProtect(IO.ComfyNode):
                 IO.Boolean.Input("low_memory", default=False, optional=True,
                                  tooltip=("For small GPUs: recompute the VAE encoder during backward instead of keeping it "
                                           "in memory through the model's pass. Same result, one more encoder pass per step.")),
+                IO.Combo.Input("view", options=list(VIEWS), default="auto", optional=True, tooltip=_VIEW_TIP),
+                IO.Int.Input("eot_jpeg", default=0, min=0, max=95, optional=True,
+                             tooltip=("JPEG-robust: also optimise through a differentiable JPEG of a quality drawn "
+                                      "between this and 95, so the protection survives re-compression by a site or "
+                                      "a mimic. 0 = off. 75 covers common uploads.")),
             ],
             outputs=[
                 IO.Image.Output("protected", display_name="protected",
@@ -79,12 +89,13 @@ class AdvDMProtect(IO.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, image, method, epsilon, steps, step_size, samples, t_min, t_max, seed,
-                conditioning=None, mask=None, low_memory=False) -> IO.NodeOutput:
+                conditioning=None, mask=None, low_memory=False, view="auto", eot_jpeg=0) -> IO.NodeOutput:
         if t_max <= t_min:
             raise ValueError(f"t_max ({t_max}) must be above t_min ({t_min})")
         config = advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size),
                                      steps=int(steps), samples=int(samples), t_min=float(t_min),
-                                     t_max=float(t_max), seed=int(seed), low_memory=bool(low_memory))
+                                     t_max=float(t_max), seed=int(seed), low_memory=bool(low_memory), view=view,
+                                     eot_jpeg=int(eot_jpeg) or None)
         images = split_images(image)
         progress = Progress(total=len(images) * config.steps)
         out = []

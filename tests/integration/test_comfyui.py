@@ -375,6 +375,20 @@ def test_low_memory_gives_the_same_pixels(comfy):
     assert np.array_equal(saved[0], saved[1])
 
 
+def test_view_and_jpeg_eot_reach_the_attack(comfy):
+    """Same seed, same image: a different view or JPEG EOT must give different pixels (the
+    protection is deterministic, so an ignored switch would give identical ones)."""
+    src = artwork(40, 56, 13)
+    name = comfy.upload("advdm_eot.png", src)
+    runs = {label: load_png(comfy.output_file(comfy.run(protect_graph(CKPT_NAME, name, prefix=f"advdm_{label}",
+                                                                      **extra)), "4"))
+            for label, extra in (("default", {}), ("jpeg", {"eot_jpeg": 75}), ("train", {"view": "train"}))}
+    for label, saved in runs.items():
+        assert saved.shape == src.shape and 0 < np.abs(saved - src).max() <= EPSILON, label
+    assert not np.array_equal(runs["default"], runs["jpeg"])
+    assert not np.array_equal(runs["default"], runs["train"])
+
+
 @pytest.mark.parametrize("family,model_name", [
     ("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)"), ("sd3", "ComfyUI SD3 (flow)")])
 def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
