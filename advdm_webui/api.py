@@ -38,6 +38,8 @@ class ProtectRequest(BaseModel):
     t_max: Optional[float] = None
     seed: int = 0
     view: Optional[str] = None
+    eot_jpeg: Optional[int] = Field(None, description="JPEG-robust: lowest JPEG quality (1-95) the attack optimises through; "
+                                    "null or 0 = off")
     prompt: str = "a painting"
     measure: bool = True
     measure_samples: int = 8
@@ -63,7 +65,7 @@ def make_config(req: ProtectRequest) -> advdm.ProtectConfig:
         v = getattr(req, k)
         if v is not None:
             kwargs[k] = v
-    return advdm.ProtectConfig(method=req.method, seed=req.seed, **kwargs)
+    return advdm.ProtectConfig(method=req.method, seed=req.seed, eot_jpeg=req.eot_jpeg or None, **kwargs)
 
 
 def _auth_dependency():

@@ -11,11 +11,11 @@ import gradio as gr
 
 import advdm
 from advdm import images as advdm_images
+from advdm.views import MODES as VIEWS
 
 from modules import call_queue, shared  # noqa: E402
 
 METHODS = ["advdm", "mist", "photoguard", "sds"]
-VIEWS = ["auto", "full", "train", "tiled"]
 PRESET_NAMES = ["custom"] + list(advdm.PRESETS)
 GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
 
@@ -41,17 +41,18 @@ def _pil_to_loaded(pil, name: str):
     return advdm_images.load_image_bytes(buf.getvalue(), name)
 
 
-def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view):
+def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg):
     return advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size), steps=int(steps),
-                               samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view)
+                               samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view,
+                               eot_jpeg=int(eot_jpeg) or None)
 
 
 def run(id_task, mode, image, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
-        seed, view, prompt, do_measure, measure_samples):
+        seed, view, eot_jpeg, prompt, do_measure, measure_samples):
     """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
     from advdm_webui import webui
 
-    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view)
+    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg)
     out_dir = Path(output_dir.strip()) if output_dir and output_dir.strip() else webui.default_output_dir()
     if mode == "Single image":
         if image is None:
@@ -127,7 +128,8 @@ def on_ui_tabs():
                     t_max = gr.Slider(0, 1, value=1.0, step=0.01, label="t max")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed")
-                    view = gr.Dropdown(VIEWS, value="auto", label="View")
+                    view = gr.Dropdown(list(VIEWS), value="auto", label="View")
+                eot_jpeg = gr.Slider(0, 95, value=0, step=5, label="JPEG-robust down to quality (0 = off)")
                 prompt = gr.Textbox(value="a painting", label="Conditioning prompt")
                 with gr.Row():
                     do_measure = gr.Checkbox(value=True, label="Measure protection")
@@ -152,7 +154,7 @@ def on_ui_tabs():
         go.click(
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
             inputs=[id_task, mode, image, input_dir, output_dir, method, epsilon, step_size, steps, samples,
-                    t_min, t_max, seed, view, prompt, do_measure, measure_samples],
+                    t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples],
             outputs=[gallery, info],
             **_js_kw(SUBMIT_JS),
         )

@@ -191,6 +191,26 @@ def test_protect_over_http_holds_the_budget(server):
     assert d["config"]["method"] == "advdm" and d["config"]["steps"] == 3
 
 
+def test_protect_tab_is_built_with_its_controls(server):
+    status, config = server.call("GET", "/config")  # Gradio's description of every component
+    assert status == 200
+    labels = {c.get("props", {}).get("label") for c in config["components"]}
+    assert {"View", "JPEG-robust down to quality (0 = off)", "Budget epsilon (/255)"} <= labels
+    assert "advdm" not in "".join(l for l in (server.data / "server.log").read_text().splitlines()
+                                  if "Error" in l or "Traceback" in l)
+
+
+def test_jpeg_robust_protection_over_http(server):
+    src = _image(48, 48)
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], **FAST, "eot_jpeg": 75,
+                                                          "measure": False})
+    assert status == 200, d
+    assert d["config"]["eot_jpeg"] == 75
+    out = _decode(d["images"][0]["image"])
+    diff = np.abs(out[..., :3].astype(int) - src[..., :3].astype(int))
+    assert out.shape == src.shape and 0 < diff.max() <= 8
+
+
 def test_api_auth_is_enforced(server):
     status, _ = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(8, 8))], **FAST}, auth=None)
     assert status == 401
