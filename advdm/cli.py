@@ -235,10 +235,17 @@ def cmd_measure(args) -> int:
     model = _load(args)
     result = measure(model, original, protected, samples=args.samples, seed=args.seed)
     if args.robustness:
+        from tqdm import tqdm
+
         from .robustness import format_robustness, robustness
 
-        result["robustness"] = robustness(model, original, protected, samples=args.samples, seed=args.seed,
-                                          resolution=args.resolution)
+        with tqdm(desc=f"{args.protected.name}: robustness", unit="transform", file=sys.stderr) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result["robustness"] = robustness(model, original, protected, samples=args.samples, seed=args.seed,
+                                              resolution=args.resolution, progress=progress)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
