@@ -276,66 +276,52 @@ def test_interrupt_stops_a_long_protection(server):
     assert status == 200, d
 
 
-def test_sdxl_protect_over_http_holds_the_budget(server):
-    """SDXL (sgm DiffusionEngine, conditioning {'crossattn', 'vector'}) through the extension."""
-    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
+def _protect_with_checkpoint(server, name, src, label):
+    """Switch the web UI to checkpoint `name`, protect `src` over HTTP and check the result:
+    made by that checkpoint, same size, 8-bit, within the budget, a finite measurement."""
+    from PIL import Image
+
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{name}.safetensors"})
     assert status == 200, d
     status, opts = server.call("GET", "/sdapi/v1/options")
-    assert status == 200 and opts["sd_model_checkpoint"].startswith(SDXL_NAME), opts["sd_model_checkpoint"]
-    src = _image(40, 72, seed=5)  # neither side a multiple of the SDXL UNet's 32 px
-    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["xl.png"], **FAST})
+    assert status == 200 and opts["sd_model_checkpoint"].startswith(name), opts["sd_model_checkpoint"]
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": [f"{label}.png"], **FAST})
     assert status == 200, d
     assert not d["interrupted"]
     (item,) = d["images"]
-    from PIL import Image
-
     png = Image.open(io.BytesIO(base64.b64decode(item["image"])))
     meta = json.loads(png.info["advdm"])
-    assert meta["checkpoint"] == SDXL_NAME, meta  # the SDXL model was the one used
+    assert meta["checkpoint"] == name, meta  # that model was the one used
     out = np.array(png)
     assert out.shape == src.shape and out.dtype == np.uint8  # same size, 8-bit
     diff = np.abs(out.astype(int) - src.astype(int))
     assert 0 < diff.max() <= 8
     m = item["measurement"]
-    print("SDXL:", item["summary"])
+    print(f"{label}:", item["summary"])
     assert m["linf"] <= 8 + 1e-3
     assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
-    # the SDXL model still generates afterwards (previews by "Approx cheap": "Approx NN" would
-    # download vaeapprox-sdxl.pt, the web UI ships only the SD1 one)
+
+
+def _txt2img_works(server):
+    # previews by "Approx cheap": "Approx NN" would download vaeapprox-sdxl.pt, the web UI
+    # ships only the SD1 one
     status, d = server.call("POST", "/sdapi/v1/txt2img",
                             {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
                              "override_settings": {"show_progress_type": "Approx cheap"}})
     assert status == 200, d
     assert _decode(d["images"][0]).shape[:2] == (64, 64)
+
+
+def test_sdxl_protect_over_http_holds_the_budget(server):
+    """SDXL (sgm DiffusionEngine, conditioning {'crossattn', 'vector'}) through the extension."""
+    # neither side a multiple of the SDXL UNet's 32 px
+    _protect_with_checkpoint(server, SDXL_NAME, _image(40, 72, seed=5), "SDXL")
+    _txt2img_works(server)  # the SDXL model still generates afterwards
 
 
 def test_sd3_protect_over_http_holds_the_budget(server):
     """SD3 (the web UI's SD3Inferencer: a flow model whose apply_model takes sigma) through the extension."""
-    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD3_NAME}.safetensors"})
-    assert status == 200, d
-    status, opts = server.call("GET", "/sdapi/v1/options")
-    assert status == 200 and opts["sd_model_checkpoint"].startswith(SD3_NAME), opts["sd_model_checkpoint"]
-    src = _image(40, 72, seed=6)  # neither side a multiple of SD3's 16 px
-    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["sd3.png"], **FAST})
-    assert status == 200, d
-    assert not d["interrupted"]
-    (item,) = d["images"]
-    from PIL import Image
-
-    png = Image.open(io.BytesIO(base64.b64decode(item["image"])))
-    assert json.loads(png.info["advdm"])["checkpoint"] == SD3_NAME
-    out = np.array(png)
-    assert out.shape == src.shape and out.dtype == np.uint8
-    diff = np.abs(out.astype(int) - src.astype(int))
-    assert 0 < diff.max() <= 8
-    m = item["measurement"]
-    print("SD3:", item["summary"])
-    assert m["linf"] <= 8 + 1e-3
-    assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
+    _protect_with_checkpoint(server, SD3_NAME, _image(40, 72, seed=6), "SD3")  # neither side a multiple of 16 px
     status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
     assert status == 200 and p["state"]["job"] == "", p
-    status, d = server.call("POST", "/sdapi/v1/txt2img",
-                            {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
-                             "override_settings": {"show_progress_type": "Approx cheap"}})
-    assert status == 200, d
-    assert _decode(d["images"][0]).shape[:2] == (64, 64)
+    _txt2img_works(server)
