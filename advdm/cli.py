@@ -12,11 +12,12 @@ from typing import Optional
 import torch
 
 from . import __version__, builtin
-from .attack import PRESETS, ProtectConfig, protect
+from .attack import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
 from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .images import ImageError, load_image, output_path, save_png, warn_if_lossy
 from .measure import format_measurement, measure
 from .objectives import OBJECTIVES
+from .views import MODES as VIEWS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -55,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sds-ascend", action="store_true", help="SDS(+): ascend the loss (default SDS(-) descends)")
     p.add_argument("--low-memory", action="store_true", help="recompute the VAE encoder in backward instead of keeping "
                    "it through the denoiser's pass: lower peak memory, one more encoder forward per step")
-    p.add_argument("--flow-timesteps", choices=["uniform", "logit-normal"],
+    p.add_argument("--flow-timesteps", choices=FLOW_TIMESTEPS,
                    help="SD3 / Flux: timestep distribution of the attack (default: the model's training one, logit-normal)")
     p.add_argument("--flow-shift", type=float, help="SD3 / Flux: timestep shift (default: the model's)")
     v = p.add_argument_group("views and robustness", "what the model sees each step; the output keeps the native size")
-    v.add_argument("--view", choices=["auto", "full", "train", "tiled"], default="auto",
+    v.add_argument("--view", choices=VIEWS, default="auto",
                    help="full: whole image at native size; train: the random crops and aspect buckets a fine-tuning "
                         "pipeline makes, scaled to the training resolution (memory set by it, not the image); tiled: "
                         "native-size tiles covering the image; auto: full up to 1.5x the training size, else train")

@@ -11,11 +11,12 @@ import gradio as gr
 
 import advdm
 from advdm import images as advdm_images
+from advdm.objectives import OBJECTIVES
 from advdm.views import MODES as VIEWS
 
 from modules import call_queue, shared  # noqa: E402
 
-METHODS = ["advdm", "mist", "photoguard", "sds"]
+METHODS = list(OBJECTIVES)  # advdm first: the default
 PRESET_NAMES = ["custom"] + list(advdm.PRESETS)
 GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
 

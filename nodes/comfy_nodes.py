@@ -9,16 +9,17 @@ from comfy_api.latest import IO, UI, ComfyExtension
 import advdm
 from advdm.images import for_truncating_savers
 from advdm.measure import format_measurement, measure
+from advdm.objectives import OBJECTIVES
 from advdm.robustness import default_transforms, format_robustness
-from advdm.views import MODES as VIEWS
 from advdm.robustness import robustness as measure_robustness
+from advdm.views import MODES as VIEWS
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
 from .image_ops import amplified, join_images, mask_for, split_images, to_8bit_grid
 
 log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
-METHODS = ["advdm", "mist", "photoguard", "sds"]
+METHODS = list(OBJECTIVES)  # advdm first: the default
 
 _MODEL_TIP = ("The diffusion model to protect against (SD1.x, SD2.x, SDXL, SD3 or Flux.1; other families are "
               "refused with a message). Protection is strongest against the model family it was computed with.")
