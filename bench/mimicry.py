@@ -27,12 +27,19 @@ Also SDEdit (img2img with the base model, prompt "a painting") at two strengths:
 (/255) of the edit of each condition's images from the edit of the clean images, same
 noise; and the `advdm.measure` loss gain of the protected images (x clean loss).
 
+With --latent-oracle, the encoder is taken out of the way: AdvDM (and same-size noise) is
+applied to the latents directly, at L_inf budgets in latent units, and the mimic fine-tunes
+on those latents. It asks whether the denoiser and the mimic could be disrupted at all if
+the encoder passed on a large latent change, as SD's fragile encoder does; the table's
+"VAE-decoded change" column says how visible each set's latent change is.
+
 Done-when of issue 8: protected fine-tunes farther from the style than clean *and* than
 the noise control, across seeds.
 
     /work/venv/bin/python bench/mimicry.py                  # full: 3 seeds, all methods
     /work/venv/bin/python bench/mimicry.py --quick          # smoke run (a minute or two)
     /work/venv/bin/python bench/mimicry.py --methods advdm --seeds 0,1,2 --json out.json
+    /work/venv/bin/python bench/mimicry.py --methods advdm --pgd-steps 100 --latent-oracle 0.3,0.6,1.2
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -57,7 +65,9 @@ import styles  # noqa: E402
 
 from advdm.attack import ProtectConfig, protect  # noqa: E402
 from advdm.checkpoints import load_model  # noqa: E402
+from advdm.draws import Draws  # noqa: E402
 from advdm.measure import fixed_loss, noise_control  # noqa: E402
+from advdm.model import diffusion_loss  # noqa: E402
 
 TOKEN = "sks"
 MIMIC_PROMPT = f"a painting in style {TOKEN}"
@@ -91,6 +101,11 @@ def context(parts, prompts):
 
 
 # ------------------------------------------------------------------ the mimic
+class Posterior(NamedTuple):
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
 class LoRALinear(nn.Module):
     """y = W x + (alpha / r) B A x, B starts at zero (Hu et al. 2021)."""
 
@@ -121,11 +136,12 @@ def add_lora(unet, rank: int, seed: int):
     return params
 
 
-def finetune(parts, images, mode: str, steps: int, seed: int):
+def finetune(parts, images, mode: str, steps: int, seed: int, latents=None):
     """DreamBooth-style fine-tuning on `images` with MIMIC_PROMPT: of a copy of the whole UNet
     ("full") or of a LoRA on it ("lora"), text encoder frozen; or textual inversion ("ti",
     the paper's mimic): only the new token's embedding learns, UNet and the rest of the text
-    encoder frozen. Returns the parts with the tuned copies in place."""
+    encoder frozen. `latents` (scaled, as the UNet sees them) replace the encoded images:
+    the latent oracle's sets. Returns the parts with the tuned copies in place."""
     torch.manual_seed(seed)
     unet, te = parts["unet"], parts["te"]
     if mode == "ti":
@@ -148,16 +164,20 @@ def finetune(parts, images, mode: str, steps: int, seed: int):
     tuned = dict(parts, unet=unet, te=te)
     gen = torch.Generator().manual_seed(seed + 777)
     with torch.no_grad():
-        post = parts["vae"].encode(images * 2 - 1).latent_dist  # the mimic encodes once
-        ctx = context(tuned, [MIMIC_PROMPT]).expand(len(images), -1, -1)
+        if latents is None:
+            post = parts["vae"].encode(images * 2 - 1).latent_dist  # the mimic encodes once
+        else:
+            post = Posterior(latents / parts["scale"], torch.zeros_like(latents))
+        count = len(post.mean)
+        ctx = context(tuned, [MIMIC_PROMPT]).expand(count, -1, -1)
     abar = parts["ddpm"].alphas_cumprod
     for _ in range(steps):
         z = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * parts["scale"]
-        t = torch.randint(0, len(abar), (len(images),), generator=gen)
+        t = torch.randint(0, len(abar), (count,), generator=gen)
         n = torch.randn(z.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         if mode == "ti":
-            ctx = context(tuned, [MIMIC_PROMPT]).expand(len(images), -1, -1)
+            ctx = context(tuned, [MIMIC_PROMPT]).expand(count, -1, -1)
         loss = F.mse_loss(unet(a.sqrt() * z + (1 - a).sqrt() * n, t, encoder_hidden_states=ctx).sample, n)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,8 +200,13 @@ def generate(parts, prompt, count, seed, steps, guidance, batch=8):
         for t in sched.timesteps:
             ec, eu = parts["unet"](torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
             z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
-        out.append(((parts["vae"].decode(z / parts["scale"]).sample + 1) / 2).clamp(0, 1))
+        out.append(decode(parts, z))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def decode(parts, latents):
+    return ((parts["vae"].decode(latents / parts["scale"]).sample + 1) / 2).clamp(0, 1)
 
 
 @torch.no_grad()
@@ -199,7 +224,30 @@ def sdedit(parts, images, strength, seed, steps, guidance=3.0):
     for t in ts:
         ec, eu = parts["unet"](torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
         z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
-    return ((parts["vae"].decode(z / parts["scale"]).sample + 1) / 2).clamp(0, 1)
+    return decode(parts, z)
+
+
+# ------------------------------------------------------------------ the latent oracle
+def latent_advdm(model, z, epsilon: float, steps: int, seed: int):
+    """AdvDM on the latents themselves, as if the encoder passed on any latent change:
+    sign-PGD on the model's training loss (advdm.model.diffusion_loss, the loss
+    `advdm.protect` raises through the encoder), from a random start, within an L_inf ball
+    of `epsilon` scaled-latent units (the latents have std ~1). The most an attack through
+    a fragile encoder could do to the mimic's data at that latent size."""
+    draws = Draws(model, seed)
+    delta = draws.uniform(z.shape, -epsilon, epsilon)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = diffusion_loss(model, z + delta, draws.sigmas(len(z)), draws.normal(z.shape)).mean()
+        grad, = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + epsilon / 20 * grad.sign()).clamp(-epsilon, epsilon)
+    return z + delta
+
+
+def latent_noise(z, epsilon: float, seed: int):
+    """The oracle's control: uniform noise of the same L_inf size on the latents."""
+    gen = torch.Generator().manual_seed(seed)
+    return z + (torch.rand(z.shape, generator=gen) * 2 - 1) * epsilon
 
 
 # ------------------------------------------------------------------ the judge
@@ -265,8 +313,8 @@ def judge(net, centroid, spread, images):
 # ------------------------------------------------------------------ the run
 def render(results: dict, modes, strengths) -> str:
     """The markdown table: one row per condition, mean ± stdev over seeds."""
-    cols = ["loss_gain"] + [f"{m}_{k}" for m in modes for k in ("p", "dist")] + [f"sdedit_{s}" for s in strengths]
-    head = {"loss_gain": "loss x clean"}
+    cols = ["loss_gain", "decoded"] + [f"{m}_{k}" for m in modes for k in ("p", "dist")] + [f"sdedit_{s}" for s in strengths]
+    head = {"loss_gain": "loss x clean", "decoded": "VAE-decoded change (/255)"}
     for m in modes:
         head[f"{m}_p"] = f"{m} FT: P(style) ↑close"
         head[f"{m}_dist"] = f"{m} FT: dist ↓close"
@@ -286,6 +334,15 @@ def render(results: dict, modes, strengths) -> str:
     return "\n".join(lines)
 
 
+def references(condition: str):
+    """The fine-tunes a condition is paired against: clean, and its same-budget noise
+    control (pixel noise; for the latent oracle, latent noise of the same size)."""
+    if condition.startswith("latent "):
+        control = condition.replace("advdm", "noise")
+        return ["clean"] if control == condition else ["clean", control]
+    return ["clean", "noise"]
+
+
 def render_paired(results: dict, modes) -> str:
     """The done-when, per seed: each condition's fine-tune against the clean and the noise
     fine-tune of the *same* seed (same images, same fine-tuning and sampling noise), so the
@@ -297,7 +354,7 @@ def render_paired(results: dict, modes) -> str:
         if c in ("base", "clean"):
             continue
         for mode in modes:
-            for ref in ("clean", "noise"):
+            for ref in references(c):
                 if ref == c or f"{mode}_p" not in results.get(ref, {}):
                     continue
                 dp = [a - b for a, b in zip(results[c][f"{mode}_p"], results[ref][f"{mode}_p"])]
@@ -320,6 +377,9 @@ def main(argv=None):
     p.add_argument("--epsilon", type=float, default=8.0, help="L_inf budget, /255")
     p.add_argument("--pgd-steps", type=int, default=None, help="default: the fast preset's (30)")
     p.add_argument("--pgd-samples", type=int, default=None, help="Monte-Carlo samples per PGD step (default: the fast preset's, 1)")
+    p.add_argument("--latent-oracle", default="", metavar="BUDGETS",
+                   help="comma-separated L_inf budgets in scaled-latent units (latent std ~1): AdvDM and "
+                        "noise applied to the latents directly, bypassing the encoder (see latent_advdm)")
     p.add_argument("--finetune", default="full", help="comma-separated mimics: full, lora, ti (textual inversion)")
     p.add_argument("--ft-steps", type=int, default=200)
     p.add_argument("--generate", type=int, default=16, help="generations per fine-tune")
@@ -331,14 +391,21 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, advdm only, few steps")
     p.add_argument("--json", help="write the raw numbers here")
     p.add_argument("--save-grid", help="write a PNG grid of the first seed's sets and generations")
-    p.add_argument("--render", help="re-print the table of a --json file (also a partial one) and exit")
+    p.add_argument("--render", nargs="+", metavar="JSON",
+                   help="re-print the tables of --json files (also partial ones; several runs over "
+                        "different seeds are joined seed by seed) and exit")
     args = p.parse_args(argv)
     if args.render:
-        saved = json.loads(Path(args.render).read_text())
-        a = saved["args"]
-        print(render(saved["results"], a["finetune"].split(","), [float(x) for x in a["strengths"].split(",")]))
-        print("\n" + render_paired(saved["results"], a["finetune"].split(",")))
-        return saved["results"]
+        runs = [json.loads(Path(f).read_text()) for f in args.render]
+        results = {}  # condition -> metric -> values of every run's seeds, in order
+        for run in runs:
+            for cond, metrics in run["results"].items():
+                for key, values in metrics.items():
+                    results.setdefault(cond, {}).setdefault(key, []).extend(values)
+        a = runs[0]["args"]
+        print(render(results, a["finetune"].split(","), [float(x) for x in a["strengths"].split(",")]))
+        print("\n" + render_paired(results, a["finetune"].split(",")))
+        return results
     if args.quick:
         args.methods, args.seeds, args.images = "advdm", "0", 2
         args.pgd_steps, args.ft_steps, args.generate, args.sample_steps, args.judge_steps = 5, 20, 4, 10, 100
@@ -362,7 +429,9 @@ def main(argv=None):
     real_p, real_d = judge(net, centroid, spread, styles.batch(styles.HELD_OUT, range(40000, 40016)))
     log(f"judge on real held-out images: P {real_p:.3f}, dist {real_d:.3f}")
 
-    conditions = ["clean", "noise", *methods]
+    budgets = [float(b) for b in args.latent_oracle.split(",") if b]
+    oracle = [f"latent {kind} {b:g}" for b in budgets for kind in ("noise", "advdm")]
+    conditions = ["clean", "noise", *methods, *oracle]
     results = {c: {} for c in ["base", *conditions]}  # condition -> metric -> [per seed]
 
     def put(cond, key, value):
@@ -378,7 +447,14 @@ def main(argv=None):
                                        samples=pgd_samples, seed=seed)
             sets[m] = torch.cat([protect(model, x[None], cfg) for x in clean])
             log(f"seed {seed}: protected {len(clean)} images with {m}")
-        for c in conditions:
+        with torch.no_grad():  # every set's latents, as the mimic (and img2img) see them
+            latents = {c: model.encode(x).mean for c, x in sets.items()}
+        for b in budgets:
+            latents[f"latent noise {b:g}"] = latent_noise(latents["clean"], b, seed)
+            latents[f"latent advdm {b:g}"] = latent_advdm(model, latents["clean"], b, pgd_steps, seed)
+            log(f"seed {seed}: latent oracle at {b:g}")
+        clean_decoded = decode(parts, latents["clean"])
+        for c in sets:
             linf = (sets[c] - clean).abs().max().item() * 255
             assert linf <= args.epsilon + 1e-3, (c, linf)
             gain = statistics.mean(fixed_loss(model, x[None]) for x in sets[c]) / statistics.mean(
@@ -392,17 +468,21 @@ def main(argv=None):
             put("base", f"{mode}_dist", bd)
         clean_edits = {s: sdedit(parts, clean, s, 2000 + seed, args.sample_steps) for s in strengths}
         for c in conditions:
+            decoded = decode(parts, latents[c])
+            put(c, "decoded", (decoded - clean_decoded).pow(2).mean().sqrt().item() * 255)
             for mode in modes:
-                tuned = finetune(parts, sets[c], mode, args.ft_steps, seed)
+                # the oracle's sets exist only as latents; the others the mimic encodes itself
+                tuned = finetune(parts, sets.get(c), mode, args.ft_steps, seed,
+                                 latents=latents[c] if c in oracle else None)
                 gen = generate(tuned, MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
                 pr, d = judge(net, centroid, spread, gen)
                 put(c, f"{mode}_p", pr)
                 put(c, f"{mode}_dist", d)
                 if seed == seeds[0] and mode == modes[0]:
-                    grid += [sets[c], gen[: args.images]]
+                    grid += [sets.get(c, decoded), gen[: args.images]]
                 log(f"seed {seed}: {c:10s} {mode}: P(style) {pr:.3f}, dist {d:.3f}")
                 del tuned
-            for s in strengths:
+            for s in strengths if c in sets else ():
                 edit = sdedit(parts, sets[c], s, 2000 + seed, args.sample_steps)
                 put(c, f"sdedit_{s}", (edit - clean_edits[s]).pow(2).mean().sqrt().item() * 255)
         if args.json:  # after every seed, so an interrupted run keeps what it measured
