@@ -51,7 +51,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -101,11 +100,6 @@ def context(parts, prompts):
 
 
 # ------------------------------------------------------------------ the mimic
-class Posterior(NamedTuple):
-    mean: torch.Tensor
-    std: torch.Tensor
-
-
 class LoRALinear(nn.Module):
     """y = W x + (alpha / r) B A x, B starts at zero (Hu et al. 2021)."""
 
@@ -166,13 +160,14 @@ def finetune(parts, images, mode: str, steps: int, seed: int, latents=None):
     with torch.no_grad():
         if latents is None:
             post = parts["vae"].encode(images * 2 - 1).latent_dist  # the mimic encodes once
+            mean, std = post.mean, post.std
         else:
-            post = Posterior(latents / parts["scale"], torch.zeros_like(latents))
-        count = len(post.mean)
+            mean, std = latents / parts["scale"], torch.zeros_like(latents)
+        count = len(mean)
         ctx = context(tuned, [MIMIC_PROMPT]).expand(count, -1, -1)
     abar = parts["ddpm"].alphas_cumprod
     for _ in range(steps):
-        z = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * parts["scale"]
+        z = (mean + std * torch.randn(mean.shape, generator=gen)) * parts["scale"]
         t = torch.randint(0, len(abar), (count,), generator=gen)
         n = torch.randn(z.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
