@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -5,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 torch.set_num_threads(2)
 warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
 
@@ -22,3 +24,12 @@ def tiny():
     from advdm import builtin
 
     return builtin.build("tiny")
+
+
+@pytest.fixture(scope="session")
+def mimicry():
+    """bench/mimicry.py as a module (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("mimicry", ROOT / "bench" / "mimicry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

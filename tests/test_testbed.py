@@ -75,3 +75,17 @@ def test_advdm_raises_loss_above_clean_and_noise(testbed):
     loss_protected = fixed_loss(testbed, protected)
     assert loss_protected > 1.1 * loss_clean
     assert loss_protected > 1.1 * loss_noise
+
+
+def test_latent_oracle_raises_the_loss_within_its_latent_budget(testbed, mimicry):
+    """bench/mimicry.py's latent AdvDM (the encoder bypassed) against same-size latent noise."""
+    with torch.no_grad():
+        z = testbed.encode(mimicry.styles.batch("mosaic", range(10000, 10002))).mean
+    adv = mimicry.latent_advdm(testbed, z, 0.3, steps=20, seed=0)
+    noise = mimicry.latent_noise(z, 0.3, seed=0)
+    assert (adv - z).abs().max() <= 0.3 + 1e-6 and (noise - z).abs().max() <= 0.3 + 1e-6
+
+    def loss(latents):  # fixed draws, not the attack's
+        return sum(_latent_loss(testbed, x[None], seed=99, samples=32) for x in latents) / len(latents)
+
+    assert loss(adv) > 1.1 * loss(noise)

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
