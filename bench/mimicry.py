@@ -449,12 +449,14 @@ def main(argv=None):
             latents[f"latent advdm {b:g}"] = latent_advdm(model, latents["clean"], b, pgd_steps, seed)
             log(f"seed {seed}: latent oracle at {b:g}")
         clean_decoded = decode(parts, latents["clean"])
+        def set_loss(images):
+            return statistics.mean(fixed_loss(model, x[None]) for x in images)
+
+        clean_loss = set_loss(clean)
         for c in sets:
             linf = (sets[c] - clean).abs().max().item() * 255
             assert linf <= args.epsilon + 1e-3, (c, linf)
-            gain = statistics.mean(fixed_loss(model, x[None]) for x in sets[c]) / statistics.mean(
-                fixed_loss(model, x[None]) for x in clean)
-            put(c, "loss_gain", gain)
+            put(c, "loss_gain", set_loss(sets[c]) / clean_loss)
         # reference: the base model with the untrained token (what "not learned" looks like)
         base_gen = generate(parts, MIMIC_PROMPT, args.generate, 1000 + seed, args.sample_steps, args.guidance)
         bp, bd = judge(net, centroid, spread, base_gen)
