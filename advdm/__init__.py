@@ -5,7 +5,7 @@ loaded; protect() runs the attack and measure() checks it.
 """
 from .attack import PRESETS, ProtectConfig, protect, quantize
 from .loss import advdm_loss
-from .measure import format_measurement, measure
+from .evaluation.measure import format_measurement, measure
 from .model import DiffusionModel, Latent, diffusion_loss, sigmas_from_alphas_cumprod
 
 __version__ = "0.1.0"

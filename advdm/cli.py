@@ -15,7 +15,7 @@ from . import __version__, builtin
 from .attack import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
 from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .images import ImageError, load_image, output_path, save_png, warn_if_lossy
-from .measure import format_measurement, measure
+from .evaluation.measure import format_measurement, measure
 from .objectives import OBJECTIVES
 from .views import MODES as VIEWS
 
@@ -238,7 +238,7 @@ def cmd_measure(args) -> int:
     if args.robustness:
         from tqdm import tqdm
 
-        from .robustness import format_robustness, robustness
+        from .evaluation.robustness import format_robustness, robustness
 
         with tqdm(desc=f"{args.protected.name}: robustness", unit="transform", file=sys.stderr) as bar:
             def progress(done, total):

@@ -5,6 +5,7 @@ Like k-diffusion, a model is reduced to two differentiable functions and a sched
     encode(pixels)   -> Latent(mean, std)   pixels NCHW in [0, 1], latent already in the
                                             space the denoiser works in (scaled and shifted)
     denoise(x, sigma) -> predicted clean latent, conditioning already bound
+    decode(latent)   -> pixels NCHW in [0, 1] (optional; evaluation's purifications need it)
 
 The noisy input follows the model's parameterisation (see ``noised``):
 eps / v models take the variance-exploding form ``x = z + sigma * n`` (the denoiser scales
@@ -55,6 +56,9 @@ class DiffusionModel:
     # Device and dtype pixels should be sent to the encoder in.
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # Latent (denoiser space) -> pixels NCHW in [0, 1], float32. Need not be differentiable;
+    # None where an adapter has no decoder (then the purification rows are skipped).
+    decode: Optional[Callable[[Tensor], Tensor]] = None
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:

@@ -65,7 +65,7 @@ import styles  # noqa: E402
 from advdm.attack import ProtectConfig, protect  # noqa: E402
 from advdm.checkpoints import load_model  # noqa: E402
 from advdm.draws import Draws  # noqa: E402
-from advdm.measure import fixed_loss, noise_control  # noqa: E402
+from advdm.evaluation.measure import fixed_loss, noise_control  # noqa: E402
 from advdm.model import diffusion_loss  # noqa: E402
 
 TOKEN = "sks"

@@ -51,7 +51,7 @@ def load_image(path, size):
     """An image file, resized (bicubic) to size x size as a high-resolution original."""
     from PIL import Image
 
-    from advdm.robustness import from_pil
+    from advdm.evaluation.robustness import from_pil
 
     return from_pil(Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC))
 
@@ -93,7 +93,7 @@ def memory(args):
 
 def robustness_table(args):
     from advdm import ProtectConfig, protect
-    from advdm.robustness import format_robustness, protect_upsampled, robustness
+    from advdm.evaluation.robustness import format_robustness, protect_upsampled, robustness
 
     torch.set_num_threads(args.threads)
     model = load(args)

@@ -8,10 +8,10 @@ from comfy_api.latest import IO, UI, ComfyExtension
 
 import advdm
 from advdm.images import for_truncating_savers
-from advdm.measure import format_measurement, measure
+from advdm.evaluation.measure import format_measurement, measure
 from advdm.objectives import OBJECTIVES
-from advdm.robustness import default_transforms, format_robustness
-from advdm.robustness import robustness as measure_robustness
+from advdm.evaluation.robustness import default_transforms, format_robustness
+from advdm.evaluation.robustness import robustness as measure_robustness
 from advdm.views import MODES as VIEWS
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel

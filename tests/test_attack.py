@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from advdm import ProtectConfig, builtin, protect
-from advdm.measure import fixed_loss, noise_control
+from advdm.evaluation.measure import fixed_loss, noise_control
 from conftest import smooth_image
 
 

@@ -7,7 +7,7 @@ import torch
 
 from advdm import builtin
 from advdm.checkpoints import CheckpointError, detect_family, load_model
-from advdm.measure import fixed_loss
+from advdm.evaluation.measure import fixed_loss
 from conftest import smooth_image
 
 

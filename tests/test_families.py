@@ -10,7 +10,7 @@ from PIL import Image
 from advdm import builtin
 from advdm.checkpoints import load_model
 from advdm.cli import main
-from advdm.measure import fixed_loss
+from advdm.evaluation.measure import fixed_loss
 from conftest import smooth_image
 
 

@@ -89,7 +89,7 @@ def test_encoder_noise_gives_the_reparameterised_sample():
 @pytest.mark.parametrize("name", ["tiny-sd2v", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
 def test_every_family_gets_gradients_and_a_rising_loss(name):
     from advdm import ProtectConfig, protect
-    from advdm.measure import fixed_loss
+    from advdm.evaluation.measure import fixed_loss
 
     model = builtin.build(name)
     image = smooth_image()

@@ -4,7 +4,7 @@ of a 2048 px image to SD1.x's 512)."""
 import pytest
 
 from advdm import ProtectConfig, protect
-from advdm.robustness import (
+from advdm.evaluation.robustness import (
     default_transforms,
     evaluate,
     evaluation_tiles,

@@ -65,7 +65,7 @@ def test_it_has_learned_the_structure_of_its_styles(testbed):
 def test_advdm_raises_loss_above_clean_and_noise(testbed):
     import styles
     from advdm.attack import ProtectConfig, protect
-    from advdm.measure import fixed_loss, noise_control
+    from advdm.evaluation.measure import fixed_loss, noise_control
 
     clean = styles.batch(styles.HELD_OUT, [5001])
     protected = protect(testbed, clean, ProtectConfig.preset("fast", steps=10, seed=0))

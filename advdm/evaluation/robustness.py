@@ -21,10 +21,10 @@ import torch
 from PIL import Image, ImageFilter
 from torch import Tensor
 
-from .attack import ProtectConfig, protect, quantize
+from ..attack import ProtectConfig, protect, quantize
 from .measure import fixed_loss, noise_control
-from .model import DiffusionModel
-from .views import round_to_multiple, tile_starts
+from ..model import DiffusionModel
+from ..views import round_to_multiple, tile_starts
 
 Transform = Callable[[Tensor], Optional[Tensor]]  # None: not applicable to this image
 JPEG_QUALITIES = (95, 85, 75)

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attack import quantize
-from .draws import Draws
-from .model import DiffusionModel, diffusion_loss
-from .objectives import posterior_sample
-from .views import pad_to_multiple
+from ..attack import quantize
+from ..draws import Draws
+from ..model import DiffusionModel, diffusion_loss
+from ..objectives import posterior_sample
+from ..views import pad_to_multiple
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
