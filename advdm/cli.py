@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
 from . import __version__, builtin
 from .attack import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
 from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .images import ImageError, load_image, output_path, save_png, warn_if_lossy
-from .evaluation.measure import format_measurement, measure
+from .evaluation.measure import MAX_SAMPLES, PRECISION, SAMPLES, format_measurement, measure
 from .objectives import OBJECTIVES
 from .views import MODES as VIEWS
 
@@ -83,12 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("original", type=Path)
     m.add_argument("protected", type=Path)
     _model_args(m)
-    m.add_argument("--samples", type=int, default=16, help="fixed (t, noise) samples")
+    m.add_argument("--samples", type=int, default=SAMPLES, help="fixed (t, noise) draws to start with; "
+                   "doubled until the protected-minus-noise interval is narrow enough")
+    m.add_argument("--max-samples", type=int, default=MAX_SAMPLES, help="at most this many draws")
+    m.add_argument("--precision", type=float, default=PRECISION, help="stop drawing once the 95%% interval of "
+                   "protected minus noise is at most this wide on each side (in units of the clean loss)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--json", action="store_true")
     m.add_argument("--robustness", action="store_true", help="also the gains after what a mimic does: "
                    "downscale to the training resolution and 512/1024, centre and random crops, JPEG 95/85/75, "
-                   "light blur")
+                   "light blur, and the cleanups known to strip protections (DiffPure with this model, noisy "
+                   "upscale, bilateral + guided filtering)")
     m.add_argument("--resolution", type=int, help="with --robustness: the mimic's training resolution the resizes "
                    "and crops go to (default: the model's)")
 
@@ -156,8 +162,6 @@ def _mask_for(path: Optional[Path], size) -> Optional[torch.Tensor]:
 
 
 def _progress_bar(name: str, total: int):
-    from tqdm import tqdm
-
     bar = tqdm(total=total, desc=name, unit="step", leave=True, file=sys.stderr)
 
     def progress(step, total, current):
@@ -229,15 +233,19 @@ def cmd_protect(args) -> int:
 
 
 def cmd_measure(args) -> int:
+    if not 2 <= args.samples <= args.max_samples:
+        raise ValueError(f"--samples must be at least 2 and at most --max-samples ({args.max_samples}), got {args.samples}")
+    if args.precision <= 0:
+        raise ValueError(f"--precision must be positive, got {args.precision}")
     original, protected = load_image(args.original).rgb, load_image(args.protected).rgb
     if original.shape != protected.shape:
         raise ImageError(f"{args.protected}: size {protected.shape[-1]}x{protected.shape[-2]} differs from "
                          f"{args.original} ({original.shape[-1]}x{original.shape[-2]})")
     model = _load(args)
-    result = measure(model, original, protected, samples=args.samples, seed=args.seed)
+    draws = dict(samples=args.samples, max_samples=args.max_samples, precision=args.precision, seed=args.seed)
+    with tqdm(desc=f"{args.protected.name}: measure", unit="draw", total=args.max_samples, file=sys.stderr) as bar:
+        result = measure(model, original, protected, progress=lambda n, most: bar.update(n - bar.n), **draws)
     if args.robustness:
-        from tqdm import tqdm
-
         from .evaluation.robustness import format_robustness, robustness
 
         with tqdm(desc=f"{args.protected.name}: robustness", unit="transform", file=sys.stderr) as bar:
@@ -245,8 +253,8 @@ def cmd_measure(args) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result["robustness"] = robustness(model, original, protected, samples=args.samples, seed=args.seed,
-                                              resolution=args.resolution, progress=progress)
+            result["robustness"] = robustness(model, original, protected, resolution=args.resolution,
+                                              progress=progress, **draws)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -41,6 +41,17 @@ def vae_encoder(vae, scale: float, shift: float = 0.0):
     return encode
 
 
+def vae_decoder(vae, scale: float, shift: float = 0.0):
+    """latent in the denoiser's space -> pixels [0,1] (float32), without gradients."""
+
+    @torch.no_grad()
+    def decode(latent: Tensor) -> Tensor:
+        pixels = vae.decode((latent.to(vae.device, vae.dtype) / scale) + shift).sample
+        return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+    return decode
+
+
 def unet_model(
     unet,
     vae,
@@ -78,6 +89,7 @@ def unet_model(
 
     return DiffusionModel(
         encode=vae_encoder(vae, scale),
+        decode=vae_decoder(vae, scale),
         denoise=denoise,
         prediction=prediction,
         sigmas=sigmas,
@@ -125,6 +137,7 @@ def flow_model(
 
     return DiffusionModel(
         encode=vae_encoder(vae, scale, shift),
+        decode=vae_decoder(vae, scale, shift),
         denoise=denoise,
         prediction="flow",
         flow_shift=flow_shift,

@@ -1,14 +1,15 @@
 """Does the protection survive what a mimic does to the image before fine-tuning?
 
 For each transform a mimic's pipeline applies (downscale to the training resolution,
-centre / random crops, real JPEG re-encoding, a light blur), the diffusion loss of the
-transformed clean, protected and same-budget noise images over a fixed set of (t, noise)
-samples (``measure.fixed_loss`` with fixed seeds, so the three are compared on the same
-samples). Images larger than twice the training resolution are evaluated tile-wise: the
-mean loss over a fixed set of R x R tiles, so memory stays bounded.
+centre / random crops, real JPEG re-encoding, a light blur) and each cleanup a mimic runs
+to strip protections (purification.py), the transformed clean, protected and same-budget
+noise images are scored on the same fixed (t, noise) draws and compared draw by draw, with
+the intervals and verdict of ``measure``. Images larger than twice the training resolution
+are evaluated tile-wise: the mean per-draw loss over a fixed set of R x R tiles, so memory
+stays bounded.
 
-Transforms work on 8-bit images through PIL (as a training pipeline loads them), not on
-the attack's differentiable approximations.
+Transforms work on 8-bit images (through PIL, as a training pipeline loads them, or rounded
+to 8 bits after a cleanup), not on the attack's differentiable approximations.
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 
 from ..attack import ProtectConfig, protect, quantize
-from .measure import fixed_loss, noise_control
 from ..model import DiffusionModel
 from ..views import round_to_multiple, tile_starts
+from . import purification
+from .measure import MAX_SAMPLES, PRECISION, SAMPLES, DrawLosses, Losses, noise_controls, paired_figures, verdict
 
 Transform = Callable[[Tensor], Optional[Tensor]]  # None: not applicable to this image
+NOT_APPLICABLE = "image smaller"  # why a row returning None is skipped
 JPEG_QUALITIES = (95, 85, 75)
 COMMON_RESOLUTIONS = (512, 1024)  # SD1.x and SDXL training resolutions
 BLUR_RADIUS = 1.0
@@ -94,7 +97,38 @@ def default_transforms(model: DiffusionModel, resolution: Optional[int] = None, 
     for q in JPEG_QUALITIES:
         out.append((f"resize {r} + jpeg {q}", pil(lambda im, q=q: jpeg_pil(resize_shorter(im, r), q))))
     out.append((f"blur {BLUR_RADIUS:g}", pil(lambda im: im.filter(ImageFilter.GaussianBlur(BLUR_RADIUS)))))
+    return out + purifications(model, seed)
+
+
+def eight_bit(fn: Callable[[Tensor], Tensor]) -> Transform:
+    """A cleanup's output as the 8-bit file the mimic would train on."""
+    return lambda x: from_pil(to_pil(fn(x)))
+
+
+def purifications(model: DiffusionModel, seed: int = 0) -> List[Tuple[str, Transform]]:
+    """The cleanups known to remove protections; a row that cannot run here raises
+    Unavailable with the reason, so the table says why it is missing."""
+    def unavailable(reason):
+        def fn(x):
+            raise Unavailable(reason)
+        return fn
+
+    out: List[Tuple[str, Transform]] = []
+    for t in purification.DIFFPURE_T:
+        name = f"diffpure t*={t:g} ({purification.DIFFPURE_STEPS} steps)"
+        if model.decode is None:
+            out.append((name, unavailable("the model has no decoder here")))
+        else:
+            out.append((name, eight_bit(lambda x, t=t: purification.diffpure(model, x, t, seed=seed))))
+    out.append((f"noisy upscale x{purification.UPSCALE_FACTOR}",
+                eight_bit(lambda x: purification.noisy_upscale(x, seed=seed))))
+    missing = purification.edge_preserving_filters()
+    out.append(("bilateral + guided", unavailable(missing) if missing else eight_bit(purification.adverse_clean)))
     return out
+
+
+class Unavailable(Exception):
+    """A row that cannot be computed with what this installation has."""
 
 
 def evaluation_tiles(height: int, width: int, resolution: int) -> List[Tuple[int, int, int, int]]:
@@ -109,18 +143,15 @@ def evaluation_tiles(height: int, width: int, resolution: int) -> List[Tuple[int
     return [(t, l, min(resolution, height), min(resolution, width)) for t in starts(height) for l in starts(width)]
 
 
-def evaluate(model: DiffusionModel, image: Tensor, *, samples: int = 16, seed: int = 0,
-             resolution: Optional[int] = None) -> float:
-    """fixed_loss of the whole image, or the mean over fixed R x R tiles above 2 R."""
+def losses_of(model: DiffusionModel, image: Tensor, *, seed: int = 0, resolution: Optional[int] = None) -> Losses:
+    """Per-draw losses of the whole image, or their mean over fixed R x R tiles above 2 R."""
     r = round_to_multiple(resolution or model.train_resolution, model.pixel_multiple)
     h, w = image.shape[-2:]
-    with torch.inference_mode(False):
-        if max(h, w) <= TILE_LIMIT * r:
-            return fixed_loss(model, image, samples, seed)
-        tiles = evaluation_tiles(h, w, r)
-        return sum(
-            fixed_loss(model, image[..., t:t + th, l:l + tw], samples, seed + i) for i, (t, l, th, tw) in enumerate(tiles)
-        ) / len(tiles)
+    if max(h, w) <= TILE_LIMIT * r:
+        return DrawLosses(model, image, seed).losses
+    tiles = [DrawLosses(model, image[..., t:t + th, l:l + tw], seed + i)
+             for i, (t, l, th, tw) in enumerate(evaluation_tiles(h, w, r))]
+    return lambda n: torch.stack([tile.losses(n) for tile in tiles]).mean(0)
 
 
 def robustness(
@@ -128,22 +159,22 @@ def robustness(
     original: Tensor,
     protected: Tensor,
     *,
-    samples: int = 16,
+    samples: int = SAMPLES,
+    max_samples: int = MAX_SAMPLES,
+    precision: float = PRECISION,
     seed: int = 0,
     resolution: Optional[int] = None,
     transforms: Optional[Sequence[str]] = None,
-    control: Optional[Tensor] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, dict]:
-    """Per transform: losses of the transformed clean / protected / same-budget noise images
-    and the gains over clean. `transforms` picks rows by name (default: all). `progress(done,
-    total)` is called after each row (a host's progress bar and cancel point)."""
+    """Per transform: ``measure``'s paired figures (gains with intervals, verdict) for the
+    transformed clean / protected / same-budget noise images, or {"skipped": reason}.
+    `transforms` picks rows by name (default: all). `progress(done, total)` is called after
+    each row (a host's progress bar and cancel point)."""
     if original.shape != protected.shape:
         raise ValueError(f"original {tuple(original.shape)} and protected {tuple(protected.shape)} differ in size")
     original, protected = original.float().cpu(), protected.float().cpu()
-    if control is None:
-        linf = (protected - original).abs().max().item() * 255
-        control = noise_control(original, max(round(linf), 1), seed)
+    controls = noise_controls(original, protected, seed)
     table = default_transforms(model, resolution, seed)
     if transforms is not None:
         known = dict(table)
@@ -151,17 +182,18 @@ def robustness(
         if missing:
             raise ValueError(f"unknown transforms {missing}; choose from {list(known)}")
         table = [(t, known[t]) for t in transforms]
-    kw = dict(samples=samples, seed=seed, resolution=resolution)
 
     def row(fn) -> dict:
-        clean_t = fn(original)
+        try:
+            clean_t = fn(original)
+        except Unavailable as exc:
+            return {"skipped": str(exc)}
         if clean_t is None:
-            return {"skipped": True}
-        clean = evaluate(model, clean_t, **kw)
-        prot = evaluate(model, fn(protected), **kw)
-        noisy = evaluate(model, fn(control), **kw)
-        return {"size": tuple(clean_t.shape[-2:]), "loss_clean": clean, "loss_protected": prot,
-                "loss_noise": noisy, "gain": prot / clean, "gain_noise": noisy / clean}
+            return {"skipped": NOT_APPLICABLE}
+        scored = [losses_of(model, x, seed=seed, resolution=resolution)
+                  for x in (clean_t, fn(protected), *(fn(c) for c in controls))]
+        return {"size": tuple(clean_t.shape[-2:]), **paired_figures(
+            scored[0], scored[1], scored[2:], samples=samples, max_samples=max_samples, precision=precision)}
 
     results: Dict[str, dict] = {}
     for done, (name, fn) in enumerate(table, 1):
@@ -172,32 +204,36 @@ def robustness(
 
 
 def format_robustness(results: Dict[str, dict], columns: Optional[Dict[str, Dict[str, dict]]] = None) -> str:
-    """A text table of one result (gain and noise gain per transform), or with `columns`
-    {label: result}, one gain column per label (for comparisons)."""
+    """A text table of one result (gains with 95% intervals and the verdict per transform),
+    or with `columns` {label: result}, one gain column per label (for comparisons)."""
+    def ci(r, key):
+        return f"x{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]"
+
     if columns is None:
-        lines = [f"{'transform':<24} {'size':>11} {'clean':>9} {'protected':>9} {'gain':>7} {'noise':>7}"]
+        lines = [f"{'transform':<27} {'size':>9} {'protected gain [95% CI]':>24} {'noise gain [95% CI]':>24}  "
+                 f"{'draws':>5}  verdict"]
         for name, r in results.items():
             if r.get("skipped"):
-                lines.append(f"{name:<24} {'(skipped: image smaller)':>46}")
+                lines.append(f"{name:<27} (skipped: {r['skipped']})")
                 continue
             size = "x".join(map(str, r["size"]))
-            lines.append(f"{name:<24} {size:>11} {r['loss_clean']:9.5f} {r['loss_protected']:9.5f} "
-                         f"x{r['gain']:6.3f} x{r['gain_noise']:6.3f}")
+            lines.append(f"{name:<27} {size:>9} {ci(r, 'gain'):>24} {ci(r, 'gain_noise'):>24}  {r['samples']:>5}  "
+                         f"{verdict(r['gain_over_noise_low'], r['gain_over_noise_high'])}")
         return "\n".join(lines)
     labels = list(columns)
-    width = max(10, *(len(l) for l in labels))
-    lines = [f"{'transform':<24}" + "".join(f" {l:>{width}}" for l in labels) + f" {'noise':>8}"]
+    width = max(24, *(len(l) for l in labels))
+    lines = [f"{'transform':<27}" + "".join(f" {l:>{width}}" for l in labels) + f" {'noise':>24}"]
     for name in next(iter(columns.values())):
-        row = f"{name:<24}"
+        row = f"{name:<27}"
         noise = None
         for label in labels:
-            r = columns[label].get(name, {"skipped": True})
+            r = columns[label].get(name, {"skipped": "not run"})
             if r.get("skipped"):
                 row += f" {'-':>{width}}"
             else:
-                row += f" {'x%.4f' % r['gain']:>{width}}"
-                noise = r["gain_noise"]
-        row += f" {('x%.4f' % noise) if noise is not None else '-':>8}"
+                row += f" {ci(r, 'gain'):>{width}}"
+                noise = ci(r, "gain_noise")
+        row += f" {noise or '-':>24}"
         lines.append(row)
     return "\n".join(lines)
 
