@@ -205,6 +205,18 @@ def _encoder(fsm: Any, scale: float, shift: float, before_encode: Optional[Calla
     return encode
 
 
+def _decoder(fsm: Any, scale: float, shift: float, before_encode: Optional[Callable[[], None]]) -> Callable[[Tensor], Tensor]:
+    """The denoiser's latent -> pixels [0, 1], without gradients (the purification rows)."""
+    @torch.no_grad()
+    def decode(latent: Tensor) -> Tensor:
+        if before_encode is not None:  # the VAE is where --medvram put it for encoding
+            before_encode()
+        z = (latent.float() / scale + shift).to(device=_module_device(fsm), dtype=_module_dtype(fsm))
+        return ((fsm.decode(z).float() + 1) / 2).clamp(0, 1)
+
+    return decode
+
+
 def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
           before_encode: Optional[Callable[[], None]] = None,
           recompute_encode: bool = False, name: str = "webui") -> DiffusionModel:
@@ -242,7 +254,7 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
         return x - s * out
 
     return DiffusionModel(
-        encode=encode, denoise=denoise, prediction=pred, sigmas=sigmas,
+        encode=encode, decode=_decoder(fsm, scale, 0.0, before_encode), denoise=denoise, prediction=pred, sigmas=sigmas,
         pixel_multiple=8 * unet_multiple(sd_model), train_resolution=1024 if fam == "SDXL" else (768 if pred == "v" else 512),
         latent_channels=4, name=f"{name} {fam}{' v' if pred == 'v' else ''}",
         device=torch.device(device), dtype=torch.float32,
@@ -269,7 +281,8 @@ def build_sd3(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None
         return sd_model.apply_model(x, sigma, batched(x.shape[0])).float()
 
     return DiffusionModel(
-        encode=_encoder(fsm, scale, shift, before_encode, recompute_encode), denoise=denoise, prediction="flow",
+        encode=_encoder(fsm, scale, shift, before_encode, recompute_encode), decode=_decoder(fsm, scale, shift, before_encode),
+        denoise=denoise, prediction="flow",
         flow_shift=float(sampling.shift), flow_logit_normal=True,  # SD3 trains with logit-normal t
         pixel_multiple=8 * patch, train_resolution=1024,
         latent_channels=int(getattr(sd_model, "latent_channels", 16)), name=f"{name} SD3",

@@ -435,6 +435,12 @@ class ComfyModel:
         mean, std = to_model_latent(self.latent_format, mean, std)
         return Latent(mean.to(self.device), None if std is None else std.to(self.device))
 
+    @torch.no_grad()
+    def decode(self, latent: Tensor) -> Tensor:
+        """The denoiser's latent -> pixels NCHW in [0, 1] (for the purification rows)."""
+        z = self.latent_format.process_out(latent.float()).to(self.vae_device, self.vae_dtype)
+        return ((self.vae.first_stage_model.decode(z).float() + 1.0) / 2.0).clamp(0, 1)
+
     def conds_for(self, x: Tensor) -> Dict[str, Tensor]:
         shape = (1, *x.shape[1:])
         if shape not in self._conds_by_shape:
@@ -453,6 +459,7 @@ class ComfyModel:
     def diffusion_model(self) -> DiffusionModel:
         return DiffusionModel(
             encode=self.encode,
+            decode=self.decode,
             denoise=self.denoise,
             prediction=self.prediction,
             sigmas=self.sigmas,

@@ -248,9 +248,23 @@ def test_measure_runs(ldm_model):
     with lm.attack_mode(m):
         model = _build(m)
         out = advdm.protect(model, x, advdm.ProtectConfig(steps=2))
-        d = advdm.measure(model, x, out, samples=2)
+        d = advdm.measure(model, x, out, samples=2, max_samples=2)
     assert d["linf"] <= 16 + 1e-4
     assert "diffusion loss" in advdm.format_measurement(d)
+
+
+def test_decode_matches_ldms_own_decode_first_stage(ldm_model):
+    """The purification rows decode through the adapter: the same pixels as ldm's own path."""
+    from advdm_webui import ldm_model as lm
+
+    x = _image()
+    with lm.attack_mode(ldm_model):
+        model = _build(ldm_model)
+        z = model.encode(x).mean
+        ours = model.decode(z)
+    with torch.no_grad():
+        theirs = ((ldm_model.decode_first_stage(z).float() + 1) / 2).clamp(0, 1)
+    assert ours.shape == x.shape and torch.allclose(ours, theirs, atol=1e-5)
 
 
 def test_refuses_x0_models():
@@ -391,7 +405,7 @@ def test_sd3_protect_budget_and_model_left_as_it_was():
     with lm.attack_mode(m):
         model = _build(m, h=40, w=56)
         out = advdm.protect(model, x, advdm.ProtectConfig(steps=3, epsilon=8))
-        d = advdm.measure(model, x, out, samples=2)
+        d = advdm.measure(model, x, out, samples=2, max_samples=2)
     assert out.shape == x.shape
     k = out * 255
     assert torch.allclose(k, k.round(), atol=1e-4)

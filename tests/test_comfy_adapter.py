@@ -54,6 +54,9 @@ class LatentFormat:
     def process_in(self, z):
         return z * self.scale_factor
 
+    def process_out(self, z):
+        return z / self.scale_factor
+
 
 class SD15(LatentFormat): scale_factor = 0.18215
 class SDXL(LatentFormat): scale_factor = 0.13025
@@ -64,6 +67,9 @@ class SD3(LatentFormat):
 
     def process_in(self, z):
         return (z - self.shift_factor) * self.scale_factor
+
+    def process_out(self, z):
+        return z / self.scale_factor + self.shift_factor
 
 
 class Flux(SD3): scale_factor, shift_factor = 0.3611, 0.1159
@@ -229,6 +235,9 @@ class FakeKL(torch.nn.Module):
         self.regularization = DiagonalGaussianRegularizer()
         self.bn = None
 
+    def decode(self, z):  # latent -> pixels in [-1, 1], as comfy's first_stage_model.decode
+        return torch.tanh(torch.nn.functional.interpolate(z[:, :3], scale_factor=8))
+
 
 def test_posterior_mean_std_and_gradient():
     fsm = FakeKL()
@@ -350,6 +359,19 @@ def test_flow_encode_applies_the_latent_shift_and_scale():
     assert lat.mean.shape == (1, 16, 2, 2)
     assert torch.allclose(lat.mean, (moments[:, :16] - 0.1159) * 0.3611, atol=1e-6)
     assert torch.allclose(lat.std, torch.exp(0.5 * moments[:, 16:]) * 0.3611, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+def test_decode_undoes_the_latent_scale_and_shift(prediction):
+    """The purification rows decode the denoiser's latent: the family's process_out, then
+    the VAE's decode, mapped from [-1, 1] to [0, 1]."""
+    m = fake_comfy_model(prediction)
+    x = torch.rand(1, 3, 16, 16)
+    fsm = m.vae.first_stage_model
+    raw = fsm.quant_conv(fsm.encoder(x * 2 - 1)) if fsm.quant_conv is not None else fsm.encoder(x * 2 - 1)
+    mean = raw[:, :raw.shape[1] // 2]
+    decoded = m.diffusion_model.decode(m.encode(x).mean)
+    assert torch.allclose(decoded, (fsm.decode(mean) + 1) / 2, atol=1e-5)
 
 
 def test_flow_loss_feeds_the_rectified_flow_input_and_is_the_velocity_loss():
