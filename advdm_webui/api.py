@@ -8,7 +8,7 @@ import binascii
 import io
 import secrets
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -42,14 +42,16 @@ class ProtectRequest(BaseModel):
                                     "null or 0 = off")
     prompt: str = "a painting"
     measure: bool = True
-    measure_samples: int = 8
+    measure_samples: int = Field(16, ge=2, le=4096, description="fixed (t, noise) draws the measurement starts with; "
+                                 "doubled until the protected-minus-noise interval is narrow enough")
+    measure_max_samples: int = Field(256, ge=2, le=4096, description="at most this many draws")
 
 
 class ProtectedImage(BaseModel):
     name: str
     image: Optional[str] = None
     path: Optional[str] = None
-    measurement: Optional[Dict[str, float]] = None
+    measurement: Optional[Dict[str, Any]] = None  # measure()'s figures: floats, the draws used, `protects`, `verdict`
     summary: Optional[str] = None
 
 
@@ -117,6 +119,8 @@ def protect_endpoint(req: ProtectRequest) -> ProtectResponse:
         config = make_config(req)
     except (ValueError, TypeError) as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
+    if req.measure_samples > req.measure_max_samples:
+        raise HTTPException(status_code=400, detail="measure_samples must not exceed measure_max_samples")
     if bool(req.images) == bool(req.input_folder):
         raise HTTPException(status_code=400, detail="give either images or input_folder")
 
@@ -155,7 +159,7 @@ def protect_endpoint(req: ProtectRequest) -> ProtectResponse:
             png = advdm_images.png_bytes(r["protected"], im.alpha, im.levels, metadata, im.icc_profile)
             entry.image = base64.b64encode(png).decode("ascii")
         if r["measurement"] is not None:
-            entry.measurement = {k: float(v) for k, v in r["measurement"].items()}
+            entry.measurement = {k: v if isinstance(v, (bool, int, str)) else float(v) for k, v in r["measurement"].items()}
             entry.summary = advdm.format_measurement(r["measurement"])
         items.append(entry)
 
@@ -165,7 +169,8 @@ def protect_endpoint(req: ProtectRequest) -> ProtectResponse:
         try:
             metadata = webui.png_metadata(config, req.prompt)
             webui.protect_images(loaded, config, prompt=req.prompt, measure=req.measure,
-                                 measure_samples=req.measure_samples, on_result=on_result)
+                                 measure_samples=req.measure_samples, measure_max_samples=req.measure_max_samples,
+                                 on_result=on_result)
         except webui.Interrupted:
             interrupted = True
         except webui.UnsupportedModel as e:

@@ -134,7 +134,8 @@ def on_ui_tabs():
                 prompt = gr.Textbox(value="a painting", label="Conditioning prompt")
                 with gr.Row():
                     do_measure = gr.Checkbox(value=True, label="Measure protection")
-                    measure_samples = gr.Slider(1, 32, value=8, step=1, label="Measurement samples")
+                    measure_samples = gr.Slider(2, 64, value=16, step=2, label="Measurement draws to start with "
+                                                "(doubled up to 256 until the interval is narrow)")
                 with gr.Row():
                     go = gr.Button("Protect", variant="primary", elem_id="advdm_protect")
                     stop = gr.Button("Interrupt", elem_id="advdm_interrupt")

@@ -156,7 +156,8 @@ def _outputs_root() -> str:
 
 
 def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.ProtectConfig, *,
-                job_no: int = 0, measure: bool = True, measure_samples: int = 8, levels: int = 255) -> dict:
+                job_no: int = 0, measure: bool = True, measure_samples: int = 16, measure_max_samples: int = 256,
+                levels: int = 255) -> dict:
     shared.state.textinfo = f"Protecting image {job_no + 1}/{max(shared.state.job_count, 1)} ({config.method})"
     out = advdm.protect(model, rgb, config, progress=progress_callback(job_no), levels=levels)
     result = {"protected": out, "measurement": None}
@@ -164,7 +165,13 @@ def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.Pr
         if shared.state.interrupted:
             raise Interrupted("interrupted")
         shared.state.textinfo = f"Measuring image {job_no + 1}"
-        result["measurement"] = advdm.measure(model, rgb, out, samples=measure_samples, seed=config.seed)
+        def cancel_point(draws, most):
+            shared.state.textinfo = f"Measuring image {job_no + 1}: {draws} of at most {most} draws"
+            if shared.state.interrupted:
+                raise Interrupted("interrupted")
+
+        result["measurement"] = advdm.measure(model, rgb, out, samples=measure_samples, max_samples=measure_max_samples,
+                                              seed=config.seed, progress=cancel_point)
     return result
 
 
@@ -183,7 +190,7 @@ def inside(path: Path, root: Path) -> bool:
 
 
 def protect_images(images: List[Any], config: advdm.ProtectConfig, *, prompt: str = "a painting",
-                   measure: bool = True, measure_samples: int = 8,
+                   measure: bool = True, measure_samples: int = 16, measure_max_samples: int = 256,
                    on_result: Optional[Callable[[int, Any, dict], None]] = None) -> List[dict]:
     """Protect advdm.images.LoadedImage objects in turn with the loaded checkpoint.
 
@@ -199,6 +206,7 @@ def protect_images(images: List[Any], config: advdm.ProtectConfig, *, prompt: st
         w, h = im.size
         with loaded_model(prompt, w, h) as model:
             r = protect_one(model, im.rgb, config, job_no=i, measure=measure, measure_samples=measure_samples,
+                            measure_max_samples=measure_max_samples,
                             levels=getattr(im, "levels", 255))
         results.append(r)
         if on_result is not None:

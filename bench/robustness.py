@@ -114,7 +114,8 @@ def robustness_table(args):
         assert out.shape == image.shape
         assert ((out - image).abs() * 255).round().max() <= args.epsilon
         t1 = time.time()
-        columns[label] = robustness(model, image, out, samples=args.eval_samples, seed=args.eval_seed, resolution=r)
+        columns[label] = robustness(model, image, out, samples=args.eval_samples, max_samples=args.eval_samples,
+                                    seed=args.eval_seed, resolution=r)
         print(f"{label:<11} crafted in {t1 - t:6.1f} s, evaluated in {time.time() - t1:6.1f} s", flush=True)
     print(f"\nloss gain (protected / clean) after each transform; {model.name}, {args.size}x{args.size} image, "
           f"R = {r}, budget {args.epsilon:g}/255, {args.steps} steps x {args.samples} samples, "

@@ -107,10 +107,28 @@ def test_measure_json(images, tmp_path, capsys):
     main(["protect", str(images[0]), "-o", str(tmp_path / "out"), "--epsilon", "8", *FAST])
     capsys.readouterr()
     assert main(["measure", str(images[0]), str(tmp_path / "out" / "art_protected.png"),
-                 "--checkpoint", "builtin:tiny", "--json", "--samples", "4"]) == 0
+                 "--checkpoint", "builtin:tiny", "--json", "--samples", "4", "--max-samples", "8"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["linf"] == pytest.approx(8, abs=1e-3)
     assert {"loss_clean", "loss_protected", "loss_noise", "psnr", "ssim"} <= set(result)
+    # the intervals beside the flat figures; the draws used; the verdict as a boolean
+    assert result["gain_low"] <= result["gain"] <= result["gain_high"]
+    assert result["gain_noise_low"] <= result["gain_noise"] <= result["gain_noise_high"]
+    assert result["samples"] in (4, 8) and result["protects"] is False  # random weights protect nothing
+
+
+def test_measure_text_says_noise_is_not_protection(images, tmp_path, capsys):
+    """Same-budget noise passed as the protected image: the verdict is 'not distinguishable'."""
+    from advdm.evaluation.measure import noise_control
+    from advdm.images import load_image
+
+    original = load_image(images[0]).rgb
+    decoy = noise_control(original, 8, seed=99)
+    write(tmp_path / "decoy.png", (decoy[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    assert main(["measure", str(images[0]), str(tmp_path / "decoy.png"), "--checkpoint", "builtin:tiny",
+                 "--max-samples", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "95% CI" in out and "not distinguishable from same-budget noise" in out
 
 
 def test_measure_refuses_different_sizes(images, capsys):
@@ -138,7 +156,7 @@ def test_views_and_eot_flags_reach_the_config_and_robustness_is_reported(images,
     assert (meta["view"], meta["resolution"], meta["eot_jpeg"], meta["flip"]) == ("train", 32, 80, True)
     capsys.readouterr()
     assert main(["measure", str(images[0]), str(out / "art_protected.png"), "--checkpoint", "builtin:tiny",
-                 "--robustness", "--resolution", "16", "--samples", "2", "--json"]) == 0
+                 "--robustness", "--resolution", "16", "--samples", "2", "--max-samples", "2", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["robustness"]
     assert {"jpeg 85", "blur 1", "resize 16", "random crop 16"} <= set(table) and "gain" in table["jpeg 85"]
     assert table["random crop 16"]["size"] == [16, 16]

@@ -2,13 +2,14 @@
 tiny model at a small analogue of a large image (128 px image, R = 32: the 4x downscale
 of a 2048 px image to SD1.x's 512)."""
 import pytest
+import torch
 
 from advdm import ProtectConfig, protect
 from advdm.evaluation.robustness import (
     default_transforms,
-    evaluate,
     evaluation_tiles,
     format_robustness,
+    losses_of,
     protect_upsampled,
     robustness,
 )
@@ -24,11 +25,11 @@ def test_table_rows_skips_and_tiles(tiny):
     image = smooth_image(96, 80, seed=1)
     protected = protect(tiny, image, ProtectConfig(view="full", steps=1, epsilon=4))
     rows_done = []
-    res = robustness(tiny, image, protected, samples=2, resolution=32,
+    res = robustness(tiny, image, protected, samples=2, max_samples=2, resolution=32,
                      transforms=["none", "resize 32", "resize 512", "centre crop 32", "jpeg 85", "blur 1"],
                      progress=lambda done, total: rows_done.append((done, total)))
     assert rows_done == [(k, 6) for k in range(1, 7)]  # one call per row, skipped ones included
-    assert res["resize 512"] == {"skipped": True}
+    assert res["resize 512"] == {"skipped": "image smaller"}
     assert res["resize 32"]["size"] == (38, 32)
     assert res["centre crop 32"]["size"] == (32, 32)
     assert res["jpeg 85"]["size"] == (96, 80)
@@ -52,8 +53,8 @@ def test_large_images_are_evaluated_on_fixed_tiles(tiny):
         return encode(pixels)
 
     model = type(tiny)(**{**tiny.__dict__, "encode": spy})
-    a = evaluate(model, image, samples=2, resolution=32)
-    assert a == evaluate(model, image, samples=2, resolution=32)
+    a = losses_of(model, image, resolution=32)(2)
+    assert torch.equal(a, losses_of(model, image, resolution=32)(2))
     assert set(seen) == {(32, 32)}
 
 

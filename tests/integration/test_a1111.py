@@ -170,7 +170,7 @@ def _decode(b64):
     return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
-FAST = {"steps": 3, "epsilon": 8, "view": "full", "measure_samples": 2}
+FAST = {"steps": 3, "epsilon": 8, "view": "full", "measure_samples": 2, "measure_max_samples": 4}
 
 
 def test_protect_over_http_holds_the_budget(server):
@@ -188,7 +188,11 @@ def test_protect_over_http_holds_the_budget(server):
     print("SD1.5:", item["summary"])
     assert m["linf"] <= 8 + 1e-3 and "diffusion loss" in item["summary"]
     assert all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise")), m
+    assert m["gain_low"] <= m["gain"] <= m["gain_high"] and m["samples"] in (2, 4)
+    assert m["protects"] is False and "95% CI" in item["summary"]  # random weights protect nothing
     assert d["config"]["method"] == "advdm" and d["config"]["steps"] == 3
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], **FAST, "measure_samples": 8})
+    assert status == 400 and "measure_samples" in str(d)
 
 
 def test_protect_tab_is_built_with_its_controls(server):

@@ -209,7 +209,7 @@ def quick(graph: dict, images: list[str]) -> dict:
         elif ct == "AdvDMProtect":
             i["steps"] = 3
         elif ct == "AdvDMMeasure":
-            i["samples"] = 2
+            i["samples"], i["max_samples"] = 2, 4
         elif ct == "KSampler":
             i["steps"] = 2
         elif ct == "EmptyLatentImage":
@@ -275,7 +275,32 @@ def test_measure_reports_robustness(comfy):
     assert re.search(r"\nresize 32 +32x32 ", table)
     # the 64 px image is smaller than 512 and 1024: those rows say so instead of a number
     assert re.search(r"\nresize 512 +\(skipped: image smaller\)", table)
-    assert len(re.findall(r"x ?\d+\.\d{3} x ?\d+\.\d{3}$", table, re.M)) >= 9  # gain and noise gain per row
+    # gain and noise gain, each with its interval, then the draws and the verdict, per row
+    interval = r"x\d+\.\d{3} \[\d+\.\d{3}, \d+\.\d{3}\]"
+    assert len(re.findall(rf"{interval} +{interval} +\d+  \w", table)) >= 12
+    for row in ("diffpure t*=0.1 (4 steps)", "noisy upscale x2", "bilateral + guided"):  # the cleanups
+        assert re.search(rf"\n{re.escape(row)} +\d+x\d+ +{interval}", table), row
+
+
+def test_measure_verdict_on_random_weights(comfy):
+    """The random-weight checkpoint protects nothing: neither its protected image nor
+    same-budget noise passed as the protected one may be called protection."""
+    src = artwork(48, 48, 6)
+    rng = np.random.default_rng(1)
+    decoy = np.clip(src + rng.integers(-8, 9, src.shape), 0, 255).astype(np.uint8)
+    names = [comfy.upload("advdm_verdict.png", src), comfy.upload("advdm_decoy.png", decoy)]
+    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), names[:1])
+    graph["7"]["inputs"].update(samples=8, max_samples=16)
+    loader = next(k for k, n in graph.items() if n["class_type"] == "LoadImage")
+    graph["20"] = {"class_type": "LoadImage", "inputs": {"image": names[1]}}
+    graph["21"] = {"class_type": "AdvDMMeasure", "inputs": {**graph["7"]["inputs"], "original": [loader, 0],
+                                                           "protected": ["20", 0]}}
+    entry = comfy.run(graph)
+    for node in ("7", "21"):
+        text = entry["outputs"][node]["text"][0]
+        print(text)
+        assert "95% CI" in text and "raises the loss beyond same-budget noise\n" not in text
+    assert "not distinguishable from same-budget noise" in entry["outputs"]["21"]["text"][0]
 
 
 def test_img2img_side_by_side(comfy):
