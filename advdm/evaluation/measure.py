@@ -33,6 +33,7 @@ NEGLIGIBLE = 0.02
 # Same-budget noise images per comparison: different noise images give measurably different losses
 # on paired draws, so the control is a small sample of them, not one.
 NOISE_IMAGES = 4
+MIN_DRAWS = 8  # below this a bootstrap interval means little: no verdict either way
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
@@ -127,7 +128,7 @@ def paired_figures(clean: Losses, protected: Losses, controls: Sequence[Losses],
     between = realisation_spread(each.double().mean(1) / c.double().mean())
     noise = widened(noise, between.mean_half_width)
     diff = widened(diff, between.prediction_half_width)
-    key = verdict(diff.low, diff.high)
+    key = verdict(diff.low, diff.high, n)
     return {
         "loss_clean": c.mean().item(), "loss_protected": p.mean().item(), "loss_noise": q.mean().item(),
         "gain": gain.estimate, "gain_low": gain.low, "gain_high": gain.high,
@@ -146,11 +147,14 @@ VERDICTS = {  # short label -> what the report says
                    "of the clean loss: not counted as protection"),
     "not distinguishable": "not distinguishable from same-budget noise",
     "below noise": "lowers the loss below same-budget noise: no protection",
+    "too few draws": f"too few draws for a verdict (fewer than {MIN_DRAWS})",
 }
 
 
-def verdict(low: float, high: float) -> str:
+def verdict(low: float, high: float, draws: int) -> str:
     """What the protected-minus-control interval allows one to say, and nothing more (a VERDICTS key)."""
+    if draws < MIN_DRAWS:
+        return "too few draws"
     if low > NEGLIGIBLE:
         return "beyond noise"
     if low > 0:

@@ -218,7 +218,7 @@ def format_robustness(results: Dict[str, dict], columns: Optional[Dict[str, Dict
                 continue
             size = "x".join(map(str, r["size"]))
             lines.append(f"{name:<27} {size:>9} {ci(r, 'gain'):>24} {ci(r, 'gain_noise'):>24}  {r['samples']:>5}  "
-                         f"{verdict(r['gain_over_noise_low'], r['gain_over_noise_high'])}")
+                         f"{verdict(r['gain_over_noise_low'], r['gain_over_noise_high'], r['samples'])}")
         return "\n".join(lines)
     labels = list(columns)
     width = max(24, *(len(l) for l in labels))
