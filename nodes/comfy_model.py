@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from advdm import DiffusionModel, Latent
+from advdm.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
 
 # Families this adapter has been written and checked for: (BaseModel class name, latent
 # format class name) -> family. Subclasses (Chroma, Flux2, SVD, inpaint/unCLIP variants, ...)
@@ -107,129 +108,6 @@ def flow_shift(model_sampling: Any) -> float:
 
 def _unet_config(base_model: Any) -> dict:
     return getattr(getattr(base_model, "model_config", None), "unet_config", None) or {}
-
-
-# ---------------------------------------------------------------------------------------
-# Inference tensors
-
-
-def _is_inference(t: Optional[Tensor]) -> bool:
-    return t is not None and isinstance(t, Tensor) and t.is_inference()
-
-
-def make_trainable_copies(modules: Iterable[torch.nn.Module]) -> Dict[str, int]:
-    """Replace every inference parameter / buffer of the modules with an ordinary clone.
-
-    Must run outside inference mode (the clone of an inference tensor made there is an
-    ordinary tensor). Parameters stay Parameters with requires_grad False; only inference
-    tensors are copied, so memory grows only by what was an inference tensor, one tensor
-    at a time. The values are unchanged, so the cached model keeps working for sampling.
-    Returns counts for logging.
-    """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("make_trainable_copies must run under torch.inference_mode(False)")
-    counts = {"parameters": 0, "buffers": 0}
-    seen = set()
-    for root in modules:
-        for module in root.modules():
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
-            for name, p in list(module._parameters.items()):
-                if _is_inference(p):
-                    module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-                    counts["parameters"] += 1
-            for name, b in list(module._buffers.items()):
-                if _is_inference(b):
-                    module._buffers[name] = b.clone()
-                    counts["buffers"] += 1
-    return counts
-
-
-@contextlib.contextmanager
-def frozen(modules: Iterable[torch.nn.Module]):
-    """requires_grad False on every parameter for the duration; restores the flags after."""
-    saved: List[Tuple[torch.nn.Parameter, bool]] = []
-    for m in modules:
-        for p in m.parameters():
-            saved.append((p, p.requires_grad))
-            p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
-def ordinary(x: Any) -> Any:
-    """Ordinary (non-inference) clones of every tensor in a nested structure."""
-    if isinstance(x, Tensor):
-        return x.detach().clone() if x.is_inference() else x.detach()
-    if isinstance(x, dict):
-        return {k: ordinary(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [ordinary(v) for v in x]
-    if isinstance(x, tuple):
-        return tuple(ordinary(v) for v in x)
-    return x
-
-
-class AugmentedAssignOutOfPlace:
-    """While active (and grad is enabled), `x += y` (and -=, *=, /=) on tensors runs out of place.
-
-    Flux's transformer blocks update their residual stream with `img += ...` after a norm saved
-    it for backward, which makes the backward fail ("modified by an inplace operation"). Python
-    rebinds the name to whatever __iadd__ returns, so returning a new tensor is exact for an
-    augmented assignment. Explicit method calls (`t.add_(1)` as a statement) keep running in
-    place: the calling bytecode is checked, and only the augmented-assignment opcodes switch.
-    Other TorchFunctionModes may sit above this one (the core's `frozen.input_grad_only`
-    does, during the attack) and call the op from their own `__torch_function__`: those
-    frames are skipped to reach the code that wrote `x += y`.
-    """
-
-    _OPS = {"add_": ("add", "+="), "sub_": ("sub", "-="), "mul_": ("mul", "*="), "div_": ("div", "/=")}
-
-    def __init__(self):
-        import dis
-        import sys
-
-        from torch.overrides import TorchFunctionMode
-
-        self._sys = sys
-        binary_op = dis.opmap.get("BINARY_OP")  # Python 3.11+
-        nb_ops = getattr(dis, "_nb_ops", None)
-        table = {getattr(Tensor, k): (getattr(Tensor, v), sym) for k, (v, sym) in self._OPS.items()}
-        outer = self
-
-        class _Mode(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                hit = table.get(func)
-                if hit is not None and torch.is_grad_enabled() and binary_op is not None and nb_ops:
-                    if outer._augmented(outer._sys._getframe(1), binary_op, nb_ops, hit[1]):
-                        return hit[0](*args, **kwargs)
-                return func(*args, **kwargs)
-
-        self._mode = _Mode()
-
-    @staticmethod
-    def _augmented(frame, binary_op: int, nb_ops, symbol: str) -> bool:
-        """Is the first frame outside any mode's __torch_function__ executing `x <symbol> y`?"""
-        while frame is not None:
-            code, i = frame.f_code.co_code, frame.f_lasti
-            if 0 <= i and i + 1 < len(code) and code[i] == binary_op:
-                return nb_ops[code[i + 1]][1] == symbol
-            if frame.f_code.co_name != "__torch_function__":
-                return False
-            frame = frame.f_back
-        return False
-
-    def __enter__(self):
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)
 
 
 # ---------------------------------------------------------------------------------------
