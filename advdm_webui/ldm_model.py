@@ -24,6 +24,7 @@ from torch import Tensor
 
 from advdm import DiffusionModel, Latent, sigmas_from_alphas_cumprod
 from advdm.frozen import recomputed
+from advdm.host_tensors import frozen
 
 
 class UnsupportedModel(ValueError):
@@ -136,28 +137,39 @@ def _module_device(m: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _checkpoint_flags(m: torch.nn.Module):
+    """(module, attribute) of every gradient-checkpointing switch that is on: ldm's ResBlock /
+    AttentionBlock `use_checkpoint`, BasicTransformerBlock `checkpoint` (always True in the
+    CompVis code). ldm's checkpoint backward asks autograd for the gradients of the block's
+    parameters, which fails while they are frozen; A1111 1.10 turns it off, Forge 1.x forks may not."""
+    return [(mod, attr) for mod in m.modules() for attr in ("use_checkpoint", "checkpoint")
+            if getattr(mod, attr, None) is True]
+
+
 @contextlib.contextmanager
 def attack_mode(sd_model: Any, *, vae_fp32: bool = True) -> Iterator[None]:
     """Gradients w.r.t. the image only (every parameter's requires_grad off, restored after),
-    the VAE in fp32 (cast back after), eval mode; the model is left as it was found."""
-    params = list(sd_model.parameters()) if isinstance(sd_model, torch.nn.Module) else []
-    flags = [p.requires_grad for p in params]
+    no gradient checkpointing (restored after), the VAE in fp32 (cast back after), eval mode;
+    the model is left as it was found."""
+    modules = [sd_model] if isinstance(sd_model, torch.nn.Module) else []
     fsm = sd_model.first_stage_model
     vae_dtype = _module_dtype(fsm)
     training = [(m, m.training) for m in (sd_model, fsm) if isinstance(m, torch.nn.Module)]
+    checkpointing = [flag for m in modules for flag in _checkpoint_flags(m)]
     try:
-        for p in params:
-            p.requires_grad_(False)
-        if vae_fp32 and vae_dtype != torch.float32:
-            fsm.float()
-        for m, _ in training:
-            m.eval()
-        yield
+        with frozen(modules):
+            for mod, attr in checkpointing:
+                setattr(mod, attr, False)
+            if vae_fp32 and vae_dtype != torch.float32:
+                fsm.float()
+            for m, _ in training:
+                m.eval()
+            yield
     finally:
         if vae_fp32 and vae_dtype != torch.float32:
             fsm.to(vae_dtype)
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
+        for mod, attr in checkpointing:
+            setattr(mod, attr, True)
         for m, was in training:
             m.train(was)
 

@@ -53,7 +53,7 @@ class TinyEmbedder(torch.nn.Module):
         return torch.stack(rows)
 
 
-def tiny_ldm(parameterization="eps", seed=0):
+def tiny_ldm(parameterization="eps", seed=0, use_checkpoint=False):
     LatentDiffusion = _import_ldm()
     torch.manual_seed(seed)
     unet = {
@@ -61,7 +61,7 @@ def tiny_ldm(parameterization="eps", seed=0):
         "params": dict(image_size=8, in_channels=4, out_channels=4, model_channels=32,
                        attention_resolutions=[2], num_res_blocks=1, channel_mult=[1, 2],
                        num_head_channels=16, use_spatial_transformer=True, transformer_depth=1,
-                       context_dim=CONTEXT_DIM, use_checkpoint=False, legacy=False,
+                       context_dim=CONTEXT_DIM, use_checkpoint=use_checkpoint, legacy=False,
                        use_linear_in_transformer=parameterization == "v"),
     }
     vae = {
@@ -180,6 +180,26 @@ def test_protect_budget_and_model_left_as_it_was(ldm_model):
     after, flags_after = _snapshot(m)
     assert flags_after == flags
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_protect_with_gradient_checkpointing_blocks():
+    """ldm blocks built with use_checkpoint=True (the CompVis transformer blocks always
+    checkpoint) recompute in backward and ask for their frozen parameters' gradients; the
+    attack switches checkpointing off and back on."""
+    import advdm
+    from advdm_webui import ldm_model as lm
+
+    m = tiny_ldm(use_checkpoint=True)
+    switches = lm._checkpoint_flags(m)
+    assert len(switches) >= 3  # ResBlocks' use_checkpoint and the transformer block's checkpoint
+    before, flags = _snapshot(m)
+    x = _image(32, 32)
+    with lm.attack_mode(m):
+        out = advdm.protect(_build(m, h=32, w=32), x, advdm.ProtectConfig(steps=2, epsilon=8))
+    assert (out != x).any() and ((out - x).abs() * 255).max() <= 8 + 1e-3
+    assert all(getattr(mod, attr) is True for mod, attr in switches)
+    after, flags_after = _snapshot(m)
+    assert flags_after == flags and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_progress_can_cancel(ldm_model):
