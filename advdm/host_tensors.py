@@ -29,8 +29,8 @@ def make_trainable_copies(modules: Iterable[torch.nn.Module]) -> Dict[str, int]:
     """Replace every inference parameter / buffer of the modules with an ordinary clone.
 
     Must run outside inference mode (the clone of an inference tensor made there is an
-    ordinary tensor). Parameters stay Parameters with requires_grad False; only inference
-    tensors are copied, one at a time, so memory grows by one tensor at most once the host
+    ordinary tensor). Parameters stay Parameters with their requires_grad flag (freeze them
+    with ``frozen``); only inference tensors are copied, one at a time, so memory grows by one tensor at most once the host
     drops the original. The values are unchanged, so the host keeps sampling with them.
     Returns counts for logging.
     """
@@ -45,7 +45,7 @@ def make_trainable_copies(modules: Iterable[torch.nn.Module]) -> Dict[str, int]:
             seen.add(id(module))
             for name, p in list(module._parameters.items()):
                 if is_inference(p):
-                    module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                    module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
                     counts["parameters"] += 1
             for name, b in list(module._buffers.items()):
                 if is_inference(b):

@@ -31,15 +31,16 @@ def test_make_trainable_copies_allows_backward_and_keeps_values():
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
         x_inf = torch.rand(1, 3, 8, 8)
     before = [p.clone() for p in net.parameters()]
-    assert all(p.is_inference() for p in net.parameters())
+    assert all(p.is_inference() and p.requires_grad for p in net.parameters())
     with torch.inference_mode(False), torch.enable_grad():
         counts = ht.make_trainable_copies([net])
         assert counts["parameters"] == 4 and counts["buffers"] >= 2
         x = x_inf.clone().requires_grad_(True)
-        net(x).sum().backward()
+        with ht.frozen([net]):
+            net(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     for p, q in zip(net.parameters(), before):
-        assert not p.is_inference() and not p.requires_grad and torch.equal(p, q)
+        assert not p.is_inference() and p.requires_grad and torch.equal(p, q)  # the flag as it was
         assert p.grad is None
     with torch.inference_mode():  # sampling afterwards still works
         net(torch.rand(1, 3, 8, 8))
