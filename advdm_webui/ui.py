@@ -73,8 +73,11 @@ def run(id_task, mode, image, input_dir, output_dir, method, epsilon, step_size,
             names.append(p.stem)
         if webui.inside(out_dir, folder) and out_dir.resolve() == folder.resolve():
             raise ValueError("choose an output folder other than the input folder")
+    try:
+        metadata = webui.png_metadata(config, prompt)  # loads Forge's checkpoint if need be
+    except webui.UnsupportedModel as e:
+        return [], f"<div class='error'>{html.escape(str(e))}</div>"
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = webui.png_metadata(config, prompt)
     saved, gallery, reports = [], [], []
 
     def on_result(i, im, r):

@@ -1,6 +1,6 @@
-"""Host glue for Automatic1111 (v1.10) and a clear refusal on Forge: the loaded checkpoint,
-attention switch, --medvram / --lowvram, progress through shared.state, the queue lock.
-Only imported inside the web UI."""
+"""Host glue for Automatic1111 (v1.10) and Forge 2.x: the loaded checkpoint (Forge: loaded here
+if no generation has loaded it yet), attention switch, --medvram / --lowvram, progress through
+shared.state, the queue lock; a clear refusal on the Forge 1.x forks. Only imported inside the web UI."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 import advdm
-from advdm_webui import ldm_model
+from advdm_webui import forge_model, ldm_model
 
 from modules import devices, shared  # noqa: E402  (the web UI's modules)
 
@@ -27,25 +27,42 @@ UnsupportedModel = ldm_model.UnsupportedModel
 
 
 def is_forge() -> bool:
-    sd_model = getattr(shared, "sd_model", None)
-    return getattr(sd_model, "forge_objects", None) is not None or _has_module("backend") and _has_module("modules_forge")
+    """Forge 2.x: its own `backend` package, models in forge_objects."""
+    return _has_module("backend") and _has_module("modules_forge") and not is_forge1()
+
+
+def is_forge1() -> bool:
+    """reForge and Forge Classic keep the Forge 1.x design (ldm_patched)."""
+    return _has_module("ldm_patched")
 
 
 def _has_module(name: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(name) is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def check_supported() -> None:
-    if is_forge():
+    if is_forge1():
         raise UnsupportedModel(
-            "Forge is not supported by this extension yet: its models are ComfyUI-style patchers "
-            "(forge_objects). Use the advdm ComfyUI nodes or the command line `python -m advdm` meanwhile.")
-    if getattr(shared.cmd_opts, "lowvram", False):
+            "reForge and Forge Classic (the Forge 1.x design, ldm_patched) are not supported yet: use Forge 2.x, "
+            "Automatic1111, the advdm ComfyUI nodes or the command line `python -m advdm`.")
+    if not is_forge() and getattr(shared.cmd_opts, "lowvram", False):
         raise UnsupportedModel(
             "--lowvram splits the UNet across devices during every forward pass, which breaks the backward "
             "pass the protection needs. Restart the web UI without --lowvram (--medvram works).")
+
+
+def ensure_loaded() -> None:
+    """Forge loads the checkpoint at the first generation (until then shared.sd_model is a
+    FakeInitialModel): load it as processing.py does. Call with the queue lock held."""
+    if is_forge() and getattr(shared.sd_model, "forge_objects", None) is None:
+        from modules import sd_models
+
+        sd_models.forge_model_reload()
 
 
 def _medvram(sd_model: Any) -> bool:
@@ -90,14 +107,25 @@ def backward_safe_attention():
         sd_hijack.model_hijack.apply_optimizations(previous.title() if previous else "Automatic")
 
 
+def _checkpoint_name(sd_model: Any) -> str:
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return info.name_for_extra if info is not None else "webui"
+
+
 @contextlib.contextmanager
 def loaded_model(prompt: str, width: int, height: int):
     """The loaded checkpoint as an advdm.DiffusionModel, with the web UI's model put back
     exactly as it was afterwards. Call with the queue lock held."""
     check_supported()
+    ensure_loaded()
     sd_model = shared.sd_model
     if sd_model is None:
         raise UnsupportedModel("no checkpoint is loaded: choose one in the checkpoint menu first")
+    if is_forge():
+        with forge_model.loaded_model(sd_model, prompt, width, height, name=_checkpoint_name(sd_model)) as model:
+            yield model
+        devices.torch_gc()
+        return
     ldm_model.prediction(sd_model)
     medvram = _medvram(sd_model)
     cond = ldm_model.learned_conditioning(sd_model, prompt, width, height)
@@ -105,8 +133,7 @@ def loaded_model(prompt: str, width: int, height: int):
         model = ldm_model.build(
             sd_model, cond, device=devices.device,
             before_encode=_vae_to_gpu(sd_model) if medvram else None,
-            recompute_encode=medvram, name=shared.sd_model.sd_checkpoint_info.name_for_extra
-            if getattr(sd_model, "sd_checkpoint_info", None) else "webui")
+            recompute_encode=medvram, name=_checkpoint_name(sd_model))
         yield model
     devices.torch_gc()
 
@@ -218,6 +245,8 @@ def protect_images(images: List[Any], config: advdm.ProtectConfig, *, prompt: st
 def png_metadata(config: advdm.ProtectConfig, prompt: str) -> dict:
     import json
 
+    check_supported()
+    ensure_loaded()  # so the checkpoint named is the one the protection will use
     sd_model = shared.sd_model
     info = getattr(sd_model, "sd_checkpoint_info", None)
     return {
