@@ -57,9 +57,10 @@ def check_supported() -> None:
 
 
 def ensure_loaded() -> None:
-    """Forge loads the checkpoint at the first generation (until then shared.sd_model is a
-    FakeInitialModel): load it as processing.py does. Call with the queue lock held."""
-    if is_forge() and getattr(shared.sd_model, "forge_objects", None) is None:
+    """Forge loads the checkpoint lazily: at the first generation (until then shared.sd_model is
+    a FakeInitialModel) and after a checkpoint change. Load it as processing.py does (a no-op
+    when the selected one is loaded). Call with the queue lock held."""
+    if is_forge():
         from modules import sd_models
 
         sd_models.forge_model_reload()

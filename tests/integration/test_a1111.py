@@ -21,50 +21,25 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from webui_client import AUTH, Client, free_port as _port, stop, wait_for_route
+from webui_client import decode as _decode, image as _image, png as _png
 
 A1111_DIR = os.environ.get("A1111_DIR")
 A1111_PYTHON = os.environ.get("A1111_PYTHON", sys.executable)
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-AUTH = ("advdm", "s3cret")
 SDXL_NAME = "advdm_random_sdxl"
 SD3_NAME = "advdm_random_sd3"
 
 pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path to a stable-diffusion-webui checkout)")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Client:
-    def __init__(self, base: str):
-        self.base = base
-
-    def call(self, method, path, body=None, auth=AUTH, timeout=900):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        if auth:
-            req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
 
 
 @pytest.fixture(scope="module")
@@ -112,62 +87,15 @@ def server(tmp_path_factory, request):
     client = Client(f"http://127.0.0.1:{port}")
     client.data = data
     try:
-        deadline = time.time() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("web UI exited:\n" + (data / "server.log").read_text()[-3000:])
-            try:
-                # extension routes are added by on_app_started, after the server already answers;
-                # not /openapi.json: FastAPI caches the schema of its first call, without late routes
-                status, _ = client.call("POST", "/advdm/v1/protect", {}, timeout=10)
-                if status == 400:  # "give either images or input_folder": the route is there
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("web UI did not come up:\n" + (data / "server.log").read_text()[-3000:])
-            time.sleep(2)
+        wait_for_route(client, proc, data / "server.log")
         # the start-up checkpoint loads in a background thread; a checkpoint switch meanwhile is
         # overwritten by it. txt2img waits for that load.
         status, d = client.call("POST", "/sdapi/v1/txt2img", {"prompt": "", "steps": 1, "width": 64, "height": 64})
         assert status == 200, d
         yield client
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
-
-
-def _image(h, w, seed=0, alpha=False):
-    rng = np.random.default_rng(seed)
-    small = rng.random((4, 4, 3))
-    ys, xs = np.linspace(0, 3, h), np.linspace(0, 3, w)
-    img = np.stack([np.interp(xs, range(4), small[int(y), :, c]) for y in ys for c in range(3)]).reshape(h, 3, w)
-    img = (img.transpose(0, 2, 1) * 255).round().astype(np.uint8)
-    if alpha:
-        a = np.full((h, w, 1), 255, np.uint8)
-        a[: h // 2] = 128
-        img = np.concatenate([img, a], axis=2)
-    return img
-
-
-def _png(a, path=None):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "PNG")
-    if path is not None:
-        Path(path).write_bytes(buf.getvalue())
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _decode(b64):
-    from PIL import Image
-
-    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
 FAST = {"steps": 3, "epsilon": 8, "view": "full", "measure_samples": 2, "measure_max_samples": 4}

@@ -1,0 +1,231 @@
+"""Against a real Forge 2.x (main dfdcbab6), only when FORGE_DIR points at an installed Forge
+(its repositories/ and venv in place, see ../shared/hosts/forge.sh) and FORGE_PY at its interpreter.
+
+The extension is linked into a fresh --data-dir under a folder name other than the package's;
+the server listens on 127.0.0.1 only, offline, CPU only (--always-cpu), with --api-auth. Forge
+loads its checkpoint lazily, so the first test protects before any generation has loaded it. Then:
+bad input answers 400, a seeded txt2img gives the same image before and after a protection,
+/sdapi/v1/interrupt stops a long protection, the Protect tab (through Gradio's own client)
+protects an uploaded image, a protection after a generation with a LoRA uses the LoRA's weights
+(and one after a generation without it does not), and, on a reduced SDXL checkpoint Forge
+detects as SDXL, a protection over HTTP with txt2img identical before and after.
+
+    FORGE_DIR=... FORGE_PY=.../venv/bin/python [FORGE_HF_HOME=...] [FORGE_CKPT=...] \
+        [FORGE_SDXL_CKPT=...] [FORGE_LORA=...] python -m pytest -q tests/integration/test_forge.py
+
+The SD1.5 checkpoint (FORGE_CKPT) comes from forge.sh; the SDXL checkpoint and the LoRA are
+built once into the pytest cache by forge_setup.py unless given. Run pytest with an interpreter
+that has numpy and PIL (and gradio_client for the tab test), e.g. a venv that sees Forge's.
+The server peaks at about 9 GB RSS with the SDXL checkpoint.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from webui_client import AUTH, Client, decode, free_port, image, png, stop, wait_for_route
+
+FORGE_DIR = os.environ.get("FORGE_DIR")
+FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, "venv", "bin", "python"))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SD15_NAME, SDXL_NAME, LORA_NAME = "advdm_random_sd15", "advdm_random_sdxl", "advdm_random_lora"
+FAST = {"steps": 2, "epsilon": 8, "view": "full", "measure": False}
+TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler", "cfg_scale": 5,
+           "override_settings": {"show_progress_type": "Approx cheap"}}
+
+pytestmark = pytest.mark.skipif(not FORGE_DIR, reason="FORGE_DIR not set (path to an installed Forge 2.x)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    data = tmp_path_factory.mktemp("forge-data")
+    (data / "extensions").mkdir()
+    os.symlink(REPO, data / "extensions" / "advdm-ext", target_is_directory=True)
+    cache = Path(request.config.cache.mkdir("advdm-forge"))
+
+    def built(variable, command, name, *args):
+        path = os.environ.get(variable)
+        if not path:
+            path = str(cache / name)
+            subprocess.run([FORGE_PY, str(HERE / "forge_setup.py"), command, *args, path], check=True)
+        return path
+
+    ckpt = os.environ.get("FORGE_CKPT") or os.path.join(FORGE_DIR, "models", "Stable-diffusion", "random-sd15.safetensors")
+    sdxl = built("FORGE_SDXL_CKPT", "sdxl-checkpoint", "random_sdxl.safetensors", FORGE_DIR)
+    lora = built("FORGE_LORA", "lora", "random_lora.safetensors", ckpt)
+    models = data / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    (data / "models" / "Lora").mkdir()
+    for src, dst in ((ckpt, models / f"{SD15_NAME}.safetensors"), (sdxl, models / f"{SDXL_NAME}.safetensors"),
+                     (lora, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")):
+        os.symlink(Path(src).resolve(), dst)
+    (data / "config.json").write_text(json.dumps({
+        "advdm_input_dir": str(data / "advdm-in"), "advdm_output_dir": str(data / "advdm-out"),
+        "live_previews_enable": True}))
+    port = free_port()
+    log = open(data / "server.log", "w")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "COMMANDLINE_ARGS": ""}
+    if os.environ.get("FORGE_HF_HOME"):
+        env["HF_HOME"] = os.environ["FORGE_HF_HOME"]
+    proc = subprocess.Popen(
+        [FORGE_PY, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-python-version-check",
+         "--skip-version-check", "--always-cpu", "--api", "--no-download-sd-model", "--disable-gpu-warning",
+         "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
+         "--ckpt", str(models / f"{SD15_NAME}.safetensors"), "--lora-dir", str(data / "models" / "Lora"),
+         "--api-auth", f"{AUTH[0]}:{AUTH[1]}"],
+        cwd=FORGE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = Client(f"http://127.0.0.1:{port}")
+    client.data = data
+    try:
+        wait_for_route(client, proc, data / "server.log")
+        yield client
+    finally:
+        stop(proc)
+        log.close()
+
+
+def _protect(server, src, name="art.png", **extra):
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [png(src)], "names": [name], **FAST, **extra})
+    assert status == 200, d
+    assert not d["interrupted"]
+    (item,) = d["images"]
+    return item, decode(item["image"])
+
+
+def _within_budget(src, out):
+    assert out.shape == src.shape and out.dtype == np.uint8  # same size, mode, 8-bit
+    diff = np.abs(out.astype(int) - src.astype(int))
+    assert 0 < diff.max() <= 8
+
+
+def _txt2img(server, prompt="a cat"):
+    status, d = server.call("POST", "/sdapi/v1/txt2img", {**TXT2IMG, "prompt": prompt})
+    assert status == 200, d
+    return decode(d["images"][0])
+
+
+def test_first_protection_loads_the_checkpoint_and_holds_the_budget(server):
+    """Before any generation Forge has not loaded the model: the extension loads it."""
+    assert "Loading Model" not in (server.data / "server.log").read_text()
+    src = image(64, 96)  # 96 x 64
+    item, out = _protect(server, src, measure=True, measure_samples=2)
+    _within_budget(src, out)
+    assert "Loading Model" in (server.data / "server.log").read_text()
+    m = item["measurement"]
+    print("Forge SD1.5:", item["summary"])
+    assert m["linf"] <= 8 + 1e-3 and all(np.isfinite(m[k]) for k in ("loss_clean", "loss_protected", "loss_noise"))
+
+
+def test_extension_loads_without_errors(server):
+    log = (server.data / "server.log").read_text()
+    assert not [line for line in log.splitlines() if "advdm" in line and ("Error" in line or "***" in line)]
+
+
+def test_bad_input_is_refused_with_a_clear_message(server):
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": ["not base64 at all!"], **FAST})
+    assert status == 400 and "image" in json.dumps(d).lower(), d
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [png(image(8, 8))], **FAST, "epsilon": -1})
+    assert status == 400, d
+    status, _ = server.call("POST", "/advdm/v1/protect", {"images": [png(image(8, 8))], **FAST}, auth=None)
+    assert status == 401
+
+
+def test_txt2img_is_identical_before_and_after_a_protection(server):
+    before = _txt2img(server)
+    _protect(server, image(48, 48, seed=1))
+    assert np.array_equal(before, _txt2img(server))
+
+
+def test_interrupt_stops_a_long_protection(server):
+    result = {}
+
+    def run():
+        result["r"] = server.call("POST", "/advdm/v1/protect",
+                                  {"images": [png(image(64, 64))], "steps": 100000, "view": "full", "measure": False})
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
+        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"protection never showed progress: {p}")
+    assert p["state"]["sampling_steps"] == 100000
+    started = time.time()
+    status, _ = server.call("POST", "/sdapi/v1/interrupt")
+    assert status == 200
+    t.join(120)
+    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
+    status, d = result["r"]
+    assert status == 200 and d["interrupted"] and d["images"] == []
+    assert time.time() - started < 120
+    _txt2img(server)  # the model generates again
+
+
+def test_protect_tab_protects_an_uploaded_image(server, tmp_path):
+    """The Protect button's Gradio event, called with Gradio's own client and an uploaded file."""
+    gradio_client = pytest.importorskip("gradio_client")
+    from PIL import Image
+
+    status, config = server.call("GET", "/config")
+    assert status == 200
+    button = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "advdm_protect")
+    fn_index = next(i for i, d in enumerate(config["dependencies"]) if any(t[0] == button for t in d["targets"]))
+    src = image(40, 56, seed=4)
+    png(src, tmp_path / "upload.png")
+    out_dir = tmp_path / "tab-out"
+    client = gradio_client.Client(server.base, verbose=False)  # --api-auth guards the API, not the UI
+    args = ["task(advdm-test)", "Single image", gradio_client.handle_file(str(tmp_path / "upload.png")), "",
+            str(out_dir), "advdm", 8, 1, 2, 1, 0.0, 1.0, 0, "full", 0, "a painting", False, 2]
+    gallery, info = client.predict(*args, fn_index=fn_index)
+    assert "Saved 1 protected image" in info, info
+    (saved,) = out_dir.glob("*.png")
+    _within_budget(src, np.array(Image.open(saved).convert("RGB")))
+    assert len(gallery) == 3  # before, after, difference
+
+
+def test_protection_uses_the_lora_of_the_last_generation(server):
+    """Forge merges a LoRA into the shared UNet at the generation that names it and leaves it
+    there: a protection afterwards uses the merged weights, one after a plain generation does not;
+    txt2img with the LoRA is the same before and after the protection."""
+    src = image(48, 48, seed=2)
+    lora_prompt = f"a cat <lora:{LORA_NAME}:1>"
+    plain = _txt2img(server)
+    _, protected_plain = _protect(server, src)
+    with_lora = _txt2img(server, lora_prompt)
+    assert not np.array_equal(with_lora, plain), "the LoRA changed nothing: the test would prove nothing"
+    _, protected_lora = _protect(server, src)
+    assert np.array_equal(_txt2img(server, lora_prompt), with_lora)
+    assert not np.array_equal(protected_lora, protected_plain)
+    assert np.array_equal(_txt2img(server), plain)  # the LoRA comes off again
+    _, again = _protect(server, src)
+    assert np.array_equal(again, protected_plain)
+
+
+def test_sdxl_protection_and_txt2img_identical_before_and_after(server):
+    """A reduced SDXL checkpoint Forge detects as SDXL (its StableDiffusionXL engine)."""
+    from PIL import Image
+
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
+    assert status == 200, d
+    before = _txt2img(server)
+    assert "'text_encoder_2'" in (server.data / "server.log").read_text()  # split as SDXL: CLIP-L + CLIP-G
+    src = image(40, 72, seed=5)  # neither side a multiple of the UNet's 32 px
+    item, out = _protect(server, src, name="sdxl.png")
+    _within_budget(src, out)
+    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(item["image"]))).info["advdm"])
+    assert meta["checkpoint"] == SDXL_NAME, meta
+    assert np.array_equal(before, _txt2img(server))

@@ -1,0 +1,102 @@
+"""What the Automatic1111 and Forge integration tests share: an HTTP client with Basic auth,
+test images as PNG/base64, and starting / stopping a web UI server (loopback only)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+AUTH = ("advdm", "s3cret")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    def __init__(self, base: str):
+        self.base = base
+
+    def call(self, method, path, body=None, auth=AUTH, timeout=900):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            body = e.read() or b"null"
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, body.decode(errors="replace")
+
+
+def wait_for_route(client: Client, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    """Until the extension's route answers. Extension routes are added by on_app_started, after
+    the server already answers; not /openapi.json: FastAPI caches the schema of its first call."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail("web UI exited:\n" + log.read_text()[-3000:])
+        try:
+            status, _ = client.call("POST", "/advdm/v1/protect", {}, timeout=10)
+            if status == 400:  # "give either images or input_folder": the route is there
+                return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            pytest.fail("web UI did not come up:\n" + log.read_text()[-3000:])
+        time.sleep(2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def image(h, w, seed=0, alpha=False):
+    """A smooth 8-bit RGB (or RGBA) test image, (h, w, 3|4)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((4, 4, 3))
+    ys, xs = np.linspace(0, 3, h), np.linspace(0, 3, w)
+    img = np.stack([np.interp(xs, range(4), small[int(y), :, c]) for y in ys for c in range(3)]).reshape(h, 3, w)
+    img = (img.transpose(0, 2, 1) * 255).round().astype(np.uint8)
+    if alpha:
+        a = np.full((h, w, 1), 255, np.uint8)
+        a[: h // 2] = 128
+        img = np.concatenate([img, a], axis=2)
+    return img
+
+
+def png(a, path=None) -> str:
+    """The array as a PNG, base64 (and written to path if given)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    if path is not None:
+        Path(path).write_bytes(buf.getvalue())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode(b64):
+    from PIL import Image
+
+    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
