@@ -45,67 +45,116 @@ def backend():
     return backend
 
 
-class StableDiffusion:
-    """Stands in for backend.diffusion_engine.sd15.StableDiffusion (which imports the web UI's
-    modules.shared): the same class name and the attributes the adapter reads."""
+class Engine:
+    """Stands in for Forge's ForgeDiffusionEngine subclasses (which import the web UI's
+    modules.shared): the attributes the adapter reads; the class name is the family's."""
 
     is_inpaint = False
 
-    def __init__(self, objects, table):
+    def __init__(self, objects, cond):
         self.forge_objects = objects
         self.forge_objects_original = objects.shallow_copy()
         self.forge_objects_after_applying_lora = objects.shallow_copy()
-        self.table = table
+        self.cond = cond
 
     @torch.inference_mode()
     def get_learned_conditioning(self, prompt):
-        return self.table[[sum(map(ord, p)) % 8 for p in prompt]][:, None].repeat(1, 4, 1)
+        """Forge returns inference tensors: a tensor (SD1/SD2) or a dict (SDXL, SD3, Flux)."""
+        pick = torch.tensor([sum(map(ord, p)) % 8 for p in prompt])
+        return {k: v[pick] for k, v in self.cond.items()} if isinstance(self.cond, dict) else self.cond[pick]
 
 
-def tiny_forge_model(backend, prediction_type="epsilon", seed=0):
-    from diffusers import EulerDiscreteScheduler
-
+def forge_engine(backend, family, make_unet, *, scheduler=None, predictor=None, cond, latent_channels=4,
+                 seed=0, **vae_config):
+    """An engine named `family` over a UNet / transformer from make_unet() and a VAE, built
+    with Forge's operations under inference mode as backend/loader.py forge_loader builds them."""
     from backend.diffusion_engine.base import ForgeObjects
-    from backend.nn.unet import IntegratedUNet2DConditionModel
     from backend.nn.vae import IntegratedAutoencoderKL
     from backend.operations import using_forge_operations
     from backend.patcher.unet import UnetPatcher
     from backend.patcher.vae import VAE
-
     from backend.state_dict import load_state_dict
 
-    def unet_model():
+    def vae_model():
+        return IntegratedAutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32, 32), layers_per_block=1, latent_channels=latent_channels, **vae_config)
+
+    torch.manual_seed(seed)
+    # seeded weights from plain-torch twins: Forge's operations create weightless layers that
+    # get their parameters from the state dict
+    weights = make_unet().state_dict(), vae_model().state_dict()
+    cpu = torch.device("cpu")
+    with torch.inference_mode():  # as forge_loader, which also reads the file there
+        weights = [{k: v.clone() for k, v in w.items()} for w in weights]
+        cond = {k: v.clone() for k, v in cond.items()} if isinstance(cond, dict) else cond.clone()
+        with using_forge_operations(device=cpu, dtype=torch.float32, manual_cast_enabled=False):
+            unet = make_unet()
+        load_state_dict(unet, weights[0])
+        unet.storage_dtype = unet.computation_dtype = torch.float32
+        unet.load_device = unet.offload_device = unet.initial_device = cpu
+        with using_forge_operations(device=cpu, dtype=torch.float32):
+            vae = vae_model()
+        load_state_dict(vae, weights[1])
+        patcher = UnetPatcher.from_model(model=unet, diffusers_scheduler=scheduler, k_predictor=predictor, config=None)
+        objects = ForgeObjects(unet=patcher, clip=None, vae=VAE(model=vae), clipvision=None)
+    return type(family, (Engine,), {})(objects, cond)
+
+
+def tiny_forge_model(backend, prediction_type="epsilon", seed=0):
+    """SD1.x-shaped: Forge's UNet (two levels, cross-attention) with a diffusers scheduler."""
+    from diffusers import EulerDiscreteScheduler
+
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+
+    def unet():
         return IntegratedUNet2DConditionModel(
             in_channels=4, model_channels=32, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
             num_head_channels=16, use_spatial_transformer=True, transformer_depth=[1, 1],
             transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, context_dim=CONTEXT_DIM)
 
-    def vae_model():
-        return IntegratedAutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(32, 32), layers_per_block=1, latent_channels=4)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(seed + 100)
+    return forge_engine(backend, "StableDiffusion", unet, scheduler=scheduler, seed=seed,
+                        cond=torch.randn(8, 4, CONTEXT_DIM, generator=g))
 
-    torch.manual_seed(seed)
-    # seeded weights from plain-torch twins: Forge's operations create weightless layers that
-    # get their parameters from the state dict, as in forge_loader
-    weights = unet_model().state_dict(), vae_model().state_dict()
-    cpu = torch.device("cpu")
-    with torch.inference_mode():  # as backend/loader.py forge_loader, which also reads the file there
-        weights = [{k: v.clone() for k, v in w.items()} for w in weights]
-        with using_forge_operations(device=cpu, dtype=torch.float32, manual_cast_enabled=False):
-            unet = unet_model()
-        load_state_dict(unet, weights[0])
-        unet.storage_dtype = unet.computation_dtype = torch.float32
-        unet.load_device = unet.offload_device = unet.initial_device = cpu
-        with using_forge_operations(device=cpu, dtype=torch.float32):
-            vae_model_ = vae_model()
-        load_state_dict(vae_model_, weights[1])
-        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                           prediction_type=prediction_type)
-        patcher = UnetPatcher.from_model(model=unet, diffusers_scheduler=scheduler, config=None)
-        vae = VAE(model=vae_model_)
-        table = torch.randn(8, CONTEXT_DIM)
-    return StableDiffusion(ForgeObjects(unet=patcher, clip=None, vae=vae, clipvision=None), table)
+
+def tiny_flux(backend, seed=0):
+    """Forge's Flux transformer (one double, one single block) with its PredictionFlux (mu)
+    and a 16-channel VAE without quant_conv, shifted and scaled like Flux's."""
+    from backend.modules.k_prediction import PredictionFlux
+    from backend.nn.flux import IntegratedFluxTransformer2DModel
+
+    def transformer():
+        return IntegratedFluxTransformer2DModel(
+            in_channels=16, vec_in_dim=8, context_in_dim=CONTEXT_DIM, hidden_size=32, mlp_ratio=2.0, num_heads=2,
+            depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, qkv_bias=True, guidance_embed=True)
+
+    g = torch.Generator().manual_seed(seed + 100)
+    cond = {"crossattn": torch.randn(8, 6, CONTEXT_DIM, generator=g), "vector": torch.randn(8, 8, generator=g),
+            "guidance": torch.full((8,), 3.5)}
+    return forge_engine(backend, "Flux", transformer, predictor=PredictionFlux(), cond=cond, seed=seed,
+                        latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                        scaling_factor=0.3611, shift_factor=0.1159)
+
+
+def tiny_sd3(backend, seed=0):
+    """Forge's MMDiTX (depth 1) with SD3's PredictionDiscreteFlow(shift=3)."""
+    from backend.modules.k_prediction import PredictionDiscreteFlow
+    from backend.nn.mmditx import MMDiTX
+
+    def transformer():
+        return MMDiTX(input_size=None, patch_size=2, in_channels=16, depth=1, adm_in_channels=8,
+                      context_embedder_config={"target": "torch.nn.Linear",
+                                               "params": {"in_features": CONTEXT_DIM, "out_features": 64}},
+                      pos_embed_max_size=16, num_patches=256)
+
+    g = torch.Generator().manual_seed(seed + 100)
+    cond = {"crossattn": torch.randn(8, 6, CONTEXT_DIM, generator=g), "vector": torch.randn(8, 8, generator=g)}
+    return forge_engine(backend, "StableDiffusion3", transformer, predictor=PredictionDiscreteFlow(shift=3.0),
+                        cond=cond, seed=seed, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                        scaling_factor=1.5305, shift_factor=0.0609)
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
@@ -174,7 +223,7 @@ def test_denoise_and_encode_match_forge(sd_model):
     z = torch.randn(2, 4, 4, 6, generator=torch.Generator().manual_seed(1))
     sigma = torch.tensor([0.5, 3.0])
     with torch.inference_mode():
-        ref_d = o.unet.model.apply_model(z, sigma, c_crossattn=cond.repeat(2, 1, 1))
+        ref_d = o.unet.model.apply_model(z, sigma, c_crossattn=cond.expand(2, -1, -1))
         fsm = o.vae.first_stage_model
         ref_mean = fsm.process_in(fsm.encode(x * 2 - 1, regulation=lambda p: p.mode()))
         ref_pixels = o.vae.decode(fsm.process_out(z[:1])).movedim(-1, 1)
@@ -209,7 +258,7 @@ def test_protect_budget_and_model_left_as_it_was(sd_model):
     assert not torch.is_inference_mode_enabled()
     with torch.inference_mode():  # Forge samples with the model afterwards
         o = sd_model.forge_objects_after_applying_lora
-        o.unet.model.apply_model(torch.randn(1, 4, 4, 4), torch.tensor([1.0]), c_crossattn=torch.randn(1, 4, 32))
+        o.unet.model.apply_model(torch.randn(1, 4, 4, 4), torch.tensor([1.0]), c_crossattn=torch.randn(1, 4, CONTEXT_DIM))
 
 
 def test_protect_after_a_lora_merge_makes_weights_inference_tensors_again(backend):
@@ -248,8 +297,7 @@ def _refused(sd):
 def test_refusals_name_their_reason(backend):
     sd = tiny_forge_model(backend)
     for cls, word in (("StableDiffusionXLRefiner", "refiner"), ("Chroma", "Chroma")):
-        other = type(cls, (), {})()
-        other.__dict__.update(sd.__dict__)
+        other = type(cls, (Engine,), {})(sd.forge_objects, sd.cond)
         assert word in _refused(other)
     sd.is_inpaint = True
     assert "inpainting" in _refused(sd)
@@ -261,3 +309,40 @@ def test_refusals_name_their_reason(backend):
     unet = sd.forge_objects_after_applying_lora.unet
     unet.lora_patches = {("x.safetensors", 1.0, 1.0, True): {}}
     assert "online" in _refused(sd)
+
+
+@pytest.mark.parametrize("make,family", [(tiny_flux, "Flux"), (tiny_sd3, "SD3")])
+def test_flow_families_protect_with_their_schedule(backend, make, family):
+    """Flux and SD3 as Forge builds them: flow prediction from the predictor, the shift Forge
+    samples with (Flux: e^mu), conditioning {crossattn, vector[, guidance]} -> c_crossattn / y /
+    guidance, a 16-channel VAE without quant_conv; the denoiser is KModel.apply_model."""
+    import math
+
+    from advdm import diffusion_loss
+    from advdm_webui import forge_model as fm
+
+    sd = make(backend)
+    predictor = sd.forge_objects_after_applying_lora.unet.model.predictor
+    assert fm.family(sd) == family and fm.prediction(sd) == "flow"
+    before = _snapshot(sd)
+    cond = fm.learned_conditioning(sd, "a painting", 32, 32)
+    z = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.3, 0.8])
+    conds = {k: v.expand(2, *v.shape[1:]) for k, v in fm.model_conds(cond).items()}
+    with torch.inference_mode():
+        ref = sd.forge_objects_after_applying_lora.unet.model.apply_model(z, sigma, **conds)
+    with fm.attack_mode(sd):
+        model = fm.build(sd, cond)
+        assert torch.allclose(model.denoise(z, sigma), ref, atol=1e-4)
+        loss = diffusion_loss(model, z[:1], sigma, torch.randn_like(z))
+    assert torch.isfinite(loss).all()
+    assert model.prediction == "flow" and model.latent_channels == 16 and model.pixel_multiple == 16
+    expected = math.exp(predictor.mu) if family == "Flux" else 3.0
+    assert model.flow_shift == pytest.approx(expected)
+    x = _image(32, 32)
+    out = _protect(sd, x)
+    assert (out != x).any() and ((out - x).abs() * 255).round().max() <= 8
+    after = _snapshot(sd)
+    assert [f for _, f in after] == [f for _, f in before]
+    for (a, _), (b, _) in zip(before, after):
+        assert all(torch.equal(a[k], b[k]) for k in a)
