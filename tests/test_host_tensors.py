@@ -22,6 +22,8 @@ import torch
 from advdm import host_tensors as ht
 from advdm.frozen import input_grad_only
 
+import guard_check  # tests/guard_check.py (pytest puts tests/ on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -81,50 +83,21 @@ def test_ordinary_clones_nested_inference_tensors():
 
 # --- augmented assignment ----------------------------------------------------------------
 
-def _residual_block(norm):
-    def block(x):
-        y = norm(x) * 2
-        x += y
-        z = torch.zeros(2, 4)
-        z.add_(1.0)  # a statement: must stay in place
-        return x + z
-
-    return block
-
-
 @pytest.mark.parametrize("core_mode_inside", [False, True])
 def test_augmented_assignment_runs_out_of_place_for_backward(core_mode_inside):
     """Residual updates `x += f(norm(x))` (Flux in ComfyUI, Forge's UNet): under the guard the
     backward works and is exact, while explicit in-place calls keep their in-place effect. Also
     with the attack's own TorchFunctionMode (frozen.input_grad_only) entered inside the guard."""
-    torch.manual_seed(0)
-    norm = torch.nn.LayerNorm(4)
-    block = _residual_block(norm)
-    x0 = torch.randn(2, 4, requires_grad=True)
-    with pytest.raises(RuntimeError, match="inplace"):
-        block(x0 * 1).sum().backward()
-    with ht.AugmentedAssignOutOfPlace(), input_grad_only() if core_mode_inside else contextlib.nullcontext():
-        out = block(x0 * 1)
-        out.sum().backward()
-    x1 = x0.detach().clone().requires_grad_(True)
-    ref = x1 + norm(x1) * 2 + 1
-    ref.sum().backward()
-    assert torch.allclose(out, ref) and torch.allclose(x0.grad, x1.grad)
+    guard_check.check_residual_backward(input_grad_only if core_mode_inside else contextlib.nullcontext)
+
+
+def _symbols(dump, **kw):
+    code = bytes(dump["code"])
+    return [s for s in (ht.augmented_symbol(code, i, **kw) for i in dump["offsets"]) if s]
 
 
 def test_augmented_symbol_on_this_interpreter():
-    def f(x, y):
-        x += y
-        x -= y
-        x *= y
-        x /= y
-        x = x + y
-        return x
-
-    import dis
-
-    found = [ht.augmented_symbol(f.__code__.co_code, ins.offset) for ins in dis.get_instructions(f)]
-    assert [s for s in found if s] == ["+=", "-=", "*=", "/="]
+    assert _symbols(guard_check.bytecode()) == ["+=", "-=", "*=", "/="]
 
 
 def _python310(need_torch: bool):
@@ -138,62 +111,21 @@ def _python310(need_torch: bool):
                 " (set ADVDM_PYTHON310 or FORGE_PY)")
 
 
-PY310_GUARD = r"""
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-from advdm.host_tensors import AugmentedAssignOutOfPlace
-torch.manual_seed(0)
-norm = torch.nn.LayerNorm(4)
-def block(x):
-    y = norm(x) * 2
-    x += y
-    z = torch.zeros(2, 4)
-    z.add_(1.0)
-    return x + z
-x0 = torch.randn(2, 4, requires_grad=True)
-try:
-    block(x0 * 1).sum().backward()
-    raise SystemExit("the unguarded block did not fail: the test would prove nothing")
-except RuntimeError as e:
-    assert "inplace" in str(e), e
-with AugmentedAssignOutOfPlace():
-    out = block(x0 * 1)
-    out.sum().backward()
-x1 = x0.detach().clone().requires_grad_(True)
-ref = x1 + norm(x1) * 2 + 1
-ref.sum().backward()
-assert torch.allclose(out, ref) and torch.allclose(x0.grad, x1.grad), "wrong result"
-print("3.10 guard ok", sys.version.split()[0], torch.__version__)
-"""
+def _run310(py, *args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return subprocess.run([py, str(REPO / "tests" / "guard_check.py"), *args], capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 def test_augmented_assignment_guard_on_python310():
     """The guard end to end on Python 3.10 (INPLACE_ADD bytecode), in a 3.10 interpreter with torch."""
-    py = _python310(need_torch=True)
-    r = subprocess.run([py, "-c", PY310_GUARD, str(REPO)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "3.10 guard ok" in r.stdout
-
-
-PY310_BYTECODE = r"""
-import dis, json
-def f(x, y):
-    x += y
-    x -= y
-    x *= y
-    x /= y
-    x = x + y
-    x.add_(y)
-    return x
-print(json.dumps({"code": list(f.__code__.co_code), "offsets": [i.offset for i in dis.get_instructions(f)],
-                  "opmap": dis.opmap}))
-"""
+    r = _run310(_python310(need_torch=True))
+    assert r.returncode == 0 and "guard ok 3.10" in r.stdout, r.stdout + r.stderr
 
 
 def test_augmented_symbol_on_python310_bytecode():
     """The opcode decoding on bytecode a 3.10 interpreter compiled (no torch needed there)."""
-    py = _python310(need_torch=False)
-    out = json.loads(subprocess.run([py, "-c", PY310_BYTECODE], capture_output=True, text=True, check=True).stdout)
-    code = bytes(out["code"])
-    found = [ht.augmented_symbol(code, i, opmap=out["opmap"], nb_ops=[]) for i in out["offsets"]]
-    assert [s for s in found if s] == ["+=", "-=", "*=", "/="]
+    r = _run310(_python310(need_torch=False), "bytecode")
+    assert r.returncode == 0, r.stderr
+    dump = json.loads(r.stdout)
+    assert _symbols(dump, opmap=dump["opmap"], nb_ops=[]) == ["+=", "-=", "*=", "/="]

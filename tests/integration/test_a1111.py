@@ -23,13 +23,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import AUTH, Client, free_port as _port, stop, wait_for_route
+from webui_client import AUTH, Client, free_port as _port, interrupt_stops_a_long_protection, stop, wait_for_route
 from webui_client import decode as _decode, image as _image, png as _png
 
 A1111_DIR = os.environ.get("A1111_DIR")
@@ -178,31 +176,7 @@ def test_txt2img_still_works_afterwards(server):
 
 
 def test_interrupt_stops_a_long_protection(server):
-    result = {}
-
-    def run():
-        result["r"] = server.call("POST", "/advdm/v1/protect",
-                                  {"images": [_png(_image(64, 64))], "steps": 100000, "view": "full", "measure": False})
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"protection never showed progress: {p}")
-    assert p["state"]["sampling_steps"] == 100000
-    started = time.time()
-    status, _ = server.call("POST", "/sdapi/v1/interrupt")
-    assert status == 200
-    t.join(120)
-    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
-    status, d = result["r"]
-    assert status == 200 and d["interrupted"] and d["images"] == []
-    assert time.time() - started < 120
+    interrupt_stops_a_long_protection(server)
     # the model is usable again (parameters, attention and VAE restored)
     status, d = server.call("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 64, "height": 64})
     assert status == 200, d

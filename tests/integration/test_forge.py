@@ -25,13 +25,12 @@ import io
 import json
 import os
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import AUTH, Client, decode, free_port, image, png, stop, wait_for_route
+from webui_client import (AUTH, Client, decode, free_port, image, interrupt_stops_a_long_protection, png, stop,
+                          wait_for_route)
 
 FORGE_DIR = os.environ.get("FORGE_DIR")
 FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, "venv", "bin", "python"))
@@ -147,31 +146,7 @@ def test_txt2img_is_identical_before_and_after_a_protection(server):
 
 
 def test_interrupt_stops_a_long_protection(server):
-    result = {}
-
-    def run():
-        result["r"] = server.call("POST", "/advdm/v1/protect",
-                                  {"images": [png(image(64, 64))], "steps": 100000, "view": "full", "measure": False})
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"protection never showed progress: {p}")
-    assert p["state"]["sampling_steps"] == 100000
-    started = time.time()
-    status, _ = server.call("POST", "/sdapi/v1/interrupt")
-    assert status == 200
-    t.join(120)
-    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
-    status, d = result["r"]
-    assert status == 200 and d["interrupted"] and d["images"] == []
-    assert time.time() - started < 120
+    interrupt_stops_a_long_protection(server)
     _txt2img(server)  # the model generates again
 
 

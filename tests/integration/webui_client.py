@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -100,3 +101,33 @@ def decode(b64):
     from PIL import Image
 
     return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def interrupt_stops_a_long_protection(client: Client) -> None:
+    """A protection of 100000 steps shows progress through /sdapi/v1/progress and stops soon
+    after /sdapi/v1/interrupt, answering interrupted with no images."""
+    result = {}
+
+    def run():
+        result["r"] = client.call("POST", "/advdm/v1/protect",
+                                  {"images": [png(image(64, 64))], "steps": 100000, "view": "full", "measure": False})
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status, p = client.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
+        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"protection never showed progress: {p}")
+    assert p["state"]["sampling_steps"] == 100000
+    started = time.time()
+    status, _ = client.call("POST", "/sdapi/v1/interrupt")
+    assert status == 200
+    t.join(120)
+    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
+    status, d = result["r"]
+    assert status == 200 and d["interrupted"] and d["images"] == []
+    assert time.time() - started < 120
