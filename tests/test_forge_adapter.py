@@ -346,3 +346,19 @@ def test_flow_families_protect_with_their_schedule(backend, make, family):
     assert [f for _, f in after] == [f for _, f in before]
     for (a, _), (b, _) in zip(before, after):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_protect_when_forge_attention_would_chunk_keys(backend, monkeypatch):
+    """With little free memory Forge's CPU default (sub-quadratic attention) chunks keys and
+    values with torch.exp(out=...), which has no backward; the attack runs PyTorch SDPA instead."""
+    from backend import attention, memory_management
+
+    sd = tiny_forge_model(backend, seed=4)
+    monkeypatch.setattr(memory_management, "get_free_memory",
+                        lambda dev=None, torch_free_too=False: (1024, 1024) if torch_free_too else 1024)
+    x = _image(32, 32, seed=3)
+    q = torch.randn(1, 16, 32, requires_grad=True)
+    with pytest.raises(RuntimeError):  # the host's own attention, differentiated
+        attention.attention_sub_quad(q, q, q, heads=2).sum().backward()
+    out = _protect(sd, x)
+    assert (out != x).any() and ((out - x).abs() * 255).round().max() <= 8
