@@ -147,18 +147,14 @@ def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
 
 @contextlib.contextmanager
 def _switched(module_names, attribute: str, value: Any) -> Iterator[None]:
-    """module.attribute = value in each importable module for the duration; restored after."""
-    import importlib
+    """module.attribute = value in each of these modules that is imported (one that is not has
+    not bound anything yet), for the duration; restored after."""
+    import sys
 
-    saved = []
-    for n in module_names:
-        try:
-            m = importlib.import_module(n)
-        except ImportError:
-            continue
-        if hasattr(m, attribute):
-            saved.append((m, getattr(m, attribute)))
-            setattr(m, attribute, value)
+    saved = [(m, getattr(m, attribute)) for m in map(sys.modules.get, module_names)
+             if m is not None and hasattr(m, attribute)]
+    for m, _ in saved:
+        setattr(m, attribute, value)
     try:
         yield
     finally:
