@@ -1,5 +1,5 @@
-"""Host glue for Automatic1111 (v1.10) and Forge 2.x: the loaded checkpoint (Forge: loaded here
-if no generation has loaded it yet), attention switch, --medvram / --lowvram, progress through
+"""Host glue for Automatic1111 (v1.10) and Forge 2.x: the loaded checkpoint (Forge: the selected
+one, loaded here when no generation has loaded it yet), attention switch, --medvram / --lowvram, progress through
 shared.state, the queue lock; a clear refusal on the Forge 1.x forks. Only imported inside the web UI."""
 from __future__ import annotations
 
