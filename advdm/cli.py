@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -15,13 +16,15 @@ from tqdm import tqdm
 from . import __version__, builtin
 from .attack import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
 from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
-from .images import ImageError, load_image, output_path, save_png, warn_if_lossy
+from . import manifest
+from .batch import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
+from .images import ImageError, load_image, save_png, warn_if_lossy
+from .manifest import manifest_path
+from .ranks import Ranks
+from .worklist import find_work
 from .evaluation.measure import MAX_SAMPLES, PRECISION, SAMPLES, format_measurement, measure
 from .objectives import OBJECTIVES
 from .views import MODES as VIEWS
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="single-file .safetensors/.ckpt (SD1.x, SD2.x, SDXL), "
@@ -124,9 +127,9 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _load(args) -> "torch.nn.Module":
+def _load(args, device=None) -> "torch.nn.Module":
     _quiet_libraries()
-    device = pick_device(args.device)
+    device = pick_device(args.device) if device is None else device
     if args.checkpoint.startswith("builtin:"):
         print(f"warning: {builtin.WARNING}", file=sys.stderr)
     return load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.prompt, args.prediction)
@@ -140,16 +143,6 @@ def _config(args) -> ProtectConfig:
         knobs["t_min"], knobs["t_max"] = args.t_range
     return ProtectConfig.preset(args.preset, method=args.method, seed=args.seed, sds_ascend=args.sds_ascend,
                                 view=args.view, flip=args.flip, low_memory=args.low_memory, **knobs)
-
-
-def _expand(paths: list) -> list:
-    found = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            found.append(path)
-    return found
 
 
 def _mask_for(path: Optional[Path], size) -> Optional[torch.Tensor]:
@@ -173,17 +166,26 @@ def _progress_bar(name: str, total: int):
 
 
 def protect_file(model, source: Path, out: Path, config: ProtectConfig, *, mask_path=None, overwrite=False,
-                 checkpoint="", first_frame=False):
-    """Protect one file into out; returns (original, protected) tensors."""
+                 checkpoint="", first_frame=False, label="", input_sha256=None, config_sha256=None):
+    """Protect one file into out; returns (original, protected) tensors.
+
+    With input_sha256 the attack's seed is image_seed(config.seed, input_sha256); both hashes go
+    into the PNG's metadata, so a run killed before it recorded the output knows it on re-run."""
     image = load_image(source, first_frame=first_frame)
     for note in image.notes:
         print(f"{source}: {note}", file=sys.stderr)
     mask = _mask_for(mask_path, image.rgb.shape[-2:])
     if out.exists() and not overwrite:
-        raise ImageError(f"{out}: already exists (pass --overwrite to replace it)")
-    protected = protect(model, image.rgb, config, mask=mask, progress=_progress_bar(source.name, config.steps),
+        raise ImageError(f"{out}: already exists, not made from this input with these settings "
+                         "(pass --overwrite to replace it)")
+    hashes = {}
+    if input_sha256 is not None:
+        hashes = {"image_seed": image_seed(config.seed, input_sha256), "input_sha256": input_sha256,
+                  "config_sha256": config_sha256}
+    attack = dataclasses.replace(config, seed=hashes["image_seed"]) if hashes else config
+    protected = protect(model, image.rgb, attack, mask=mask, progress=_progress_bar(label + source.name, config.steps),
                         levels=image.levels)
-    metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict()})}
+    metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict(), **hashes})}
     save_png(out, protected, alpha=image.alpha, levels=image.levels, metadata=metadata, icc_profile=image.icc_profile,
              overwrite=overwrite, source=source)
     _check_budget(out, image.rgb, config.epsilon)
@@ -201,35 +203,88 @@ def _check_budget(path: Path, original: torch.Tensor, epsilon: float) -> None:
 
 
 def cmd_protect(args) -> int:
+    """Protect every input once, alone or as one rank of a torchrun launch (advdm.ranks): the ranks
+    agree on what is left to do, each does its share, rank 0 sums up."""
     config = _config(args)
-    sources = _expand(args.images)
-    if not sources:
+    if args.mask is not None and not args.mask.is_file():
+        raise ImageError(f"{args.mask}: no such mask file")
+    items = find_work(args.images, args.output_dir, args.suffix)
+    if not items:
         print("error: no images found", file=sys.stderr)
         return 2
-    if args.format != "png":
+    ranks = Ranks.from_env()
+    try:
+        return _protect_shared(args, config, items, ranks)
+    finally:
+        ranks.close()
+
+
+def _protect_shared(args, config: ProtectConfig, items: list, ranks: Ranks) -> int:
+    if args.format != "png" and ranks.rank == 0:
         print(f"warning: {warn_if_lossy(Path('output.' + args.format))}", file=sys.stderr)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    model = _load(args)
+    device = ranks.device(args.device)
+    config_hash = config_sha256(_pixel_settings(args, config, pick_dtype(args.dtype, device)))
+    hashes = ranks.map_shared(input_hash, items)  # each rank reads only its share of the inputs
+    if ranks.rank == 0:
+        todo, done_before, recovered = plan(items, hashes, config_hash, args.output_dir)
+        for record in recovered:
+            manifest.append(manifest_path(args.output_dir, 0), {**record, "rank": 0})
+    todo, done_before = ranks.from_rank0((todo, done_before) if ranks.rank == 0 else None)
+    mine = ranks.share(todo)
+    failed = _protect_tasks(args, config, mine, ranks, device) if mine else []
+    failed = [name for share in ranks.gather(failed) for name in share]
+    if ranks.rank == 0:
+        _summary(len(items), done_before, len(todo), failed, args.output_dir)
+    return 1 if failed else 0
+
+
+def _pixel_settings(args, config: ProtectConfig, dtype) -> dict:
+    """Everything that changes the pixels, for the configuration hash. Not the device: cuda:0 and
+    cuda:3 (or CPUs) give the same image up to float rounding, which is not a reason to redo it."""
+    return {"advdm": __version__, "protect": config.as_dict(), "checkpoint": checkpoint_fingerprint(args.checkpoint),
+            "prompt": args.prompt, "prediction": args.prediction, "dtype": str(dtype), "first_frame": args.first_frame,
+            "mask": file_sha256(args.mask) if args.mask else None}
+
+
+def _protect_tasks(args, config: ProtectConfig, tasks: list, ranks: Ranks, device) -> list:
+    """Do this rank's tasks, recording each in this rank's manifest; returns the failed inputs."""
+    model = _load(args, device)
+    record_to = manifest_path(args.output_dir, ranks.rank)
     failed = []
-    for source in sources:
+    for number, task in enumerate(tasks, 1):
         started = time.time()
+        source, out = task.item.source, task.item.output
         try:
-            out = output_path(source, args.output_dir, args.suffix)
-            original, protected = protect_file(model, source, out, config, mask_path=args.mask, overwrite=args.overwrite,
-                                               checkpoint=Path(args.checkpoint).name, first_frame=args.first_frame)
+            if task.error:
+                raise ImageError(task.error)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            original, protected = protect_file(
+                model, source, out, config, mask_path=args.mask, overwrite=args.overwrite,
+                checkpoint=Path(args.checkpoint).name, first_frame=args.first_frame,
+                label=f"{ranks.label}{number}/{len(tasks)} ", input_sha256=task.record["input_sha256"],
+                config_sha256=task.record["config_sha256"])
         except ImageError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed.append(source)
+            manifest.append(record_to, {**task.record, "status": "failed", "error": str(exc), "rank": ranks.rank})
+            failed.append(str(source))
             continue
-        print(f"{source} -> {out} ({time.time() - started:.1f} s)")
+        seconds = time.time() - started
+        manifest.append(record_to, {**task.record, "status": "done", "error": None, "rank": ranks.rank,
+                                    "seconds": round(seconds, 3)})
+        print(f"{ranks.label}{source} -> {out} ({seconds:.1f} s)")
         if args.measure:
             print(format_measurement(measure(model, original, protected)))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return failed
+
+
+def _summary(total: int, done_before: int, attempted: int, failed: list, output_dir: Path) -> None:
+    print(f"{total} images: {attempted - len(failed)} protected now, {done_before} already done, {len(failed)} failed; "
+          f"manifest {output_dir / manifest.PATTERN} (merged, the latest record of each input counts)")
     if failed:
-        print(f"{len(failed)} of {len(sources)} images failed: {', '.join(map(str, failed))}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"{len(failed)} of {total} images failed: {', '.join(failed)}", file=sys.stderr)
 
 
 def cmd_measure(args) -> int:

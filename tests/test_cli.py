@@ -85,7 +85,8 @@ def test_existing_output_is_kept_unless_overwrite(images, tmp_path, capsys):
 
 def test_a_folder_of_images_is_expanded(images, tmp_path):
     assert main(["protect", str(tmp_path), "-o", str(tmp_path / "out"), *FAST]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["art_protected.png", "sticker_protected.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["advdm-manifest.rank-0.jsonl", "art_protected.png",
+                                                                     "sticker_protected.png"]
 
 
 def test_lossy_format_warns_and_writes_png(images, tmp_path, capsys):
