@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -213,9 +214,13 @@ def cmd_protect(args) -> int:
         print("error: no images found", file=sys.stderr)
         return 2
     ranks = Ranks.from_env()
+    # torchrun passes a preemption on as SIGTERM: stop as on Ctrl-C, so the image being saved
+    # leaves no temporary file behind (a re-run does it again)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return _protect_shared(args, config, items, ranks)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         ranks.close()
 
 
