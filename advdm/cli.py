@@ -179,14 +179,14 @@ def protect_file(model, source: Path, out: Path, config: ProtectConfig, *, mask_
     if out.exists() and not overwrite:
         raise ImageError(f"{out}: already exists, not made from this input with these settings "
                          "(pass --overwrite to replace it)")
-    hashes = {}
+    provenance = {}
     if input_sha256 is not None:
-        hashes = {"image_seed": image_seed(config.seed, input_sha256), "input_sha256": input_sha256,
-                  "config_sha256": config_sha256}
-    attack = dataclasses.replace(config, seed=hashes["image_seed"]) if hashes else config
+        provenance = {"image_seed": image_seed(config.seed, input_sha256), "input_sha256": input_sha256,
+                      "config_sha256": config_sha256}
+    attack = dataclasses.replace(config, seed=provenance["image_seed"]) if provenance else config
     protected = protect(model, image.rgb, attack, mask=mask, progress=_progress_bar(label + source.name, config.steps),
                         levels=image.levels)
-    metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict(), **hashes})}
+    metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict(), **provenance})}
     save_png(out, protected, alpha=image.alpha, levels=image.levels, metadata=metadata, icc_profile=image.icc_profile,
              overwrite=overwrite, source=source)
     _check_budget(out, image.rgb, config.epsilon)

@@ -37,8 +37,8 @@ class Ranks:
 
     @property
     def label(self) -> str:
-        """"rank 1/4 " in a sharded run, for progress bars; nothing when alone."""
-        return f"rank {self.rank}/{self.world} " if self.world > 1 else ""
+        """"[rank 1/4] " in a sharded run, for its progress and messages; nothing when alone."""
+        return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
 
     def share(self, items: list) -> list:
         return items[self.rank :: self.world]

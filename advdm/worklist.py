@@ -48,10 +48,11 @@ def find_work(paths: list, output_dir: Path, suffix: str = "_protected") -> list
 
 
 def _images_below(folder: Path, output_dir: Path):
-    skip = output_dir.resolve()  # protecting a folder into a folder inside it: never take outputs as inputs
+    # Hidden files and folders are not artwork: macOS's "._name.png" resource forks on shared
+    # drives, .thumbnails, .Trash. An output folder inside the input folder holds outputs.
+    skip = output_dir.resolve()
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip]
         for name in files:
-            # dot files: macOS's "._name.png" resource forks on shared drives are not images
             if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
                 yield Path(root) / name

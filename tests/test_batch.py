@@ -34,7 +34,7 @@ def pngs(folder):
 
 
 def test_the_work_list_is_sorted_recursive_mirrored_and_skips_its_own_output(tmp_path):
-    write_images(tmp_path / "art", ["b.png", "sub/deeper/c.jpg", "a.png", "sub/a.png", "._a.png"])
+    write_images(tmp_path / "art", ["b.png", "sub/deeper/c.jpg", "a.png", "sub/a.png", "._a.png", ".thumbnails/a.png"])
     (tmp_path / "art" / "notes.txt").write_text("not an image")
     out = tmp_path / "art" / "protected"  # inside the input folder, with an earlier output in it
     write_images(out, ["a_protected.png"])
