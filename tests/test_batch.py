@@ -1,5 +1,4 @@
 """Batches: the work list, the manifest, re-runs, and two torchrun ranks on CPU with gloo."""
-import json
 import os
 import signal
 import subprocess
