@@ -77,6 +77,21 @@ def test_advdm_raises_loss_above_clean_and_noise(testbed):
     assert loss_protected > 1.1 * loss_noise
 
 
+def test_the_verdict_fires_on_advdm_and_not_on_noise(testbed):
+    """measure()'s verdict on a trained model: AdvDM protects, same-budget noise passed as
+    the protected image does not (bench/verdict.py runs this over five seeds)."""
+    import styles
+    from advdm.attack import ProtectConfig, protect
+    from advdm.evaluation.measure import measure, noise_control
+
+    clean = styles.batch(styles.HELD_OUT, [5002])
+    protected = protect(testbed, clean, ProtectConfig.preset("fast", steps=10, seed=2))
+    m = measure(testbed, clean, protected, max_samples=64)
+    assert m["protects"] and m["gain_over_noise_low"] > 0.02, m
+    decoy = measure(testbed, clean, noise_control(clean, 8, seed=55), max_samples=64)
+    assert not decoy["protects"] and decoy["verdict"] == "not distinguishable from same-budget noise", decoy
+
+
 def test_latent_oracle_raises_the_loss_within_its_latent_budget(testbed, mimicry):
     """bench/mimicry.py's latent AdvDM (the encoder bypassed) against same-size latent noise."""
     with torch.no_grad():

@@ -105,6 +105,10 @@ def eight_bit(fn: Callable[[Tensor], Tensor]) -> Transform:
     return lambda x: from_pil(to_pil(fn(x)))
 
 
+class Unavailable(Exception):
+    """A row that cannot be computed with what this installation has."""
+
+
 def purifications(model: DiffusionModel, seed: int = 0) -> List[Tuple[str, Transform]]:
     """The cleanups known to remove protections; a row that cannot run here raises
     Unavailable with the reason, so the table says why it is missing."""
@@ -125,10 +129,6 @@ def purifications(model: DiffusionModel, seed: int = 0) -> List[Tuple[str, Trans
     missing = purification.edge_preserving_filters()
     out.append(("bilateral + guided", unavailable(missing) if missing else eight_bit(purification.adverse_clean)))
     return out
-
-
-class Unavailable(Exception):
-    """A row that cannot be computed with what this installation has."""
 
 
 def evaluation_tiles(height: int, width: int, resolution: int) -> List[Tuple[int, int, int, int]]:
