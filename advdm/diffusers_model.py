@@ -99,6 +99,7 @@ def unet_model(
         name=name,
         device=vae.device,
         dtype=vae.dtype,
+        denoiser_network=unet,
     )
 
 
@@ -148,6 +149,7 @@ def flow_model(
         name=name,
         device=vae.device,
         dtype=vae.dtype,
+        denoiser_network=transformer,
     )
 
 

@@ -59,6 +59,9 @@ class DiffusionModel:
     # Latent (denoiser space) -> pixels NCHW in [0, 1], float32. Need not be differentiable;
     # None where an adapter has no decoder (then the purification rows are skipped).
     decode: Optional[Callable[[Tensor], Tensor]] = None
+    # The torch module `denoise` runs (UNet / transformer), whose Linear and Conv layers a
+    # LoRA may wrap (advdm.lora); None where an adapter cannot hand it out.
+    denoiser_network: Optional[torch.nn.Module] = None
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:

@@ -270,6 +270,7 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
         pixel_multiple=8 * unet_multiple(sd_model), train_resolution=1024 if fam == "SDXL" else (768 if pred == "v" else 512),
         latent_channels=4, name=f"{name} {fam}{' v' if pred == 'v' else ''}",
         device=torch.device(device), dtype=torch.float32,
+        denoiser_network=getattr(getattr(sd_model, "model", None), "diffusion_model", None),
     )
 
 
@@ -299,4 +300,5 @@ def build_sd3(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None
         pixel_multiple=8 * patch, train_resolution=1024,
         latent_channels=int(getattr(sd_model, "latent_channels", 16)), name=f"{name} SD3",
         device=torch.device(device), dtype=torch.float32,
+        denoiser_network=getattr(getattr(sd_model, "model", None), "diffusion_model", None),
     )

@@ -349,6 +349,7 @@ class ComfyModel:
             name=f"ComfyUI {self.family} ({self.prediction})",
             device=torch.device(self.device),
             dtype=self.vae_dtype,
+            denoiser_network=getattr(self.base, "diffusion_model", None),
         )
 
 
