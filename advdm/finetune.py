@@ -1,0 +1,102 @@
+"""A mimic's LoRA fine-tune on a handful of images, with the model's own training loss.
+
+What a DreamBooth-style LoRA does to an artist's images, reduced to the DiffusionModel
+interface: the images are encoded once (as kohya / diffusers scripts cache latents), then
+each step takes a batch of them, draws training timesteps and noise, and descends
+``advdm.model.diffusion_loss`` (the family's native loss) on the adapters only. Used inside
+``lora_finetuned``: on leaving, the adapters are gone and the model is as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .draws import Draws
+from .lora import lora_adapters
+from .model import DiffusionModel, diffusion_loss
+from .objectives import posterior_sample
+from .views import bucket_size, pad_to_multiple, resize
+
+
+@dataclass
+class FinetuneConfig:
+    # Sized for a consumer GPU on SD1.5 (rank 8, a few hundred steps of 4 images); the test-bed
+    # smoke run lowers steps, not the recipe.
+    steps: int = 300
+    rank: int = 8
+    alpha: Optional[float] = None  # None: alpha = rank (scale 1)
+    lr: float = 1e-4
+    batch: int = 4  # images per step
+    convs: bool = False  # also adapt the ungrouped Conv2d layers (LoCon)
+    resolution: Optional[int] = None  # larger images are resized to about this area (default: the model's)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch < 1 or not self.lr > 0:
+            raise ValueError(f"fine-tune needs steps >= 1, batch >= 1 and lr > 0, got {self.steps}, {self.batch}, {self.lr}")
+
+
+def mimic_view(model: DiffusionModel, image: Tensor, resolution: Optional[int] = None) -> Tensor:
+    """The image as a fine-tuning script feeds it: above the training area it is resized to
+    a bucket of about resolution^2 pixels (aspect kept); sides padded to the model's multiple."""
+    res = resolution or model.train_resolution
+    h, w = image.shape[-2:]
+    if h * w > res * res:
+        image = resize(image, bucket_size(h, w, res, model.pixel_multiple))
+    return pad_to_multiple(image.float().cpu(), model.pixel_multiple)
+
+
+def _batches(count: int, batch: int, steps: int, gen: torch.Generator) -> Iterator[List[int]]:
+    """Epochs of seeded permutations, cut into batches (the last of an epoch may be short)."""
+    order: List[int] = []
+    for _ in range(steps):
+        if len(order) < min(batch, count):
+            order += torch.randperm(count, generator=gen).tolist()
+        yield [order.pop(0) for _ in range(min(batch, count))]
+
+
+def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: Sequence[Tensor],
+          config: FinetuneConfig, seed: int, progress: Optional[Callable[[int, int], None]] = None) -> List[float]:
+    """config.steps AdamW steps on params; returns the loss of every step."""
+    draws = Draws(model, seed + 1)
+    gen = torch.Generator().manual_seed(seed + 2)
+    history = []
+    with torch.inference_mode(False):
+        with torch.no_grad():
+            latents = [model.encode(mimic_view(model, x, config.resolution).to(model.device, model.dtype))
+                       for x in images]
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        with torch.enable_grad():
+            for step, idx in enumerate(_batches(len(latents), config.batch, config.steps, gen)):
+                total = 0.0
+                for shape in {tuple(latents[i].mean.shape) for i in idx}:  # images of one size share a forward
+                    group = [latents[i] for i in idx if tuple(latents[i].mean.shape) == shape]
+                    z = torch.cat([posterior_sample(lat, draws) for lat in group])
+                    sigma = draws.sigmas(len(group))
+                    noise = draws.normal(z.shape).to(z.dtype)
+                    loss = diffusion_loss(model, z, sigma, noise).sum() / len(idx)
+                    loss.backward()
+                    total += loss.item()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                history.append(total)
+                if progress is not None:
+                    progress(step + 1, config.steps)
+    return history
+
+
+@contextlib.contextmanager
+def lora_finetuned(model: DiffusionModel, images: Sequence[Tensor], config: FinetuneConfig, seed: int = 0,
+                   progress: Optional[Callable[[int, int], None]] = None) -> Iterator[DiffusionModel]:
+    """The model with a LoRA fine-tuned on images for the duration (the same object: its
+    denoiser runs through the adapters), restored exactly on leaving."""
+    if model.denoiser_network is None:
+        raise ValueError(f"{model.name}: this host adapter does not expose its denoiser network, so no LoRA can be trained")
+    if not images:
+        raise ValueError("no images to fine-tune on")
+    with lora_adapters(model.denoiser_network, config.rank, config.alpha, config.convs, seed) as params:
+        train(model, params, images, config, seed, progress)
+        yield model
