@@ -1,4 +1,4 @@
-"""Command line: python -m advdm {protect, measure, selftest}."""
+"""Command line: python -m advdm {protect, measure, mimicry, selftest}."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,32 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"conditioning prompt (default {DEFAULT_PROMPT!r})")
     p.add_argument("--prediction", choices=["eps", "v"], help="override the parameterisation "
                    "(single-file SD2.x is taken as the 768 v model; pass eps for the 512 base)")
+
+
+def _mimicry_args(sub) -> None:
+    from .evaluation.mimicry import MimicryConfig
+    from .finetune import FinetuneConfig
+
+    d, f = MimicryConfig(), FinetuneConfig()
+    p = sub.add_parser("mimicry", help="fine-tune a LoRA on the clean, protected and noise-control training images and "
+                       "report how much of the style it still learns (the learned fraction on held-out images)")
+    p.add_argument("--train", type=Path, nargs="+", required=True, help="the artist's clean training images")
+    p.add_argument("--protected", type=Path, nargs="+", required=True, help="their protected copies, in the order of --train")
+    p.add_argument("--held-out", type=Path, nargs="+", help="clean images of the same style NOT in --train (what the "
+                   "mimic should learn). Without them each training image is cut in two: the left halves train, "
+                   "the right halves are held out")
+    _model_args(p)
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"fine-tune seeds, the interval's units (default {d.seeds}; "
+                   "each runs three fine-tunes)")
+    p.add_argument("--seed", type=int, default=d.seed, help="the first seed")
+    p.add_argument("--steps", type=int, default=f.steps, help=f"fine-tuning steps (default {f.steps})")
+    p.add_argument("--rank", type=int, default=f.rank, help=f"LoRA rank (default {f.rank})")
+    p.add_argument("--lr", type=float, default=f.lr, help=f"learning rate (default {f.lr:g})")
+    p.add_argument("--batch", type=int, default=f.batch, help=f"images per step (default {f.batch})")
+    p.add_argument("--convs", action="store_true", help="also adapt the convolutions (LoCon), not only the linear layers")
+    p.add_argument("--resolution", type=int, help="larger images are resized to about this side (default: the model's)")
+    p.add_argument("--draws", type=int, default=d.draws, help=f"fixed (t, noise) draws per evaluated image (default {d.draws})")
+    p.add_argument("--json", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resolution", type=int, help="with --robustness: the mimic's training resolution the resizes "
                    "and crops go to (default: the model's)")
 
+    _mimicry_args(sub)
     sub.add_parser("selftest", help="protect a generated image with builtin:tiny and check the result")
     return parser
 
@@ -109,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"protect": cmd_protect, "measure": cmd_measure, "selftest": cmd_selftest}[args.command](args)
+        return {"protect": cmd_protect, "measure": cmd_measure, "mimicry": cmd_mimicry,
+                "selftest": cmd_selftest}[args.command](args)
     except (CheckpointError, ImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -321,6 +349,44 @@ def cmd_measure(args) -> int:
         print(format_measurement(result))
         if args.robustness:
             print(format_robustness(result["robustness"]))
+    return 0
+
+
+def cmd_mimicry(args) -> int:
+    from .evaluation.mimicry import MimicryConfig, format_mimicry, halves, mimicry_check
+    from .finetune import FinetuneConfig
+
+    if len(args.protected) != len(args.train):
+        raise ValueError(f"--train has {len(args.train)} images but --protected {len(args.protected)}: give one "
+                         "protected copy per training image, in the same order")
+    train = [load_image(p).rgb for p in args.train]
+    protected = [load_image(p).rgb for p in args.protected]
+    for a, b, x, y in zip(args.train, args.protected, train, protected):
+        if x.shape != y.shape:
+            raise ImageError(f"{b}: size {y.shape[-1]}x{y.shape[-2]} differs from {a} ({x.shape[-1]}x{x.shape[-2]})")
+    config = MimicryConfig(seeds=args.seeds, seed=args.seed, draws=args.draws, finetune=FinetuneConfig(
+        steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch, convs=args.convs, resolution=args.resolution))
+    model = _load(args)
+    note = ""
+    if args.held_out:
+        held = [load_image(p).rgb for p in args.held_out]
+    else:  # one image (or no separate ones): train on left halves, hold the right halves out
+        cut = [halves(x, model.pixel_multiple) for x in train]
+        cut_p = [halves(x, model.pixel_multiple) for x in protected]
+        train, held, protected = [c[0] for c in cut], [c[1] for c in cut], [c[0] for c in cut_p]
+        note = ("no --held-out images: the held-out images are the right halves of the training images (the mimic "
+                "trained on the left halves), so the fraction says how much of these pictures' other parts it learned, "
+                "not of the artist's style in new pictures")
+    with tqdm(desc="mimicry: fine-tuning", unit="step", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = mimicry_check(model, train, held, protected, config, progress=progress, held_out_note=note)
+    result["train"] = [str(p) for p in args.train]
+    result["protected"] = [str(p) for p in args.protected]
+    result["held_out"] = [str(p) for p in args.held_out or []]
+    print(json.dumps(result, indent=1) if args.json else format_mimicry(result))
     return 0
 
 

@@ -84,3 +84,20 @@ def widened(interval: Interval, half_width: float) -> Interval:
     """An interval with an independent error of the given half-width added in quadrature."""
     e = interval.estimate
     return Interval(e, e - math.hypot(e - interval.low, half_width), e + math.hypot(interval.high - e, half_width))
+
+
+def ratio_across_units(numerator: Tensor, denominator: Tensor, level: float = LEVEL) -> Interval:
+    """mean(numerator) / mean(denominator) over a few independent units (e.g. fine-tune
+    seeds, each giving one paired (num, den)), with the delta-method interval and Student's t
+    with units - 1 degrees of freedom: too few units to bootstrap, so the t is the honest
+    width (with 3 units t = 4.30). Identical num and den in every unit give the ratio with
+    no width."""
+    num, den = numerator.double().flatten(), denominator.double().flatten()
+    if num.shape != den.shape or num.numel() < 2:
+        raise ValueError(f"need at least two paired units, got {num.numel()} and {den.numel()}")
+    r, se = _ratio_and_se(num, den)
+    r, se = r.item(), se.item()
+    if not se > 0:
+        return Interval(r, r, r)
+    t = float(student_t.ppf(0.5 + level / 2, num.numel() - 1))
+    return Interval(r, r - t * se, r + t * se)
