@@ -218,7 +218,9 @@ class AdvDMMeasure(IO.ComfyNode):
 
 class AdvDMExtension(ComfyExtension):
     async def get_node_list(self):
-        return [AdvDMProtect, AdvDMMeasure]
+        from .comfy_mimicry import AdvDMMimicry
+
+        return [AdvDMProtect, AdvDMMeasure, AdvDMMimicry]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

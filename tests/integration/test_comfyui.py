@@ -214,6 +214,8 @@ def quick(graph: dict, images: list[str]) -> dict:
             i["steps"] = 2
         elif ct == "EmptyLatentImage":
             i["width"], i["height"] = 64, 64
+        elif ct == "AdvDMMimicry":
+            i.update(seeds=1, steps=2, rank=2, draws=4)
         elif ct == "TrainLoraNode":
             i.update(steps=2, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False)
     return g
@@ -234,7 +236,7 @@ def test_workflows_have_no_missing_nodes(comfy):
         types = {n.get("class_type") or n.get("type") for n in nodes}
         missing = sorted(t for t in types if t not in info)
         assert not missing, f"{wf.name}: nodes missing in ComfyUI: {missing}"
-    for node in ("AdvDMProtect", "AdvDMMeasure"):
+    for node in ("AdvDMProtect", "AdvDMMeasure", "AdvDMMimicry"):
         inputs = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
         untipped = [k for k, v in inputs.items() if "tooltip" not in (v[1] if len(v) > 1 else {})]
         assert not untipped, f"{node}: inputs without tooltip: {untipped}"
@@ -322,6 +324,25 @@ def test_lora_clean_vs_protected(comfy):
     print(f"lora workflow: {time.time() - t0:.1f} s")
     assert load_png(comfy.output_file(entry, "24")).shape == (64, 64 * 2 + 8, 3)
     assert len(entry["outputs"]["7"]["images"]) == 2
+
+
+def test_mimicry_check_workflow(comfy):
+    """The example mimicry workflow end to end (protect two images, three LoRA fine-tunes of
+    the SD1.5 UNet, held-out losses), then a KSampler in the same server gives the same image
+    as before it: the LoRA left the cached model exactly as it was."""
+    before = load_png(comfy.output_file(comfy.run(txt2img(seed=5)), "7"))
+    names = [comfy.upload(f"advdm_mimic{i}.png", artwork(64, 64, 10 + i)) for i in range(3)]
+    graph = quick(json.loads((REPO / "workflows" / "mimicry_check.api.json").read_text()), names)
+    t0 = time.time()
+    entry = comfy.run(graph)
+    text = entry["outputs"]["10"]["text"][0]
+    print(f"mimicry workflow: {time.time() - t0:.1f} s\n{text}")
+    assert "held-out diffusion loss: base" in text and "in-sample fraction" in text
+    assert "fine-tune's own randomness is NOT covered" in text  # seeds=1 says what its interval is not
+    entry = comfy.run(txt2img(seed=5))  # the mimicry prompt had no KSampler: its cached output is gone
+    cached = [n for m in entry["status"]["messages"] if m[0] == "execution_cached" for n in m[1]["nodes"]]
+    assert "5" not in cached and "1" in cached  # sampled again, with the same cached model object
+    assert np.array_equal(before, load_png(comfy.output_file(entry, "7")))
 
 
 def txt2img(seed=0):
