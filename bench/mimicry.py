@@ -66,6 +66,8 @@ from advdm.attack import ProtectConfig, protect  # noqa: E402
 from advdm.checkpoints import load_model  # noqa: E402
 from advdm.draws import Draws  # noqa: E402
 from advdm.evaluation.measure import fixed_loss, noise_control  # noqa: E402
+from advdm.evaluation.mimicry import MimicryConfig, fractions, noise_set, seed_losses  # noqa: E402
+from advdm.finetune import FinetuneConfig  # noqa: E402
 from advdm.model import diffusion_loss  # noqa: E402
 
 TOKEN = "sks"
@@ -305,6 +307,70 @@ def judge(net, centroid, spread, images):
     return p, d
 
 
+# ------------------------------------------------------------------ the learned-fraction judge
+def fraction_run(args, model, methods, seeds, pgd_steps, pgd_samples, log) -> dict:
+    """The mimicry check's judge (advdm.evaluation.mimicry): per seed, a LoRA fine-tune on
+    the clean, each protected and each same-budget noise set of the seed's images, and the
+    loss on fresh held-out images of the style with the base model as zero. One fine-tune
+    seed per benchmark seed, so the table's spread is the spread across fine-tune seeds."""
+    epsilons = [float(e) for e in args.epsilons.split(",")]
+    config = MimicryConfig(finetune=FinetuneConfig(steps=args.ft_steps, rank=args.lora_rank, lr=args.lora_lr),
+                           draws=args.fraction_draws)
+    per_seed = {}  # seed -> the check's per-draw losses (condition -> held_out / in_sample)
+    for seed in seeds:
+        clean = [x[None] for x in styles.batch(styles.HELD_OUT, range(10000 + 100 * seed, 10000 + 100 * seed + args.images))]
+        held = [x[None] for x in styles.batch(styles.HELD_OUT, range(60000 + 100 * seed, 60000 + 100 * seed + args.images))]
+        sets = {"clean": clean}
+        for eps in epsilons:
+            for m in methods:
+                cfg = ProtectConfig.preset("fast", method=m, epsilon=eps, steps=pgd_steps, samples=pgd_samples, seed=seed)
+                sets[f"{m} {eps:g}"] = [protect(model, x, cfg) for x in clean]
+                sets[f"noise {eps:g}"] = noise_set(clean, sets[f"{m} {eps:g}"], seed)
+            log(f"seed {seed}: protected and noise sets at {eps:g}/255")
+        per_seed[seed] = seed_losses(model, sets, held, clean, config, seed)
+        log(f"seed {seed}: " + ", ".join(f"{c} {v['held_out'].mean().item():.4f}" for c, v in per_seed[seed].items()))
+        if args.json:
+            Path(args.json).write_text(json.dumps(fraction_json(args, per_seed, methods, epsilons), indent=1))
+    return fraction_json(args, per_seed, methods, epsilons)
+
+
+def fraction_json(args, per_seed: dict, methods, epsilons) -> dict:
+    return {"args": vars(args), "methods": methods, "epsilons": epsilons,
+            "losses": {str(seed): {c: {k: v.tolist() for k, v in d.items()} for c, d in s.items()}
+                       for seed, s in per_seed.items()}}
+
+
+def render_fractions(runs) -> str:
+    """The judge's table from one or more fraction_json dicts (seeds joined): per condition
+    the learned fraction across seeds (ratio of seed means, Student's t over seeds), the
+    mean ± stdev of the per-seed fractions, the mean half-width of the per-seed (draws only)
+    intervals, and the in-sample fraction."""
+    losses = {}
+    for run in runs:
+        losses.update(run["losses"])
+    per_seed = [{c: {k: torch.tensor(v) for k, v in d.items()} for c, d in s.items()} for _, s in sorted(losses.items(), key=lambda kv: int(kv[0]))]
+    lines = ["| condition | held-out learned fraction (95% CI over seeds) | per seed: mean ± stdev | per-seed CI half-width (draws only) | in-sample fraction (95% CI) |",
+             "|" + " --- |" * 5]
+    conds = [c for c in per_seed[0] if c not in ("base", "clean")]
+    for c in conds:
+        f = fractions(per_seed, c, c)
+        each = [fractions([s], c, c) for s in per_seed]
+        each = [e for e in each if e["learned_fraction"] is not None]  # seeds whose clean fine-tune learned
+        vals = [e["learned_fraction"] for e in each] or [float("nan")]
+        halfs = [(e["learned_fraction_high"] - e["learned_fraction_low"]) / 2 for e in each] or [float("nan")]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+        def ci(key):
+            return "n/a" if f[key] is None else f"{f[key]:.3f} ({f[key + '_low']:.3f} to {f[key + '_high']:.3f})"
+
+        lines.append(f"| {c} | {ci('learned_fraction')} | {statistics.mean(vals):.3f} ± {sd:.3f} ({len(each)} seeds) | "
+                     f"{statistics.mean(halfs):.3f} | {ci('in_sample_fraction')} |")
+    f = fractions(per_seed, conds[0], conds[0])
+    lines.append(f"\n{len(per_seed)} seeds; held-out loss base {f['loss_base']:.4f}, clean fine-tune {f['loss_clean']:.4f} "
+                 f"(drop {f['clean_drop']:.1%} of base, 95% CI {f['clean_drop_low']:.1%} to {f['clean_drop_high']:.1%})")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ the run
 def render(results: dict, modes, strengths) -> str:
     """The markdown table: one row per condition, mean ± stdev over seeds."""
@@ -382,6 +448,12 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--strengths", default="0.3,0.6")
     p.add_argument("--judge-steps", type=int, default=400)
+    p.add_argument("--judges", default="classifier", help="comma-separated: classifier (generations scored by the "
+                   "style classifier), fraction (the mimicry check's held-out learned fraction, LoRA mimic)")
+    p.add_argument("--epsilons", default="8,16", help="fraction judge: budgets /255, each with its own noise control")
+    p.add_argument("--lora-rank", type=int, default=8, help="fraction judge: LoRA rank")
+    p.add_argument("--lora-lr", type=float, default=1e-3, help="fraction judge: LoRA learning rate")
+    p.add_argument("--fraction-draws", type=int, default=32, help="fraction judge: fixed draws per evaluated image")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, advdm only, few steps")
     p.add_argument("--json", help="write the raw numbers here")
@@ -392,6 +464,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.render:
         runs = [json.loads(Path(f).read_text()) for f in args.render]
+        if "losses" in runs[0]:  # the fraction judge's files
+            print(render_fractions(runs))
+            return runs
         results = {}  # condition -> metric -> values of every run's seeds, in order
         for run in runs:
             for cond, metrics in run["results"].items():
@@ -418,8 +493,17 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
     path = Path(args.checkpoint)
-    parts = load_parts(path)
     model = load_model(str(path), torch.device("cpu"), torch.float32)  # the project's loader, prompt "a painting"
+    judges = args.judges.split(",")
+    if "fraction" in judges:
+        run = fraction_run(args, model, methods, seeds, pgd_steps, pgd_samples, log)
+        print(render_fractions([run]))
+        print(f"\nPGD {pgd_steps} steps x {pgd_samples} sample(s); {args.images} training and {args.images} held-out "
+              f"'{styles.HELD_OUT}' images per seed; LoRA r{args.lora_rank} lr {args.lora_lr:g}, {args.ft_steps} steps; "
+              f"{args.fraction_draws} draws per image; seeds {seeds}; {(time.time() - t_start) / 60:.1f} min")
+        if "classifier" not in judges:
+            return run
+    parts = load_parts(path)
     net, centroid, spread, acc = train_judge(200 if not args.quick else 40, args.judge_steps, log)
     real_p, real_d = judge(net, centroid, spread, styles.batch(styles.HELD_OUT, range(40000, 40016)))
     log(f"judge on real held-out images: P {real_p:.3f}, dist {real_d:.3f}")

@@ -53,3 +53,16 @@ def test_render_joins_runs_over_different_seeds(mimicry, tmp_path, capsys):
     results = mimicry.main(["--render", *map(str, files)])
     assert results["clean"]["full_p"] == [0.7, 0.5, 0.6]
     assert "| advdm | full | clean | -0.100 ± 0.000 | +0.100 ± 0.000 | 3/3 seeds |" in capsys.readouterr().out
+
+
+def test_the_fraction_judge_table_reads_the_learned_fraction_across_seeds(mimicry):
+    def seed(shift):  # per-draw held-out / in-sample losses of one seed's fine-tunes
+        losses = {"base": 1.0, "clean": 0.5, "advdm 8": 0.75 + shift, "noise 8": 0.5 + shift / 2}
+        return {c: {"held_out": [v, v + 0.1], "in_sample": [v, v]} for c, v in losses.items()}
+
+    run = {"losses": {"0": seed(0.0), "1": seed(0.05), "2": seed(-0.05)}}
+    rows = {line.split("|")[1].strip(): line for line in mimicry.render_fractions([run]).splitlines()[2:4]}
+    # (1 - 0.75) / (1 - 0.5) = 0.5 on average; the per-seed ones are 0.5, 0.4, 0.6 (stdev 0.1)
+    assert "| 0.500 (" in rows["advdm 8"] and "0.500 ± 0.100 (3 seeds)" in rows["advdm 8"]
+    assert "| 1.000 (" in rows["noise 8"]
+    assert "3 seeds; held-out loss base" in mimicry.render_fractions([run])
