@@ -353,7 +353,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_mimicry(args) -> int:
-    from .evaluation.mimicry import MimicryConfig, format_mimicry, halves, mimicry_check
+    from .evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, split_for_held_out
     from .finetune import FinetuneConfig
 
     if len(args.protected) != len(args.train):
@@ -371,12 +371,7 @@ def cmd_mimicry(args) -> int:
     if args.held_out:
         held = [load_image(p).rgb for p in args.held_out]
     else:  # one image (or no separate ones): train on left halves, hold the right halves out
-        cut = [halves(x, model.pixel_multiple) for x in train]
-        cut_p = [halves(x, model.pixel_multiple) for x in protected]
-        train, held, protected = [c[0] for c in cut], [c[1] for c in cut], [c[0] for c in cut_p]
-        note = ("no --held-out images: the held-out images are the right halves of the training images (the mimic "
-                "trained on the left halves), so the fraction says how much of these pictures' other parts it learned, "
-                "not of the artist's style in new pictures")
+        train, held, protected, note = split_for_held_out(train, protected, model.pixel_multiple)
     with tqdm(desc="mimicry: fine-tuning", unit="step", file=sys.stderr) as bar:
         def progress(done, total):
             bar.total = total

@@ -6,7 +6,7 @@ import math
 
 from comfy_api.latest import IO, UI
 
-from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, halves, mimicry_check
+from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, split_for_held_out
 from advdm.finetune import FinetuneConfig
 
 from .comfy_model import ComfyModel, UnsupportedModel
@@ -88,12 +88,7 @@ class AdvDMMimicry(IO.ComfyNode):
                 if held_out is not None:
                     held = [to_8bit_grid(x) for x in split_images(held_out)]
                 else:
-                    cut = [halves(x, dm.pixel_multiple) for x in a]
-                    cut_p = [halves(x, dm.pixel_multiple) for x in b]
-                    a, held, b = [c[0] for c in cut], [c[1] for c in cut], [c[0] for c in cut_p]
-                    note = ("no held_out images: the held-out images are the right halves of the training images, so "
-                            "the fraction says how much of these pictures' other parts the mimic learned, not of the "
-                            "artist's style in new pictures")
+                    a, held, b, note = split_for_held_out(a, b, dm.pixel_multiple)
                 result = mimicry_check(dm, a, held, b, config, progress=progress, held_out_note=note)
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None

@@ -19,6 +19,15 @@ def smooth_image(height=64, width=64, seed=0):
     return (x * 255).round() / 255
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: 2 threads on a loaded 2-core machine are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from advdm import builtin

@@ -10,13 +10,7 @@ from advdm.lora import lora_adapters
 
 from conftest import smooth_image
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a loaded 2-core machine are many times slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def snapshot(net):

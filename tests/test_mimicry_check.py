@@ -23,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 3 seeds: with 2, Student's t has 1 dof (12.7) and even a clear drop is not "clearly positive"
 QUICK = MimicryConfig(seeds=3, draws=16, finetune=FinetuneConfig(steps=6, lr=1e-2, rank=4))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a loaded 2-core machine are many times slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_ratio_across_units_is_the_delta_method_t_interval():

@@ -53,6 +53,19 @@ def halves(image: Tensor, multiple: int) -> List[Tensor]:
     return [image[..., :cut], image[..., cut:]]
 
 
+SPLIT_NOTE = ("no held-out images given: the held-out images are the right halves of the training images (the "
+              "mimic trained on the left halves), so the fraction says how much of these pictures' other parts it "
+              "learned, not of the artist's style in new pictures")
+
+
+def split_for_held_out(train: Sequence[Tensor], protected: Sequence[Tensor], multiple: int):
+    """Without held-out images: (left halves of train, right halves of train, left halves of
+    protected, the note the report must carry)."""
+    cut = [halves(x, multiple) for x in train]
+    cut_p = [halves(p, multiple) for p in protected]
+    return [c[0] for c in cut], [c[1] for c in cut], [c[0] for c in cut_p], SPLIT_NOTE
+
+
 def noise_set(train: Sequence[Tensor], protected: Sequence[Tensor], seed: int) -> List[Tensor]:
     """The control: each training image plus uniform noise of its protected copy's budget."""
     return [noise_control(x, max(round(budget_of(x, p)), 1), seed * 1000 + i)
