@@ -142,6 +142,7 @@ def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
         train_resolution=768 if fam == "SD2.x" and pred == "v" else TRAIN_RESOLUTION[fam],
         latent_channels=int(vae.latent_channels), name=f"{name} {fam}{' v' if pred == 'v' else ''}",
         device=torch.device(device), dtype=torch.float32,
+        denoiser_network=getattr(kmodel, "diffusion_model", None),
     )
 
 
