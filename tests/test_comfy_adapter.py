@@ -479,7 +479,7 @@ def test_interrupt_propagates_out_of_protect():
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "SaveImage", "PreviewImage", "VAEEncode",
               "VAEDecode", "KSampler", "ImageStitch", "ImageBatch", "EmptyLatentImage", "TrainLoraNode",
               "LoraModelLoader", "PreviewAny"}
-OUR_NODES = {"AdvDMProtect", "AdvDMMeasure"}
+OUR_NODES = {"AdvDMProtect", "AdvDMMeasure", "AdvDMMimicry"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "workflows").glob("*.json")), ids=lambda p: p.name)
@@ -497,6 +497,7 @@ def test_workflow_inputs_match_node_signatures():
     comfy_nodes = pytest.importorskip("nodes.comfy_nodes", reason="needs ComfyUI (comfy_api)")
     sigs = {n: set(inspect.signature(getattr(comfy_nodes, c).execute).parameters)
             for n, c in (("AdvDMProtect", "AdvDMProtect"), ("AdvDMMeasure", "AdvDMMeasure"))}
+    sigs["AdvDMMimicry"] = set(inspect.signature(pytest.importorskip("nodes.comfy_mimicry").AdvDMMimicry.execute).parameters)
     for path in (REPO / "workflows").glob("*.json"):
         for node in json.loads(path.read_text()).values():
             if node["class_type"] in sigs:
