@@ -3,6 +3,7 @@
 Host-agnostic core: a host adapter builds a DiffusionModel (model.py) from what it has
 loaded; protect() runs the attack and measure() checks it.
 """
+from . import settings
 from .attack import PRESETS, ProtectConfig, protect, quantize
 from .loss import advdm_loss
 from .evaluation.measure import format_measurement, measure
@@ -21,5 +22,6 @@ __all__ = [
     "measure",
     "protect",
     "quantize",
+    "settings",
     "sigmas_from_alphas_cumprod",
 ]

@@ -18,6 +18,7 @@ from .draws import Draws
 from .frozen import input_grad_only, recomputed
 from .model import DiffusionModel
 from .objectives import OBJECTIVES
+from .settings import PRESETS, default
 from .views import Views
 
 Progress = Callable[[int, int, Tensor], None]
@@ -32,28 +33,24 @@ METHOD_DEFAULTS = {
 
 FLOW_TIMESTEPS = ("uniform", "logit-normal")
 
-PRESETS = {
-    "fast": dict(epsilon=8.0, step_size=1.0, steps=30, samples=1),
-    "balanced": dict(epsilon=12.0, step_size=1.0, steps=60, samples=1),
-    "strong": dict(epsilon=16.0, step_size=1.0, steps=100, samples=2),
-}
 
 
 @dataclass
 class ProtectConfig:
-    method: str = "advdm"
-    epsilon: float = 16.0  # L_inf budget, in 1/255 units
-    step_size: float = 1.0  # PGD step, in 1/255 units
-    steps: int = 100
-    samples: int = 1  # Monte-Carlo (t, noise) samples per step, batched in one forward
-    t_min: float = 0.0  # timestep range, as fractions of the training schedule
-    t_max: float = 1.0
-    seed: int = 0
+    # Defaults from advdm.settings (the default preset), shared by every entry point.
+    method: str = default("method")
+    epsilon: float = default("epsilon")  # L_inf budget, in 1/255 units
+    step_size: float = default("step_size")  # PGD step, in 1/255 units
+    steps: int = default("steps")
+    samples: int = default("samples")  # Monte-Carlo (t, noise) samples per step, batched in one forward
+    t_min: float = default("t_min")  # timestep range, as fractions of the training schedule
+    t_max: float = default("t_max")
+    seed: int = default("seed")
     random_start: Optional[bool] = None  # None: the method's default
     step_decay: Optional[bool] = None
     sds_ascend: bool = False  # SDS(+) instead of SDS(-)
     # What the model sees each step (advdm.views): "auto" | "full" | "train" | "tiled".
-    view: str = "auto"
+    view: str = default("view")
     resolution: Optional[int] = None  # side of the training views / tiles; None: the model's
     views_per_step: int = 1  # "train" views per step (their gradients are summed)
     crop_min: float = 0.5  # smallest random crop side, as a fraction of the shorter side
@@ -79,6 +76,8 @@ class ProtectConfig:
             raise ValueError(f"step size must be positive, got {self.step_size}")
         if self.steps < 0 or self.samples < 1:
             raise ValueError("steps must be >= 0 and samples >= 1")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"t_min and t_max must satisfy 0 <= t_min < t_max <= 1, got {self.t_min} and {self.t_max}")
         from .eot import EOT
         from .views import MODES
 

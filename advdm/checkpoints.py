@@ -13,9 +13,9 @@ import torch
 from . import builtin
 from .diffusers_model import Conditioning, flow_model, unet_model
 from .model import DiffusionModel
+from .settings import DEFAULT_PROMPT  # one default prompt for every entry point
 
 CONFIGS = Path(__file__).parent / "configs"
-DEFAULT_PROMPT = "a painting"  # the official AdvDM code's conditioning
 # CLIP BPE ids of the prompts usable without tokenizer files (single-file checkpoints).
 KNOWN_PROMPTS = {"a painting": [320, 3086], "": []}
 BOS, EOS = 49406, 49407

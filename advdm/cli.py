@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import __version__, builtin
 from .attack import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
+from .settings import DEFAULT_PRESET, MEASURE, PROTECT
 from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from . import manifest
 from .batch import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
@@ -74,15 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument("-o", "--output-dir", type=Path, required=True)
     _model_args(p)
-    p.add_argument("--preset", default="balanced", choices=sorted(PRESETS), help="defaults for the knobs below: "
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="defaults for the knobs below: "
                    + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    p.add_argument("--method", default="advdm", choices=sorted(OBJECTIVES))
+    p.add_argument("--method", default=PROTECT["method"].default, choices=sorted(OBJECTIVES))
     p.add_argument("--epsilon", type=float, help="L_inf budget in /255 (0-255)")
     p.add_argument("--step-size", type=float, help="PGD step in /255")
     p.add_argument("--steps", type=int)
     p.add_argument("--samples", type=int, help="Monte-Carlo (t, noise) samples per step, batched")
     p.add_argument("--t-range", type=float, nargs=2, metavar=("MIN", "MAX"), help="timestep range as fractions 0-1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=PROTECT["seed"].default)
     p.add_argument("--mask", type=Path, help="grayscale image of the input's size: white = protect, black = keep")
     p.add_argument("--sds-ascend", action="store_true", help="SDS(+): ascend the loss (default SDS(-) descends)")
     p.add_argument("--low-memory", action="store_true", help="recompute the VAE encoder in backward instead of keeping "
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SD3 / Flux: timestep distribution of the attack (default: the model's training one, logit-normal)")
     p.add_argument("--flow-shift", type=float, help="SD3 / Flux: timestep shift (default: the model's)")
     v = p.add_argument_group("views and robustness", "what the model sees each step; the output keeps the native size")
-    v.add_argument("--view", choices=VIEWS, default="auto",
+    v.add_argument("--view", choices=VIEWS, default=PROTECT["view"].default,
                    help="full: whole image at native size; train: the random crops and aspect buckets a fine-tuning "
                         "pipeline makes, scaled to the training resolution (memory set by it, not the image); tiled: "
                         "native-size tiles covering the image; auto: full up to 1.5x the training size, else train")
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-samples", type=int, default=MAX_SAMPLES, help="at most this many draws")
     m.add_argument("--precision", type=float, default=PRECISION, help="stop drawing once the 95%% interval of "
                    "protected minus noise is at most this wide on each side (in units of the clean loss)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=MEASURE["seed"].default)
     m.add_argument("--json", action="store_true")
     m.add_argument("--robustness", action="store_true", help="also the gains after what a mimic does: "
                    "downscale to the training resolution and 512/1024, centre and random crops, JPEG 95/85/75, "
@@ -307,7 +308,7 @@ def _protect_tasks(args, config: ProtectConfig, tasks: list, ranks: Ranks, devic
                                     "seconds": round(seconds, 3)})
         print(f"{ranks.label}{source} -> {out} ({seconds:.1f} s)")
         if args.measure:
-            print(format_measurement(measure(model, original, protected)))
+            print(format_measurement(measure(model, original, protected, samples=MEASURE["samples"].default)))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return failed

@@ -18,14 +18,12 @@ from torch import Tensor
 from ..attack import quantize
 from ..draws import Draws
 from ..model import DiffusionModel, diffusion_loss
+from ..settings import MAX_SAMPLES, PRECISION, SAMPLES  # noqa: F401  (the defaults live in settings)
 from ..objectives import posterior_sample
 from ..views import pad_to_multiple
 from .stats import LEVEL, difference_of_ratios, ratio_of_means, realisation_spread, widened
 
 DRAW_BLOCK = 4  # draws are made (and batched) in blocks, so n draws are the same whatever the total
-SAMPLES = 16  # draws to start with
-MAX_SAMPLES = 256  # cap on the draws
-PRECISION = 0.01  # stop drawing once the protected-minus-noise interval is this narrow (half-width, x clean loss)
 # A rise beyond noise smaller than this (x clean loss) is real but too small to call protection: even
 # AdvDM on a random-weight model raises its loss by about 1%, and on the trained test-bed a rise of 18%
 # still did not keep a fine-tune from the style (testbed/README.md).
