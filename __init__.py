@@ -17,5 +17,5 @@ except ImportError:
 else:
     from .nodes.comfy_nodes import comfy_entrypoint  # noqa: F401
 
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "./web"  # the Measure report shown on the node
 __all__ = ["comfy_entrypoint"]

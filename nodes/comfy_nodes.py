@@ -8,18 +8,28 @@ from comfy_api.latest import IO, UI, ComfyExtension
 
 import advdm
 from advdm.images import for_truncating_savers
-from advdm.evaluation.measure import MAX_SAMPLES, SAMPLES, format_measurement, measure
-from advdm.objectives import OBJECTIVES
+from advdm.evaluation.measure import MAX_SAMPLES, format_measurement, measure
 from advdm.evaluation.robustness import default_transforms, format_robustness
 from advdm.evaluation.robustness import robustness as measure_robustness
-from advdm.views import MODES as VIEWS
+from advdm.settings import MEASURE, PROTECT
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
-from .image_ops import amplified, join_images, mask_for, split_images, to_8bit_grid
+from .image_ops import amplified, join_images, mask_for, side_by_side, split_images, to_8bit_grid
 
 log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
-METHODS = list(OBJECTIVES)  # advdm first: the default
+# Seeds stay as set after a Run (the frontend's default for an input named seed is "randomize"),
+# so a second Run reproduces the protection and measures on the same draws.
+FIXED = IO.ControlAfterGenerate.fixed
+
+
+def _number(kind, name: str, knob, tooltip: str, **kw):
+    """A number input with the core's default and bounds (advdm.settings)."""
+    return kind.Input(name, default=knob.default, min=knob.low, max=knob.high, step=knob.step, tooltip=tooltip, **kw)
+
+
+def _choice(name: str, knob, tooltip: str, **kw):
+    return IO.Combo.Input(name, options=list(knob.choices), default=knob.default, tooltip=tooltip, **kw)
 
 _MODEL_TIP = ("The diffusion model to protect against (SD1.x, SD2.x, SDXL, SD3 or Flux.1; other families are "
               "refused with a message). Protection is strongest against the model family it was computed with.")
@@ -49,34 +59,34 @@ class AdvDMProtect(IO.ComfyNode):
                 IO.Model.Input("model", tooltip=_MODEL_TIP),
                 IO.Vae.Input("vae", tooltip=_VAE_TIP),
                 IO.Image.Input("image", tooltip="The image(s) to protect; each image of a batch is protected on its own, at its own size."),
-                IO.Combo.Input("method", options=METHODS, default="advdm",
-                               tooltip=("advdm: maximise the diffusion training loss (default). mist: AdvDM plus a "
+                _choice("method", PROTECT["method"],
+                        tooltip=("advdm: maximise the diffusion training loss (default). mist: AdvDM plus a "
                                         "texture target in latent space. photoguard: push the VAE latent to a "
                                         "target (encoder only, cheapest). sds: AdvDM with the UNet Jacobian dropped "
                                         "(no UNet backward: about 0.75x the time of advdm).")),
-                IO.Float.Input("epsilon", default=16.0, min=1.0, max=64.0, step=1.0,
-                               tooltip="Largest change per pixel and channel, in 1/255 steps of 8-bit colour. 8 is subtle, 16 is the paper's default."),
-                IO.Int.Input("steps", default=100, min=1, max=2000,
-                             tooltip="Projected gradient steps. More steps are stronger and slower (each is one model forward and backward)."),
-                IO.Float.Input("step_size", default=1.0, min=0.1, max=16.0, step=0.1,
-                               tooltip="Change per step, in 1/255 units (sign gradient step)."),
-                IO.Int.Input("samples", default=1, min=1, max=16,
-                             tooltip="Random (timestep, noise) samples averaged per step; more gives a steadier gradient at proportional cost."),
-                IO.Float.Input("t_min", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Lowest diffusion timestep sampled, as a fraction of the training schedule (0 = least noise)."),
-                IO.Float.Input("t_max", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Highest diffusion timestep sampled, as a fraction of the training schedule (1 = most noise)."),
-                IO.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                             tooltip="Seed of the random start and the sampled timesteps / noise: the same seed gives the same result."),
+                _number(IO.Float, "epsilon", PROTECT["epsilon"],
+                        "Largest change per pixel and channel, in 1/255 steps of 8-bit colour. 8 is subtle, 16 is the paper's default."),
+                _number(IO.Int, "steps", PROTECT["steps"],
+                        "Projected gradient steps. More steps are stronger and slower (each is one model forward and backward)."),
+                _number(IO.Float, "step_size", PROTECT["step_size"], "Change per step, in 1/255 units (sign gradient step)."),
+                _number(IO.Int, "samples", PROTECT["samples"],
+                        "Random (timestep, noise) samples averaged per step; more gives a steadier gradient at proportional cost."),
+                _number(IO.Float, "t_min", PROTECT["t_min"],
+                        "Lowest diffusion timestep sampled, as a fraction of the training schedule (0 = least noise)."),
+                _number(IO.Float, "t_max", PROTECT["t_max"],
+                        "Highest diffusion timestep sampled, as a fraction of the training schedule (1 = most noise)."),
+                _number(IO.Int, "seed", PROTECT["seed"],
+                        "Seed of the random start and the sampled timesteps / noise: the same seed gives the same result.",
+                        control_after_generate=FIXED),
                 IO.Conditioning.Input("conditioning", optional=True, tooltip=_COND_TIP),
                 IO.Mask.Input("mask", optional=True,
                               tooltip="Optional: protect only where the mask is 1 (soft values scale the budget). Without it the whole image is protected."),
                 IO.Boolean.Input("low_memory", default=False, optional=True,
                                  tooltip=("For small GPUs: recompute the VAE encoder during backward instead of keeping it "
                                           "in memory through the model's pass. Same result, one more encoder pass per step.")),
-                IO.Combo.Input("view", options=list(VIEWS), default="auto", optional=True, tooltip=_VIEW_TIP),
-                IO.Int.Input("eot_jpeg", default=0, min=0, max=95, optional=True,
-                             tooltip=("JPEG-robust: also optimise through a differentiable JPEG of a quality drawn "
+                _choice("view", PROTECT["view"], _VIEW_TIP, optional=True),
+                _number(IO.Int, "eot_jpeg", PROTECT["eot_jpeg"], optional=True,
+                        tooltip=("JPEG-robust: also optimise through a differentiable JPEG of a quality drawn "
                                       "between this and 95, so the protection survives re-compression by a site or "
                                       "a mimic. 0 = off. 75 covers common uploads.")),
             ],
@@ -90,9 +100,8 @@ class AdvDMProtect(IO.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, image, method, epsilon, steps, step_size, samples, t_min, t_max, seed,
-                conditioning=None, mask=None, low_memory=False, view="auto", eot_jpeg=0) -> IO.NodeOutput:
-        if t_max <= t_min:
-            raise ValueError(f"t_max ({t_max}) must be above t_min ({t_min})")
+                conditioning=None, mask=None, low_memory=False, view=PROTECT["view"].default,
+                eot_jpeg=PROTECT["eot_jpeg"].default) -> IO.NodeOutput:
         config = advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size),
                                      steps=int(steps), samples=int(samples), t_min=float(t_min),
                                      t_max=float(t_max), seed=int(seed), low_memory=bool(low_memory), view=view,
@@ -107,12 +116,21 @@ class AdvDMProtect(IO.ComfyNode):
                     m = mask_for(mask, i, x.shape[-2], x.shape[-1])
                     log.info("advdm: protecting image %d/%d (%dx%d) with %s, eps %.0f/255, %d steps on %s",
                              i + 1, len(images), x.shape[-1], x.shape[-2], method, epsilon, steps, dm.name)
-                    out.append(advdm.protect(dm, x, config, mask=m, progress=progress.for_image(i, config.steps)))
+                    out.append(advdm.protect(dm, x, config, mask=m, progress=_previewing_both(
+                        progress.for_image(i, config.steps), to_8bit_grid(x), epsilon)))
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         protected = join_images(out, image)
         perturbation = join_images([amplified(to_8bit_grid(x), p, epsilon) for x, p in zip(images, out)], image[..., :3])
         return IO.NodeOutput(for_truncating_savers(protected), perturbation)
+
+
+def _previewing_both(callback, original, epsilon):
+    """The progress preview shows the image being protected beside its amplified perturbation."""
+    def progress(step, total, current):
+        callback(step, total, side_by_side(current, amplified(original, current, epsilon)))
+
+    return progress
 
 
 class AdvDMMeasure(IO.ComfyNode):
@@ -136,10 +154,10 @@ class AdvDMMeasure(IO.ComfyNode):
                 IO.Vae.Input("vae", tooltip=_VAE_TIP),
                 IO.Image.Input("original", tooltip="The clean image(s)."),
                 IO.Image.Input("protected", tooltip="The protected image(s), same size and count (e.g. loaded back from the saved PNG)."),
-                IO.Int.Input("samples", default=SAMPLES, min=2, max=4096,
-                             tooltip=("Fixed (timestep, noise) draws to start with; they are doubled until the interval "
-                                      "of protected minus noise is narrow enough, up to max_samples.")),
-                IO.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed fixing those samples."),
+                _number(IO.Int, "samples", MEASURE["samples"],
+                        ("Fixed (timestep, noise) draws to start with; they are doubled until the interval "
+                         "of protected minus noise is narrow enough, up to max_samples.")),
+                _number(IO.Int, "seed", MEASURE["seed"], "Seed fixing those samples.", control_after_generate=FIXED),
                 IO.Conditioning.Input("conditioning", optional=True, tooltip=_COND_TIP),
                 IO.Boolean.Input("robustness", default=False, optional=True,
                                  tooltip=("Also measure after what a mimic does to an image: downscale to the training "
