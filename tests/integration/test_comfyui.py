@@ -4,9 +4,9 @@
 
 What it does: writes (once, into a cache dir) a random-weight SD1.5-shaped checkpoint,
 links this repository into COMFYUI_DIR/custom_nodes for the run, starts the server on
-127.0.0.1 (free port, temp input/output dirs and database), then runs every workflow in
-workflows/ with the checkpoint substituted and the step counts cut down, checks the saved
-PNGs (size, budget on the 8-bit file), runs a KSampler afterwards in the same server, and
+127.0.0.1 (free port, temp input/output dirs and database), then runs every example workflow
+(example_workflows/, UI format, converted by comfy_workflows.py) with the checkpoint substituted
+and the step counts cut down, checks the saved PNGs (size, budget on the 8-bit file), runs a KSampler afterwards in the same server, and
 checks that POST /interrupt stops a long protection run. Then the other families, with
 reduced-size random checkpoints that ComfyUI's model detection still classifies as the real
 family (comfy_checkpoint.py): SDXL, Flux.1 and SD3 protect through the Protect node (budget
@@ -25,175 +25,30 @@ spare that, the kernel kills the server there and the tests after it fail with
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+from comfy_server import CKPT_NAME, COMFYUI_DIR, REPO, artwork, checkpoint
+import comfy_workflows
+
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
 
-REPO = Path(__file__).resolve().parents[2]
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-CKPT_NAME = "advdm_random_sd15.safetensors"
-FAMILY_CKPTS = {f: f"advdm_random_{f}.safetensors" for f in ("sdxl", "sdxl_edm", "flux", "sd3")}
+FAMILIES = ("sdxl", "sdxl_edm", "flux", "sd3")
 EPSILON = 16
 
 
-# ---------------------------------------------------------------------------------------
-# Server
-
-
-class Comfy:
-    def __init__(self, base: str, proc: subprocess.Popen, dirs: dict):
-        self.base, self.proc, self.dirs = base, proc, dirs
-
-    def get(self, path):
-        with urllib.request.urlopen(self.base + path, timeout=60) as r:
-            return json.load(r)
-
-    def post(self, path, payload=None):
-        data = json.dumps(payload or {}).encode()
-        req = urllib.request.Request(self.base + path, data, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode()[:2000]}") from None
-        return json.loads(body) if body else None
-
-    def upload(self, name: str, rgb: np.ndarray):
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, "PNG")
-        b = uuid.uuid4().hex
-        body = (f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                f"Content-Type: image/png\r\n\r\n").encode() + buf.getvalue() + (
-                f'\r\n--{b}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n--{b}--\r\n').encode()
-        req = urllib.request.Request(self.base + "/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={b}"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.load(r)["name"]
-
-    def submit(self, graph) -> str:
-        return self.post("/prompt", {"prompt": graph, "client_id": "advdm-test"})["prompt_id"]
-
-    def wait(self, prompt_id, timeout=1800) -> dict:
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            assert self.proc.poll() is None, "ComfyUI exited:\n" + self.log_tail()
-            h = self.get(f"/history/{prompt_id}")
-            if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
-                return h[prompt_id]
-            time.sleep(0.5)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-    def run(self, graph, timeout=1800) -> dict:
-        entry = self.wait(self.submit(graph), timeout)
-        errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-        assert entry["status"]["status_str"] == "success", (
-            "workflow failed: " + "\n".join(e.get("exception_message", "") + "".join(e.get("traceback", [])) for e in errors))
-        return entry
-
-    def output_file(self, entry, node: str, index=0) -> Path:
-        img = entry["outputs"][node]["images"][index]
-        root = Path(self.dirs[img["type"]])
-        path = root / img.get("subfolder", "") / img["filename"]
-        if not path.exists():  # --temp-directory X puts temp files in X/temp
-            path = next(root.rglob(img["filename"]))
-        return path
-
-    def log_tail(self, n=60):
-        p = Path(self.dirs["log"])
-        return "\n".join(p.read_text(errors="replace").splitlines()[-n:]) if p.exists() else ""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def comfy():
-    comfy_dir = Path(COMFYUI_DIR).resolve()
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    cache = Path(os.environ.get("ADVDM_TEST_CACHE", Path.home() / ".cache" / "advdm-tests"))
-    ckpt_dir = cache / "checkpoints"
-    for family, name in [("sd15", CKPT_NAME), *FAMILY_CKPTS.items()]:
-        ckpt = ckpt_dir / name
-        if not ckpt.exists():
-            subprocess.run([python, str(REPO / "tests" / "integration" / "comfy_checkpoint.py"), str(ckpt),
-                            "--family", family], check=True, env={**os.environ, "COMFYUI_DIR": str(comfy_dir)})
-
-    tmp = Path(tempfile.mkdtemp(prefix="advdm-comfy-"))
-    dirs = {k: tmp / k for k in ("input", "output", "temp", "user")}
-    for d in dirs.values():
-        d.mkdir()
-    dirs["log"] = tmp / "server.log"
-    extra = tmp / "extra_model_paths.yaml"
-    extra.write_text(f"advdm_tests:\n    checkpoints: {ckpt_dir}\n")
-
-    link = comfy_dir / "custom_nodes" / "comfyui-advdm-test"
-    created_link = False
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
-        created_link = True
-    port = _free_port()
-    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", str(extra), "--input-directory", str(dirs["input"]),
-           "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
-           "--user-directory", str(dirs["user"]), "--database-url", f"sqlite:///{tmp / 'comfy.db'}",
-           "--disable-auto-launch"]
-    log = open(dirs["log"], "w")
-    proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT)
-    server = Comfy(f"http://127.0.0.1:{port}", proc, {k: str(v) for k, v in dirs.items()})
-    try:
-        t0 = time.time()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("ComfyUI exited at start:\n" + server.log_tail())
-            try:
-                server.get("/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() - t0 > 300:
-                    raise TimeoutError("ComfyUI did not start in 300 s:\n" + server.log_tail())
-                time.sleep(1)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        if created_link:
-            link.unlink()
-        print("\nComfyUI log tail:\n" + server.log_tail(25))
+def family_ckpt(family: str) -> str:
+    """The reduced random checkpoint of a family, built into the cache on first use."""
+    assert family in FAMILIES
+    return checkpoint(f"advdm_random_{family}.safetensors", family)
 
 
 # ---------------------------------------------------------------------------------------
 # Workflows
-
-
-def artwork(h, w, seed):
-    """A blocky colour image (non-multiple-of-8 sizes exercise the core's padding)."""
-    rng = np.random.default_rng(seed)
-    small = rng.random((-(-h // 8), -(-w // 8), 3))
-    return (np.kron(small, np.ones((8, 8, 1)))[:h, :w] * 255).astype(np.uint8)
 
 
 def quick(graph: dict, images: list[str]) -> dict:
@@ -229,13 +84,11 @@ def load_png(path) -> np.ndarray:
 
 def test_workflows_have_no_missing_nodes(comfy):
     info = comfy.get("/object_info")
-    assert WORKFLOWS, "no workflows found"
-    for wf in WORKFLOWS:
-        graph = json.loads(wf.read_text())
-        nodes = graph.get("nodes") if "nodes" in graph else graph.values()
-        types = {n.get("class_type") or n.get("type") for n in nodes}
+    assert comfy_workflows.names(), "no example workflows found"
+    for name in comfy_workflows.names():
+        types = {n["type"] for n in comfy_workflows.example(name)["nodes"]} - comfy_workflows.FRONTEND_ONLY
         missing = sorted(t for t in types if t not in info)
-        assert not missing, f"{wf.name}: nodes missing in ComfyUI: {missing}"
+        assert not missing, f"{name}: nodes missing in ComfyUI: {missing}"
     for node in ("AdvDMProtect", "AdvDMMeasure", "AdvDMMimicry"):
         inputs = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
         untipped = [k for k, v in inputs.items() if "tooltip" not in (v[1] if len(v) > 1 else {})]
@@ -246,7 +99,7 @@ def test_protect_and_save(comfy):
     h, w = 44, 60
     src = artwork(h, w, 0)
     name = comfy.upload("advdm_in.png", src)
-    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), [name])
+    graph = quick(comfy.example("protect_and_save"), [name])
     t0 = time.time()
     entry = comfy.run(graph)
     saved = load_png(comfy.output_file(entry, "5"))
@@ -266,7 +119,7 @@ def test_protect_and_save(comfy):
 def test_measure_reports_robustness(comfy):
     src = artwork(64, 64, 5)
     name = comfy.upload("advdm_robust.png", src)
-    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), [name])
+    graph = quick(comfy.example("protect_and_save"), [name])
     # a mimic training at 32 px: the model's 512 would upscale the 64 px image (slow on a CPU)
     graph["7"]["inputs"].update(robustness=True, resolution=32)
     text = comfy.run(graph)["outputs"]["7"]["text"][0]
@@ -291,7 +144,7 @@ def test_measure_verdict_on_random_weights(comfy):
     rng = np.random.default_rng(1)
     decoy = np.clip(src + rng.integers(-8, 9, src.shape), 0, 255).astype(np.uint8)
     names = [comfy.upload("advdm_verdict.png", src), comfy.upload("advdm_decoy.png", decoy)]
-    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), names[:1])
+    graph = quick(comfy.example("protect_and_save"), names[:1])
     graph["7"]["inputs"].update(samples=8, max_samples=16)
     loader = next(k for k, n in graph.items() if n["class_type"] == "LoadImage")
     graph["20"] = {"class_type": "LoadImage", "inputs": {"image": names[1]}}
@@ -308,7 +161,7 @@ def test_measure_verdict_on_random_weights(comfy):
 def test_img2img_side_by_side(comfy):
     src = artwork(64, 64, 1)
     name = comfy.upload("advdm_in2.png", src)
-    graph = quick(json.loads((REPO / "workflows" / "protect_then_img2img.api.json").read_text()), [name])
+    graph = quick(comfy.example("protect_then_img2img"), [name])
     entry = comfy.run(graph)
     stitched = load_png(comfy.output_file(entry, "19"))
     assert stitched.shape == (64, 64 * 2 + 8, 3)
@@ -318,7 +171,7 @@ def test_img2img_side_by_side(comfy):
 
 def test_lora_clean_vs_protected(comfy):
     names = [comfy.upload("advdm_set1.png", artwork(64, 64, 2)), comfy.upload("advdm_set2.png", artwork(64, 64, 3))]
-    graph = quick(json.loads((REPO / "workflows" / "protect_lora_clean_vs_protected.api.json").read_text()), names)
+    graph = quick(comfy.example("protect_lora_clean_vs_protected"), names)
     t0 = time.time()
     entry = comfy.run(graph)
     print(f"lora workflow: {time.time() - t0:.1f} s")
@@ -370,7 +223,7 @@ def test_ksampler_after_protect(comfy):
 def test_interrupt_stops_long_protect(comfy):
     src = artwork(64, 64, 4)
     name = comfy.upload("advdm_long.png", src)
-    graph = quick(json.loads((REPO / "workflows" / "protect_and_save.api.json").read_text()), [name])
+    graph = quick(comfy.example("protect_and_save"), [name])
     graph["4"]["inputs"]["steps"] = 2000
     graph["4"]["inputs"]["seed"] = 7  # not cached from an earlier test
     del graph["7"]
@@ -415,7 +268,7 @@ def test_low_memory_gives_the_same_pixels(comfy):
     """The encoder recomputed in backward (with Flux's in-place guard active in the recomputation)."""
     src = artwork(40, 56, 12)
     name = comfy.upload("advdm_lowmem.png", src)
-    saved = [load_png(comfy.output_file(comfy.run(protect_graph(FAMILY_CKPTS["flux"], name, prefix=f"advdm_lm{low}",
+    saved = [load_png(comfy.output_file(comfy.run(protect_graph(family_ckpt("flux"), name, prefix=f"advdm_lm{low}",
                                                                 low_memory=low)), "4")) for low in (False, True)]
     assert np.abs(saved[0] - src).max() > 0
     assert np.array_equal(saved[0], saved[1])
@@ -442,7 +295,7 @@ def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
     src = artwork(h, w, 10)
     name = comfy.upload(f"advdm_{family}.png", src)
     t0 = time.time()
-    entry = comfy.run(protect_graph(FAMILY_CKPTS[family], name, prefix=f"advdm_{family}"))
+    entry = comfy.run(protect_graph(family_ckpt(family), name, prefix=f"advdm_{family}"))
     saved = load_png(comfy.output_file(entry, "4"))
     diff = np.abs(saved - src)
     print(f"{family}: {time.time() - t0:.1f} s, saved {saved.shape}, max |saved - input| = {diff.max()}/255, "
@@ -455,7 +308,7 @@ def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
 
 def test_unsupported_model_is_refused_in_one_line(comfy):
     name = comfy.upload("advdm_edm.png", artwork(32, 32, 11))
-    entry = comfy.wait(comfy.submit(protect_graph(FAMILY_CKPTS["sdxl_edm"], name)), 600)
+    entry = comfy.wait(comfy.submit(protect_graph(family_ckpt("sdxl_edm"), name)), 600)
     assert entry["status"]["status_str"] == "error"
     (err,) = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
     shown = {k: err.get(k) for k in ("node_type", "exception_type", "exception_message")}
