@@ -8,43 +8,60 @@ import binascii
 import io
 import secrets
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
 import advdm
 from advdm import images as advdm_images
+from advdm.settings import MEASURE, PRESETS, PROTECT
 
 from modules import shared  # noqa: E402
 
 ROUTE = "/advdm/v1/protect"
 
 
+def _knob(name: str, knobs=PROTECT, **kw):
+    """A request field with the core's default, bounds and help (advdm.settings)."""
+    k = knobs[name]
+    bounds = {} if k.low is None else {"ge": k.low, "le": k.high}
+    return Field(k.default, description=k.help, **bounds, **kw)
+
+
+def _choices(name: str):
+    return Literal[tuple(PROTECT[name].choices)]
+
+
 class ProtectRequest(BaseModel):
     images: List[str] = Field(default_factory=list, description="base64 image files (a data: URL prefix is allowed)")
-    names: List[str] = Field(default_factory=list, description="optional file names, one per image")
+    names: List[str] = Field(default_factory=list, description="optional file names, one per image; the outputs "
+                             "are <name>_protected.png")
     input_folder: Optional[str] = Field(None, description="folder mode: a subfolder of the configured input folder")
     output_folder: Optional[str] = Field(None, description="save into this subfolder of the configured output folder")
     return_images: bool = True
-    preset: Optional[str] = Field(None, description="fast | balanced | strong; explicit fields override it")
-    method: str = "advdm"
-    epsilon: Optional[float] = None
-    step_size: Optional[float] = None
-    steps: Optional[int] = None
-    samples: Optional[int] = None
-    t_min: Optional[float] = None
-    t_max: Optional[float] = None
-    seed: int = 0
-    view: Optional[str] = None
-    eot_jpeg: Optional[int] = Field(None, description="JPEG-robust: lowest JPEG quality (1-95) the attack optimises through; "
-                                    "null or 0 = off")
-    prompt: str = "a painting"
+    preset: _choices("preset") = Field(PROTECT["preset"].default, description=(
+        PROTECT["preset"].help + "; " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())))
+    method: _choices("method") = _knob("method")
+    epsilon: float = _knob("epsilon")
+    step_size: float = _knob("step_size")
+    steps: int = _knob("steps")
+    samples: int = _knob("samples")
+    t_min: float = _knob("t_min")
+    t_max: float = _knob("t_max")
+    seed: int = _knob("seed")
+    view: _choices("view") = _knob("view")
+    eot_jpeg: int = _knob("eot_jpeg")
+    prompt: str = _knob("prompt")
     measure: bool = True
-    measure_samples: int = Field(16, ge=2, le=4096, description="fixed (t, noise) draws the measurement starts with; "
-                                 "doubled until the protected-minus-noise interval is narrow enough")
-    measure_max_samples: int = Field(256, ge=2, le=4096, description="at most this many draws")
+    measure_samples: int = _knob("samples", MEASURE)
+    measure_max_samples: int = _knob("max_samples", MEASURE)
+
+    class Config:  # a misspelt field is an error, not silently the default
+        extra = "forbid"
 
 
 class ProtectedImage(BaseModel):
@@ -62,12 +79,37 @@ class ProtectResponse(BaseModel):
 
 
 def make_config(req: ProtectRequest) -> advdm.ProtectConfig:
-    kwargs = dict(advdm.PRESETS[req.preset]) if req.preset else {}
-    for k in ("epsilon", "step_size", "steps", "samples", "t_min", "t_max", "view"):
-        v = getattr(req, k)
-        if v is not None:
-            kwargs[k] = v
-    return advdm.ProtectConfig(method=req.method, seed=req.seed, eot_jpeg=req.eot_jpeg or None, **kwargs)
+    """The preset's values, then every field the request gives."""
+    given = req.model_fields_set if hasattr(req, "model_fields_set") else req.__fields_set__
+    kwargs = dict(PRESETS[req.preset])
+    for k in ("method", "epsilon", "step_size", "steps", "samples", "t_min", "t_max", "seed", "view"):
+        if k in given or k not in kwargs:
+            kwargs[k] = getattr(req, k)
+    return advdm.ProtectConfig(eot_jpeg=req.eot_jpeg or None, **kwargs)
+
+
+def _field_errors(errors: List[dict]) -> str:
+    """'preset: unexpected value; permitted: ...' for each bad field."""
+    parts = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+class BadFieldIs400(APIRoute):
+    """A request that does not fit the schema is a 400 naming the field (FastAPI's default is 422)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request):
+            try:
+                return await handler(request)
+            except RequestValidationError as e:
+                raise HTTPException(status_code=400, detail=_field_errors(e.errors())) from None
+
+        return route
 
 
 def _auth_dependency():
@@ -192,5 +234,5 @@ def _free_name(folder: Path, stem: str) -> Path:
 def register(app: FastAPI) -> None:
     if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
         return
-    app.add_api_route(ROUTE, protect_endpoint, methods=["POST"], response_model=ProtectResponse,
-                      dependencies=_auth_dependency())
+    app.router.add_api_route(ROUTE, protect_endpoint, methods=["POST"], response_model=ProtectResponse,
+                             dependencies=_auth_dependency(), route_class_override=BadFieldIs400)

@@ -3,7 +3,6 @@ Only imported inside the web UI."""
 from __future__ import annotations
 
 import html
-import io
 import os
 from pathlib import Path
 
@@ -11,20 +10,22 @@ import gradio as gr
 
 import advdm
 from advdm import images as advdm_images
-from advdm.objectives import OBJECTIVES
-from advdm.views import MODES as VIEWS
+from advdm.settings import MEASURE, PRESETS, PROTECT
 
 from modules import call_queue, shared  # noqa: E402
 
-METHODS = list(OBJECTIVES)  # advdm first: the default
-PRESET_NAMES = ["custom"] + list(advdm.PRESETS)
+PRESET_NAMES = ["custom"] + list(PRESETS)
 GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
+UPLOAD, FOLDER = "Upload", "Batch folder"
 
-# Progress bar + task id, like A1111's own submit(): the first input is the hidden task id.
+# Progress bar + task id, like A1111's own submit(): the first input is the hidden task id. The
+# bar goes above the results and the live preview over the gallery, as in txt2img, so neither
+# covers a control.
 SUBMIT_JS = """
 function() {
     var id = randomId();
-    requestProgress(id, gradioApp().getElementById('advdm_progress'), null, function() {});
+    requestProgress(id, gradioApp().getElementById('advdm_gallery_container'),
+                    gradioApp().getElementById('advdm_gallery'), function() {});
     var args = Array.from(arguments);
     args[0] = id;
     return args;
@@ -36,10 +37,14 @@ def _js_kw(js: str) -> dict:
     return {"js": js} if GRADIO4 else {"_js": js}
 
 
-def _pil_to_loaded(pil, name: str):
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return advdm_images.load_image_bytes(buf.getvalue(), name)
+def _uploaded(files) -> list:
+    """(path, stem) of each uploaded file: Gradio 3 gives temp files with orig_name, Gradio 4 paths."""
+    out = []
+    for f in files or []:
+        path = f if isinstance(f, str) else f.name
+        name = getattr(f, "orig_name", None) or os.path.basename(path)
+        out.append((Path(path), Path(name).stem))
+    return out
 
 
 def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg):
@@ -48,18 +53,20 @@ def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view
                                eot_jpeg=int(eot_jpeg) or None)
 
 
-def run(id_task, mode, image, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
+def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
         seed, view, eot_jpeg, prompt, do_measure, measure_samples):
     """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
     from advdm_webui import webui
 
     config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg)
     out_dir = Path(output_dir.strip()) if output_dir and output_dir.strip() else webui.default_output_dir()
-    if mode == "Single image":
-        if image is None:
-            raise ValueError("drop an image first")
-        items = [_pil_to_loaded(image, "image")]
-        names = ["image"]
+    if mode == UPLOAD:
+        files = _uploaded(uploads)
+        if not files:
+            raise ValueError("drop one or more images first")
+        # the file itself, not a browser re-encoding: mode (RGB stays RGB), alpha, bit depth, ICC kept
+        items = [advdm_images.load_image(path) for path, _ in files]
+        names = [stem for _, stem in files]
     else:
         folder = Path((input_dir or "").strip())
         if not folder.is_dir():
@@ -109,48 +116,60 @@ def run(id_task, mode, image, input_dir, output_dir, method, epsilon, step_size,
     return gallery, status + summary + "".join(reports)
 
 
+def _slider(name: str, label: str, knobs=PROTECT):
+    """A slider with the core's default and bounds (advdm.settings)."""
+    k = knobs[name]
+    return gr.Slider(k.low, k.high, value=k.default, step=k.step, label=label, info=k.help)
+
+
+def _dropdown(name: str, label: str):
+    k = PROTECT[name]
+    return gr.Dropdown(list(k.choices), value=k.default, label=label)
+
+
 def on_ui_tabs():
     from advdm_webui import webui
 
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
             with gr.Column(scale=1):
-                mode = gr.Radio(["Single image", "Batch folder"], value="Single image", label="Mode")
-                image = gr.Image(label="Image", type="pil", image_mode="RGBA", elem_id="advdm_image")
+                mode = gr.Radio([UPLOAD, FOLDER], value=UPLOAD, label="Mode")
+                uploads = gr.File(label="Images (saved as <name>_protected.png)", file_count="multiple",
+                                  file_types=["image"], type="filepath" if GRADIO4 else "file", elem_id="advdm_image")
                 input_dir = gr.Textbox(label="Input folder (batch)", placeholder="/path/to/artworks")
                 output_dir = gr.Textbox(label="Output folder", placeholder=str(webui.default_output_dir()))
                 with gr.Row():
-                    preset = gr.Dropdown(PRESET_NAMES, value="balanced", label="Preset")
-                    method = gr.Dropdown(METHODS, value="advdm", label="Method")
-                balanced = advdm.PRESETS["balanced"]
-                epsilon = gr.Slider(1, 32, value=balanced["epsilon"], step=1, label="Budget epsilon (/255)")
-                step_size = gr.Slider(0.25, 4, value=balanced["step_size"], step=0.25, label="Step size (/255)")
-                steps = gr.Slider(0, 500, value=balanced["steps"], step=1, label="Steps")
-                samples = gr.Slider(1, 8, value=balanced["samples"], step=1, label="Noise samples per step")
+                    preset = gr.Dropdown(PRESET_NAMES, value=PROTECT["preset"].default, label="Preset")
+                    method = _dropdown("method", "Method")
+                epsilon = _slider("epsilon", "Budget epsilon (/255)")
+                step_size = _slider("step_size", "Step size (/255)")
+                steps = _slider("steps", "Steps")
+                samples = _slider("samples", "Noise samples per step")
                 with gr.Row():
-                    t_min = gr.Slider(0, 1, value=0.0, step=0.01, label="t min")
-                    t_max = gr.Slider(0, 1, value=1.0, step=0.01, label="t max")
+                    t_min = _slider("t_min", "t min")
+                    t_max = _slider("t_max", "t max")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed")
-                    view = gr.Dropdown(list(VIEWS), value="auto", label="View")
-                eot_jpeg = gr.Slider(0, 95, value=0, step=5, label="JPEG-robust down to quality (0 = off)")
-                prompt = gr.Textbox(value="a painting", label="Conditioning prompt")
+                    seed = gr.Number(value=PROTECT["seed"].default, precision=0, label="Seed")
+                    view = _dropdown("view", "View")
+                eot_jpeg = _slider("eot_jpeg", "JPEG-robust down to quality (0 = off)")
+                prompt = gr.Textbox(value=PROTECT["prompt"].default, label="Conditioning prompt")
                 with gr.Row():
                     do_measure = gr.Checkbox(value=True, label="Measure protection")
-                    measure_samples = gr.Slider(2, 64, value=16, step=2, label="Measurement draws to start with "
-                                                "(doubled up to 256 until the interval is narrow)")
+                    measure_samples = _slider("samples", "Measurement draws to start with (doubled up to 256 until the "
+                                              "interval is narrow)", MEASURE, "advdm_measure_samples")
                 with gr.Row():
                     go = gr.Button("Protect", variant="primary", elem_id="advdm_protect")
                     stop = gr.Button("Interrupt", elem_id="advdm_interrupt")
                 id_task = gr.Textbox(visible=False)
-            with gr.Column(scale=1, elem_id="advdm_progress"):
-                gallery = gr.Gallery(label="Before / after / difference", elem_id="advdm_gallery", columns=3)
+            with gr.Column(scale=1, elem_id="advdm_results"):
+                with gr.Group(elem_id="advdm_gallery_container"):
+                    gallery = gr.Gallery(label="Before / after / difference", elem_id="advdm_gallery", columns=3)
                 info = gr.HTML(elem_id="advdm_info")
 
         def apply_preset(name):
-            if name not in advdm.PRESETS:
+            if name not in PRESETS:
                 return [gr.update()] * 4
-            p = advdm.PRESETS[name]
+            p = PRESETS[name]
             return [gr.update(value=p["epsilon"]), gr.update(value=p["step_size"]),
                     gr.update(value=p["steps"]), gr.update(value=p["samples"])]
 
@@ -158,7 +177,7 @@ def on_ui_tabs():
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
         go.click(
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
-            inputs=[id_task, mode, image, input_dir, output_dir, method, epsilon, step_size, steps, samples,
+            inputs=[id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples,
                     t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples],
             outputs=[gallery, info],
             **_js_kw(SUBMIT_JS),

@@ -11,6 +11,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 import advdm
+from advdm.settings import MEASURE
 from advdm_webui import forge_model, ldm_model
 
 from modules import devices, shared  # noqa: E402  (the web UI's modules)
@@ -184,7 +185,8 @@ def _outputs_root() -> str:
 
 
 def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.ProtectConfig, *,
-                job_no: int = 0, measure: bool = True, measure_samples: int = 16, measure_max_samples: int = 256,
+                job_no: int = 0, measure: bool = True, measure_samples: int = MEASURE["samples"].default,
+                measure_max_samples: int = MEASURE["max_samples"].default,
                 levels: int = 255) -> dict:
     shared.state.textinfo = f"Protecting image {job_no + 1}/{max(shared.state.job_count, 1)} ({config.method})"
     out = advdm.protect(model, rgb, config, progress=progress_callback(job_no), levels=levels)
@@ -218,7 +220,8 @@ def inside(path: Path, root: Path) -> bool:
 
 
 def protect_images(images: List[Any], config: advdm.ProtectConfig, *, prompt: str = "a painting",
-                   measure: bool = True, measure_samples: int = 16, measure_max_samples: int = 256,
+                   measure: bool = True, measure_samples: int = MEASURE["samples"].default,
+                   measure_max_samples: int = MEASURE["max_samples"].default,
                    on_result: Optional[Callable[[int, Any, dict], None]] = None) -> List[dict]:
     """Protect advdm.images.LoadedImage objects in turn with the loaded checkpoint.
 

@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SDXL_NAME = "advdm_random_sdxl"
 SD3_NAME = "advdm_random_sd3"
+EXTENSION_FOLDER = "sd-advdm-protect"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
 
 pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path to a stable-diffusion-webui checkout)")
 
@@ -44,7 +47,9 @@ pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path t
 def server(tmp_path_factory, request):
     data = tmp_path_factory.mktemp("a1111-data")
     (data / "extensions").mkdir()
-    os.symlink(REPO, data / "extensions" / "advdm", target_is_directory=True)
+    # under the name "Install from URL" gives it (the repository's), not the package's: A1111 names
+    # an extension after its folder
+    os.symlink(REPO, data / "extensions" / EXTENSION_FOLDER, target_is_directory=True)
     hf_home = os.environ.get("A1111_HF_HOME") or str(tmp_path_factory.mktemp("hf"))
     subprocess.run([A1111_PYTHON, str(HERE / "a1111_setup.py"), "hf-cache", hf_home], check=True)
     cache = Path(request.config.cache.mkdir("advdm-a1111"))
@@ -119,6 +124,106 @@ def test_protect_over_http_holds_the_budget(server):
     assert d["config"]["method"] == "advdm" and d["config"]["steps"] == 3
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], **FAST, "measure_samples": 8})
     assert status == 400 and "measure_samples" in str(d)
+
+
+def test_no_callback_order_warnings_under_another_folder_name(server):
+    log = (server.data / "server.log").read_text(errors="replace")
+    assert "Callback order section" not in log and "referencing the wrong extension" not in log
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"preset": "nope"}, "preset"), ({"method": "glaze"}, "method"), ({"view": "zoom"}, "view"),
+    ({"epsilon": 0}, "epsilon"), ({"epsilon": 300}, "epsilon"), ({"steps": -1}, "steps"), ({"steps": "many"}, "steps"),
+    ({"samples": 0}, "samples"), ({"t_max": 1.5}, "t_max"), ({"t_min": 0.8, "t_max": 0.2}, "t_min"),
+    ({"eot_jpeg": 120}, "eot_jpeg"), ({"measure_samples": 0}, "measure_samples"), ({"epsilion": 8}, "epsilion"),
+])
+def test_every_bad_field_is_a_400_naming_it(server, bad, field):
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(8, 8))], **FAST, **bad})
+    assert status == 400, d
+    assert field in json.dumps(d), d
+
+
+def test_schema_shows_choices_bounds_and_the_cores_defaults(server):
+    status, d = server.call("GET", "/openapi.json")
+    assert status == 200
+    props = d["components"]["schemas"]["ProtectRequest"]["properties"]
+
+    def choices(name):
+        p = props[name]
+        p = p.get("allOf", [p])[0]
+        return p.get("enum")
+
+    assert set(choices("preset")) == {"fast", "balanced", "strong"} and props["preset"]["default"] == "balanced"
+    assert "advdm" in choices("method") and "auto" in choices("view")
+    assert (props["epsilon"]["default"], props["epsilon"]["minimum"], props["epsilon"]["maximum"]) == (12, 1, 64)
+    assert props["steps"]["default"] == 60 and props["measure_samples"]["default"] == 16
+
+
+def test_preset_sets_what_the_request_does_not_give(server):
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(16, 16))], "preset": "fast",
+                                                          "steps": 2, "measure": False})
+    assert status == 200, d
+    assert (d["config"]["epsilon"], d["config"]["steps"]) == (8, 2)  # the preset's budget, the request's steps
+
+
+def test_rgb_upload_comes_back_rgb_under_its_own_name(server):
+    from PIL import Image
+
+    src = _image(24, 32, seed=8)
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["my sketch.png"],
+                                                          "output_folder": "named", **FAST, "measure": False})
+    assert status == 200, d
+    (item,) = d["images"]
+    assert item["name"] == "my sketch" and Path(item["path"]).name == "my sketch_protected.png"
+    for png in (Image.open(io.BytesIO(base64.b64decode(item["image"]))), Image.open(item["path"])):
+        assert png.mode == "RGB" and png.size == (32, 24)
+
+
+def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
+    """The Protect tab in headless Chromium: upload an RGB file, Protect; the saved file is RGB and
+    named after the upload; the progress bar appears over the results, not over a control."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
+    from PIL import Image
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    upload = server.data / "upload" / "tab sketch.png"
+    upload.parent.mkdir(exist_ok=True)
+    _png(_image(32, 40, seed=9), upload)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+        pg.goto(server.base, timeout=120_000)
+        pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
+        tab = pg.locator("#tab_advdm_protect_tab")
+        tab.locator("#advdm_image input[type=file]").set_input_files(str(upload))
+        pg.wait_for_timeout(1500)
+
+        def set_number(label, value):
+            box = tab.locator(f'input[aria-label="number input for {label}"]').first  # Gradio 3's slider box
+            box.fill(str(value))
+            box.press("Enter")
+
+        set_number("Steps", 12)
+        set_number("Measurement samples", 2)
+        tab.locator("#advdm_protect").click()
+        bar = pg.locator("#tab_advdm_protect_tab .progressDiv")
+        bar.wait_for(timeout=120_000)
+        pg.wait_for_timeout(1500)
+        pg.screenshot(path=str(ARTIFACTS / "a1111_tab_progress.png"))
+        b = bar.bounding_box()
+        controls = tab.locator("#advdm_results").bounding_box()
+        mode = tab.get_by_text("Mode", exact=True).first.bounding_box()
+        assert b and controls and b["x"] >= controls["x"] - 1, (b, controls)  # above the results column
+        assert not (mode and b["x"] < mode["x"] + mode["width"] and mode["x"] < b["x"] + b["width"]
+                    and b["y"] < mode["y"] + mode["height"] and mode["y"] < b["y"] + b["height"]), (b, mode)
+        tab.locator("#advdm_info").get_by_text("Saved 1 protected image").wait_for(timeout=900_000)
+        pg.screenshot(path=str(ARTIFACTS / "a1111_tab_done.png"))
+        browser.close()
+    saved = server.data / "advdm-out" / "tab sketch_protected.png"
+    assert saved.exists(), sorted(p.name for p in (server.data / "advdm-out").iterdir())
+    assert Image.open(saved).mode == "RGB"
 
 
 def test_protect_tab_is_built_with_its_controls(server):
