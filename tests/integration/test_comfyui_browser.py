@@ -1,0 +1,159 @@
+"""What a new user sees in ComfyUI's own frontend, driven in headless Chromium.
+
+    pip install playwright   # the Python package only: no `playwright install`, the system's Chromium is used
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python ADVDM_TEST_CACHE=... \
+        python -m pytest -q tests/integration/test_comfyui_browser.py
+
+Runs when COMFYUI_DIR is set, playwright imports and a Chromium is found (CHROMIUM, default
+/usr/bin/chromium, the Debian package); skips otherwise. The server is the one test_comfyui.py
+uses (conftest.py). Each example workflow is opened from the template browser: every node must be
+there, and the frontend's own prompt for it must equal what comfy_workflows.py submits in
+test_comfyui.py. The protect template is Run twice (cache freed in between): the same protected
+PNG both times, within the budget, with the progress preview shown while it runs and the Measure
+report readable on the node. Screenshots go to ADVDM_TEST_ARTIFACTS (default tests/artifacts/,
+git-ignored).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfy_server import CKPT_NAME, COMFYUI_DIR, REPO, artwork
+import comfy_workflows
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (set CHROMIUM)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+
+ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
+PACK = "comfyui-advdm-test"  # the folder name comfy_server links the repository under
+APP = "window.comfyAPI.app.app"
+
+
+@pytest.fixture(scope="module")
+def page(comfy):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    comfy.upload("example.png", artwork(64, 64, 21))  # the file name the templates' Load Image nodes hold
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+        pg.goto(comfy.base)
+        pg.wait_for_function(f"window.LiteGraph?.registered_node_types?.AdvDMProtect && {APP}?.graph", timeout=180_000)
+        pg.wait_for_timeout(2000)  # the start-up workflow finishes loading
+        yield pg
+        browser.close()
+
+
+def shot(pg, name: str) -> Path:
+    path = ARTIFACTS / f"comfyui_{name}.png"
+    pg.screenshot(path=str(path))
+    return path
+
+
+def open_template(pg, name: str) -> None:
+    """Templates (side bar) > the pack's entry > the template's card, as a user does it."""
+    pg.keyboard.press("Escape")
+    pg.locator(".side-bar-button, button").filter(has_text="Templates").first.click()
+    pg.get_by_text(PACK, exact=True).first.click()
+    card = pg.locator(f"[data-testid*='{name}'], [data-template-name='{name}']")
+    target = card.first if card.count() else pg.get_by_text(name, exact=True).first
+    target.click()
+    pg.wait_for_function(f"{APP}.graph._nodes.length === {len(comfy_workflows.example(name)['nodes'])}",
+                         timeout=30_000)
+    pg.wait_for_timeout(1000)
+
+
+# Is the text on screen: in a visible element's text or a visible text box's value, inside the viewport?
+SHOWN = """(needle) => [...document.querySelectorAll('textarea, input, div, span, p, pre')].some(el => {
+    const text = (el.tagName === 'TEXTAREA' || el.tagName === 'INPUT') ? el.value : (el.childElementCount ? '' : el.textContent);
+    if (!text || !text.includes(needle)) return false;
+    const r = el.getBoundingClientRect(), st = getComputedStyle(el);
+    return r.width > 0 && r.height > 0 && r.bottom > 0 && r.right > 0 && r.top < innerHeight && r.left < innerWidth
+        && st.visibility !== 'hidden' && st.display !== 'none' && +st.opacity > 0;
+})"""
+
+
+def frontend_prompt(pg) -> dict:
+    out = pg.evaluate(f"async () => (await {APP}.graphToPrompt()).output")
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", comfy_workflows.names())
+def test_template_opens_with_every_node(comfy, page, name):
+    open_template(page, name)
+    shot(page, f"template_{name}")
+    wf = comfy_workflows.example(name)
+    types = page.evaluate(f"{APP}.graph._nodes.map(n => n.type)")
+    assert sorted(types) == sorted(n["type"] for n in wf["nodes"])
+    unknown = page.evaluate(f"{APP}.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+    assert not unknown, f"{name}: nodes missing in ComfyUI: {unknown}"
+    mine = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
+            for k, v in comfy.example(name).items()}
+    assert frontend_prompt(page) == mine, "comfy_workflows.to_api disagrees with the frontend's prompt"
+
+
+def set_widget(pg, node_id: int, name: str, value) -> None:
+    pg.evaluate(f"([id, name, v]) => {{ const w = {APP}.graph.getNodeById(id).widgets.find(w => w.name === name);"
+                " w.value = v; w.callback?.(v); }", [node_id, name, value])
+
+
+def run_and_wait(pg, comfy, timeout=900) -> dict:
+    before = set(comfy.get("/history"))
+    pg.get_by_role("button", name="Run", exact=True).first.click()
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        new = {k: v for k, v in comfy.get("/history").items() if k not in before}
+        done = [v for v in new.values() if v.get("status", {}).get("completed") is not None]
+        if done:
+            assert done[0]["status"]["status_str"] == "success", json.dumps(done[0]["status"])[:2000]
+            return done[0]
+        time.sleep(0.5)
+    raise TimeoutError("the Run did not finish")
+
+
+def saved_png(comfy, entry, node="5") -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(comfy.output_file(entry, node)).convert("RGB")).astype(int)
+
+
+def test_protect_template_runs_twice_the_same_with_report_on_the_node(comfy, page):
+    open_template(page, "protect_and_save")
+    set_widget(page, 1, "ckpt_name", CKPT_NAME)
+    set_widget(page, 4, "steps", 3)
+    set_widget(page, 7, "samples", 2)
+    seeds = page.evaluate(f"[4, 7].map(id => {APP}.graph.getNodeById(id).widgets.find(w => w.name === 'seed').value)")
+    # count the progress previews the page receives (Protect previews image | perturbation)
+    page.evaluate("() => { window.__previews = 0; window.comfyAPI.api.api.addEventListener('b_preview', () => window.__previews++); }")
+    entry = run_and_wait(page, comfy)
+    page.wait_for_timeout(1500)
+    first = saved_png(comfy, entry)
+    src = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(Path(comfy.dirs["input"]) / "example.png").convert("RGB")).astype(int)
+    budget = page.evaluate(f"{APP}.graph.getNodeById(4).widgets.find(w => w.name === 'epsilon').value")
+    assert first.shape == src.shape and 0 < np.abs(first - src).max() <= budget
+    assert page.evaluate("window.__previews") >= 1, "no progress preview reached the page"
+
+    # the report, on the node: the Measure node's text widget holds it and the page shows it
+    report = page.evaluate(f"{APP}.graph.getNodeById(7).widgets.map(w => w.value).filter(v => typeof v === 'string').join('\\n')")
+    assert "PSNR" in report and "gain" in report, report
+    page.evaluate(f"() => {{ const c = {APP}.canvas; c.ds.scale = 1.3; c.centerOnNode({APP}.graph.getNodeById(7)); c.setDirty(true, true); }}")
+    page.wait_for_timeout(800)
+    shot(page, "protect_and_save_measure_report")
+    assert page.evaluate(SHOWN, "PSNR"), "the report is not visible on the page"
+
+    # seeds fixed: after the Run they are what they were, and a fresh run repeats the pixels
+    after = page.evaluate(f"[4, 7].map(id => {APP}.graph.getNodeById(id).widgets.find(w => w.name === 'seed').value)")
+    assert after == seeds
+    comfy.post("/free", {"free_memory": True})  # drop the cached outputs: the second Run recomputes
+    time.sleep(2)
+    second = saved_png(comfy, run_and_wait(page, comfy))
+    assert np.array_equal(first, second)
+    shot(page, "protect_and_save_second_run")
