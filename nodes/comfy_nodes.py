@@ -20,7 +20,7 @@ log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
 # Seeds stay as set after a Run (the frontend's default for an input named seed is "randomize"),
 # so a second Run reproduces the protection and measures on the same draws.
-FIXED = IO.ControlAfterGenerate.fixed
+FIXED = IO.ControlAfterGenerate.fixed if hasattr(IO, "ControlAfterGenerate") else None  # (older comfy_api: no such input option)
 
 
 def _number(kind, name: str, knob, tooltip: str, **kw):
