@@ -116,10 +116,11 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
     return gallery, status + summary + "".join(reports)
 
 
-def _slider(name: str, label: str, knobs=PROTECT):
-    """A slider with the core's default and bounds (advdm.settings)."""
+def _slider(name: str, label: str, knobs=PROTECT, elem_id: str = ""):
+    """A slider with the core's default and bounds (advdm.settings), found by #advdm_<name>."""
     k = knobs[name]
-    return gr.Slider(k.low, k.high, value=k.default, step=k.step, label=label, info=k.help)
+    return gr.Slider(k.low, k.high, value=k.default, step=k.step, label=label, info=k.help,
+                     elem_id=elem_id or f"advdm_{name}")
 
 
 def _dropdown(name: str, label: str):

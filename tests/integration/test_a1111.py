@@ -200,13 +200,13 @@ def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
         tab.locator("#advdm_image input[type=file]").set_input_files(str(upload))
         pg.wait_for_timeout(1500)
 
-        def set_number(label, value):
-            box = tab.locator(f'input[aria-label="number input for {label}"]').first  # Gradio 3's slider box
+        def set_number(elem_id, value):
+            box = tab.locator(f"#{elem_id} input[type=number]").first  # the slider's number box
             box.fill(str(value))
             box.press("Enter")
 
-        set_number("Steps", 12)
-        set_number("Measurement samples", 2)
+        set_number("advdm_steps", 12)
+        set_number("advdm_measure_samples", 2)
         tab.locator("#advdm_protect").click()
         bar = pg.locator("#tab_advdm_protect_tab .progressDiv")
         bar.wait_for(timeout=120_000)

@@ -60,9 +60,12 @@ def shot(pg, name: str) -> Path:
 
 def open_template(pg, name: str) -> None:
     """Templates (side bar) > the pack's entry > the template's card, as a user does it."""
-    pg.keyboard.press("Escape")
-    pg.locator(".side-bar-button, button").filter(has_text="Templates").first.click()
-    pg.get_by_text(PACK, exact=True).first.click()
+    pack = pg.get_by_text(PACK, exact=True).first
+    if not pack.is_visible():  # (the browser opens by itself at a first start)
+        pg.keyboard.press("Escape")
+        pg.wait_for_timeout(500)
+        pg.locator(".side-bar-button, button").filter(has_text="Templates").first.click()
+    pack.click()
     card = pg.locator(f"[data-testid*='{name}'], [data-template-name='{name}']")
     target = card.first if card.count() else pg.get_by_text(name, exact=True).first
     target.click()
