@@ -198,7 +198,8 @@ def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
         pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
         tab = pg.locator("#tab_advdm_protect_tab")
         tab.locator("#advdm_image input[type=file]").set_input_files(str(upload))
-        pg.wait_for_timeout(1500)
+        tab.locator("#advdm_image").get_by_text(upload.name).first.wait_for(timeout=60_000)  # uploaded
+        pg.wait_for_timeout(3000)
 
         def set_number(elem_id, value):
             box = tab.locator(f"#{elem_id} input[type=number]").first  # the slider's number box
