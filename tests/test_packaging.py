@@ -133,8 +133,10 @@ def test_template_seeds_are_fixed_and_defaults_are_the_cores(path):
     wf = json.loads(path.read_text())
     for n in wf["nodes"]:
         named = n.get("widgets_values_named") or {}
-        if "control_after_generate" in named:
-            assert named["control_after_generate"] == "fixed", (n["type"], n["id"])
+        # no seed re-drawn after a Run ("control after generate": fixed on every seed widget)
+        assert "randomize" not in json.dumps([n.get("widgets_values"), named]), (n["type"], n["id"])
+        if n["type"] in OUR_NODES:
+            assert "fixed" in n["widgets_values"], (n["type"], n["id"])
         if n["type"] == "AdvDMProtect":
             for k in ("method", "epsilon", "steps", "step_size", "samples", "seed", "view"):
                 assert named[k] == PROTECT[k].default, k
