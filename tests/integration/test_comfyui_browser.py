@@ -133,6 +133,7 @@ def test_protect_template_runs_twice_the_same_with_report_on_the_node(comfy, pag
     set_widget(page, 1, "ckpt_name", CKPT_NAME)
     set_widget(page, 4, "steps", 3)
     set_widget(page, 7, "samples", 2)
+    set_widget(page, 7, "max_samples", 4)
     seeds = page.evaluate(f"[4, 7].map(id => {APP}.graph.getNodeById(id).widgets.find(w => w.name === 'seed').value)")
     # count the progress previews the page receives (Protect previews image | perturbation)
     page.evaluate("() => { window.__previews = 0; window.comfyAPI.api.api.addEventListener('b_preview', () => window.__previews++); }")
@@ -146,7 +147,7 @@ def test_protect_template_runs_twice_the_same_with_report_on_the_node(comfy, pag
 
     # the report, on the node: the Measure node's text widget holds it and the page shows it
     report = page.evaluate(f"{APP}.graph.getNodeById(7).widgets.map(w => w.value).filter(v => typeof v === 'string').join('\\n')")
-    assert "PSNR" in report and "gain" in report, report
+    assert "PSNR" in report and "diffusion loss" in report, report
     page.evaluate(f"() => {{ const c = {APP}.canvas; c.ds.scale = 1.3; c.centerOnNode({APP}.graph.getNodeById(7)); c.setDirty(true, true); }}")
     page.wait_for_timeout(800)
     shot(page, "protect_and_save_measure_report")
