@@ -26,13 +26,14 @@ spare that, the kernel kills the server there and the tests after it fail with
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 import time
 
 import numpy as np
 import pytest
 
-from comfy_server import CKPT_NAME, COMFYUI_DIR, REPO, artwork, checkpoint
+from comfy_server import CKPT_NAME, COMFYUI_DIR, artwork, checkpoint
 import comfy_workflows
 
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
@@ -185,7 +186,7 @@ def test_mimicry_check_workflow(comfy):
     as before it: the LoRA left the cached model exactly as it was."""
     before = load_png(comfy.output_file(comfy.run(txt2img(seed=5)), "7"))
     names = [comfy.upload(f"advdm_mimic{i}.png", artwork(64, 64, 10 + i)) for i in range(3)]
-    graph = quick(json.loads((REPO / "workflows" / "mimicry_check.api.json").read_text()), names)
+    graph = quick(json.loads((Path(__file__).parent / "mimicry_check.api.json").read_text()), names)
     t0 = time.time()
     entry = comfy.run(graph)
     text = entry["outputs"]["10"]["text"][0]
