@@ -12,13 +12,6 @@ torch.set_num_threads(2)
 warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
 
 
-def smooth_image(height=64, width=64, seed=0):
-    """A smooth natural-ish test image on the 8-bit grid, (1, 3, H, W)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(height, width), mode="bilinear")
-    return (x * 255).round() / 255
-
-
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread for a module: 2 threads on a loaded 2-core machine are many times slower."""

@@ -5,7 +5,7 @@ import torch
 
 from advdm import ProtectConfig, builtin, protect
 from advdm.evaluation.measure import fixed_loss, noise_control
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 def test_advdm_raises_the_loss_on_fresh_samples_above_clean_and_noise(tiny):

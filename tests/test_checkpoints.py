@@ -8,7 +8,7 @@ import torch
 from advdm import builtin
 from advdm.checkpoints import CheckpointError, detect_family, load_model
 from advdm.evaluation.measure import fixed_loss
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 def save_tiny_pipeline(folder, prediction_type="epsilon", hidden=32):

@@ -11,7 +11,7 @@ from advdm import builtin
 from advdm.checkpoints import load_model
 from advdm.cli import main
 from advdm.evaluation.measure import fixed_loss
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 @pytest.mark.parametrize("name", ["tiny-sd2v", "tiny-sdxl", "tiny-sd3", "tiny-flux"])

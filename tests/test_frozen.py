@@ -6,7 +6,7 @@ from advdm import builtin
 from advdm.draws import Draws
 from advdm.frozen import input_grad_only
 from advdm.objectives import advdm
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 def _net():

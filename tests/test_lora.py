@@ -8,7 +8,7 @@ from advdm.evaluation.measure import DrawLosses
 from advdm.finetune import FinetuneConfig, lora_finetuned, mimic_view
 from advdm.lora import lora_adapters
 
-from conftest import smooth_image
+from sample_images import smooth_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,7 +6,7 @@ from diffusers import DDPMScheduler
 
 from advdm import advdm_loss, builtin
 from advdm.draws import flow_sigma
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 def _latent(vae, image, scale, shift=0.0):

@@ -16,7 +16,7 @@ from advdm.evaluation.stats import ratio_across_units
 from advdm.finetune import FinetuneConfig
 from advdm.images import save_png
 
-from conftest import smooth_image
+from sample_images import smooth_image
 from test_lora import assert_as_before, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]

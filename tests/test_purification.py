@@ -8,7 +8,7 @@ import torch
 from advdm.evaluation import purification
 from advdm.evaluation.robustness import format_robustness, robustness
 from advdm.model import Latent
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 def test_diffpure_with_an_exact_denoiser_returns_the_decoded_latent(tiny):

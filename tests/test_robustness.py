@@ -13,7 +13,7 @@ from advdm.evaluation.robustness import (
     protect_upsampled,
     robustness,
 )
-from conftest import smooth_image
+from sample_images import smooth_image
 
 SIZE, R = 128, 32
 BUDGET = dict(epsilon=16, step_size=2, steps=5, seed=0, resolution=R)

@@ -10,7 +10,7 @@ from advdm import ProtectConfig, protect
 from advdm.draws import Draws
 from advdm.eot import EOT, gaussian_blur, jpeg
 from advdm.views import Views, bucket_size, tile_starts
-from conftest import smooth_image
+from sample_images import smooth_image
 
 
 def _views(model, size, **kw):
