@@ -334,6 +334,8 @@ def cmd_measure(args) -> int:
     draws = dict(samples=args.samples, max_samples=args.max_samples, precision=args.precision, seed=args.seed)
     with tqdm(desc=f"{args.protected.name}: measure", unit="draw", total=args.max_samples, file=sys.stderr) as bar:
         result = measure(model, original, protected, progress=lambda n, most: bar.update(n - bar.n), **draws)
+        bar.total = result["samples"]  # the interval was narrow before the cap: end the bar at what was used
+        bar.refresh()
     if args.robustness:
         from .evaluation.robustness import format_robustness, robustness
 

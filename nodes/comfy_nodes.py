@@ -228,7 +228,7 @@ class AdvDMMeasure(IO.ComfyNode):
         protects = all(r["protects"] for r in results)
         if len(results) > 1:
             lines.append(f"{sum(r['protects'] for r in results)} of {len(results)} images: the loss rises clearly "
-                         f"beyond same-budget noise (mean gain {mean['gain']:.3f} vs noise {mean['gain_noise']:.3f})")
+                         "beyond same-budget noise (each image's figures and intervals above)")
         lines.append(f"model {dm.name}")
         text = "\n".join(lines)
         return IO.NodeOutput(text, *(mean[k] for k in keys), protects, ui=UI.PreviewText(text))
