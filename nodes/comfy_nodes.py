@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from comfy_api.latest import IO, UI, ComfyExtension
 
 import advdm
