@@ -7,6 +7,7 @@ is saved holds it exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -17,8 +18,9 @@ from torch import Tensor
 from .draws import Draws
 from .frozen import input_grad_only, recomputed
 from .model import DiffusionModel
-from .objectives import OBJECTIVES
+from .objectives import METHODS, SURROGATE_METHODS, objective_of
 from .settings import PRESETS, default
+from .surrogate import phases, surrogate
 from .views import Views
 
 Progress = Callable[[int, int, Tensor], None]
@@ -26,12 +28,14 @@ Progress = Callable[[int, int, Tensor], None]
 # Per-method defaults where the method's authors differ from AdvDM.
 METHOD_DEFAULTS = {
     "advdm": {},
+    "ace": {},
     "mist": {},
     "sds": {"random_start": False},  # Diff-Protect starts from the clean image
     "photoguard": {"step_decay": True},  # step decays linearly to 1/100 of its start
 }
 
 FLOW_TIMESTEPS = ("uniform", "logit-normal")
+SURROGATE_FIELDS = ("surrogate", "surrogate_every", "surrogate_steps", "surrogate_rank", "surrogate_lr")
 
 
 
@@ -66,10 +70,18 @@ class ProtectConfig:
     # Recompute the encoder in backward instead of keeping its activations through the
     # denoiser's pass: peak memory of the larger of the two alone, one encoder forward more.
     low_memory: bool = False
+    # Fine-tune-aware (advdm.surrogate): every surrogate_every PGD steps, surrogate_steps LoRA
+    # steps on the current protected image, and the attack goes through that LoRA.
+    # None: on for the methods built on it (anti-dreambooth, mist-v2), off otherwise.
+    surrogate: Optional[bool] = None
+    surrogate_every: int = default("surrogate_every")
+    surrogate_steps: int = default("surrogate_steps")
+    surrogate_rank: int = default("surrogate_rank")
+    surrogate_lr: float = default("surrogate_lr")
 
     def __post_init__(self):
-        if self.method not in OBJECTIVES:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not 0 < self.epsilon <= 255:
             raise ValueError(f"epsilon is in 1/255 units and must be in (0, 255], got {self.epsilon}")
         if self.step_size <= 0:
@@ -94,7 +106,17 @@ class ProtectConfig:
             raise ValueError(f"flow timesteps must be one of {', '.join(FLOW_TIMESTEPS)}, got {self.flow_timesteps!r}")
         if self.flow_shift is not None and self.flow_shift <= 0:
             raise ValueError(f"flow shift must be positive, got {self.flow_shift}")
-        defaults = METHOD_DEFAULTS[self.method]
+        if self.surrogate is None:
+            self.surrogate = self.method in SURROGATE_METHODS
+        if self.surrogate:
+            if self.method == "photoguard":
+                raise ValueError("photoguard attacks the VAE encoder only; a denoiser surrogate does not change it")
+            if self.surrogate_every < 1 or self.surrogate_steps < 1 or self.surrogate_rank < 1:
+                raise ValueError("surrogate_every, surrogate_steps and surrogate_rank must be >= 1, got "
+                                 f"{self.surrogate_every}, {self.surrogate_steps} and {self.surrogate_rank}")
+            if not self.surrogate_lr > 0:
+                raise ValueError(f"surrogate_lr must be positive, got {self.surrogate_lr}")
+        defaults = METHOD_DEFAULTS.get(self.method, {})
         if self.random_start is None:
             self.random_start = defaults.get("random_start", True)
         if self.step_decay is None:
@@ -107,7 +129,20 @@ class ProtectConfig:
         return cls(**{**PRESETS[name], **overrides})
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings, as saved with every image and hashed to resume batches; without the
+        surrogate's when it is off (they change nothing then, and hashes stay as they were)."""
+        d = asdict(self)
+        if not self.surrogate:
+            for name in SURROGATE_FIELDS:
+                del d[name]
+        return d
+
+    @property
+    def progress_steps(self) -> int:
+        """What protect() counts its progress in: PGD steps plus surrogate fine-tuning steps."""
+        if not self.surrogate:
+            return self.steps
+        return self.steps + phases(self.steps, self.surrogate_every) * self.surrogate_steps
 
 
 def quantize(x: Tensor, original: Tensor, epsilon: float, levels: int = 255, mask: Optional[Tensor] = None) -> Tensor:
@@ -134,7 +169,8 @@ def protect(
     """Protect one image (1, 3, H, W) in [0, 1]; returns it on the k/levels grid, same size.
 
     mask (1, 1, H, W) in [0, 1] limits where (and how strongly) pixels may change.
-    progress(step, total, current) is called after every step; raise from it to cancel.
+    progress(done, total, current) is called after every PGD step and every surrogate
+    fine-tuning step (total is config.progress_steps); raise from it to cancel.
     """
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
         raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(image.shape)}")
@@ -147,32 +183,49 @@ def protect(
         limit = eps * mask if mask is not None else eps  # a scalar unless masked: memory
         model = _for_attack(model, config)
         draws = Draws(model, config.seed, config.t_min, config.t_max)
-        objective = OBJECTIVES[config.method](model, **_objective_kwargs(config))
+        objective = objective_of(config.method)(model, **_objective_kwargs(config))
         views = Views(model, config, original.shape[-2:])
 
         delta = torch.zeros_like(original)
         if config.random_start:
             delta = draws.uniform(original.shape, -1, 1).mul_(limit)
         delta.add_(original).clamp_(0, 1).sub_(original)
-        for step in range(config.steps):
-            alpha = config.step_size / 255
-            if config.step_decay:
-                alpha *= 1 - 0.99 * step / max(config.steps - 1, 1)
-            x = (original + delta).requires_grad_(True)
-            grad = None
-            for view in views.sample(draws):
-                with input_grad_only():  # frozen convolutions keep no inputs for backward
-                    (g,) = torch.autograd.grad(objective(view(x), draws), x)
-                grad = g if grad is None else grad.add_(g)
-            del x
-            # in place: at 2048 px every full-size temporary costs 50 MB
-            delta.add_(grad.sign_(), alpha=alpha)
-            delta = torch.clamp(delta, -limit, limit) if mask is not None else delta.clamp_(-eps, eps)
-            delta.add_(original).clamp_(0, 1).sub_(original)
-            del grad
+        done = 0
+
+        def tick(*_):
+            nonlocal done
+            done += 1
             if progress is not None:
-                progress(step + 1, config.steps, original + delta)
+                progress(done, config.progress_steps, original + delta)
+
+        with _surrogate_for(model, config) as learner:
+            for step in range(config.steps):
+                if learner is not None and learner.due(step):
+                    learner.learn(original + delta, tick)
+                alpha = config.step_size / 255
+                if config.step_decay:
+                    alpha *= 1 - 0.99 * step / max(config.steps - 1, 1)
+                x = (original + delta).requires_grad_(True)
+                grad = None
+                for view in views.sample(draws):
+                    with input_grad_only():  # frozen convolutions keep no inputs for backward
+                        (g,) = torch.autograd.grad(objective(view(x), draws), x)
+                    grad = g if grad is None else grad.add_(g)
+                del x
+                # in place: at 2048 px every full-size temporary costs 50 MB
+                delta.add_(grad.sign_(), alpha=alpha)
+                delta = torch.clamp(delta, -limit, limit) if mask is not None else delta.clamp_(-eps, eps)
+                delta.add_(original).clamp_(0, 1).sub_(original)
+                del grad
+                tick()
         return quantize(original + delta, original, config.epsilon, levels, mask).cpu()
+
+
+def _surrogate_for(model: DiffusionModel, config: ProtectConfig):
+    if not config.surrogate or not config.steps:
+        return contextlib.nullcontext()
+    return surrogate(model, config.surrogate_every, config.surrogate_steps, config.surrogate_rank,
+                     config.surrogate_lr, config.seed)
 
 
 def _for_attack(model: DiffusionModel, config: ProtectConfig) -> DiffusionModel:

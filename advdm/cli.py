@@ -25,7 +25,7 @@ from .manifest import manifest_path
 from .ranks import Ranks
 from .worklist import find_work
 from .evaluation.measure import MAX_SAMPLES, PRECISION, SAMPLES, format_measurement, measure
-from .objectives import OBJECTIVES
+from .objectives import METHODS
 from .views import MODES as VIEWS
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="defaults for the knobs below: "
                    + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    p.add_argument("--method", default=PROTECT["method"].default, choices=sorted(OBJECTIVES))
+    p.add_argument("--method", default=PROTECT["method"].default, choices=METHODS,
+                   help=PROTECT["method"].help)
     p.add_argument("--epsilon", type=float, help="L_inf budget in /255 (0-255)")
     p.add_argument("--step-size", type=float, help="PGD step in /255")
     p.add_argument("--steps", type=int)
@@ -91,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-timesteps", choices=FLOW_TIMESTEPS,
                    help="SD3 / Flux: timestep distribution of the attack (default: the model's training one, logit-normal)")
     p.add_argument("--flow-shift", type=float, help="SD3 / Flux: timestep shift (default: the model's)")
+    f = p.add_argument_group("fine-tune-aware methods", "anti-dreambooth (ASPL) and mist-v2 attack through a LoRA "
+                             "that keeps fine-tuning on the image, as a mimic's would; the model is unchanged after")
+    f.add_argument("--surrogate", action=argparse.BooleanOptionalAction, default=None,
+                   help="attack through the LoRA surrogate (default: on for anti-dreambooth and mist-v2 only)")
+    for name, kind in (("surrogate_every", int), ("surrogate_steps", int), ("surrogate_rank", int),
+                       ("surrogate_lr", float)):
+        knob = PROTECT[name]
+        f.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{knob.help} (default {knob.default:g})")
     v = p.add_argument_group("views and robustness", "what the model sees each step; the output keeps the native size")
     v.add_argument("--view", choices=VIEWS, default=PROTECT["view"].default,
                    help="full: whole image at native size; train: the random crops and aspect buckets a fine-tuning "
@@ -167,7 +176,8 @@ def _load(args, device=None) -> "torch.nn.Module":
 
 def _config(args) -> ProtectConfig:
     names = ("epsilon", "step_size", "steps", "samples", "resolution", "views_per_step", "eot_jpeg", "eot_blur", "eot_noise",
-             "flow_timesteps", "flow_shift")
+             "flow_timesteps", "flow_shift", "surrogate", "surrogate_every", "surrogate_steps", "surrogate_rank",
+             "surrogate_lr")
     knobs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.t_range:
         knobs["t_min"], knobs["t_max"] = args.t_range
@@ -213,7 +223,7 @@ def protect_file(model, source: Path, out: Path, config: ProtectConfig, *, mask_
         provenance = {"image_seed": image_seed(config.seed, input_sha256), "input_sha256": input_sha256,
                       "config_sha256": config_sha256}
     attack = dataclasses.replace(config, seed=provenance["image_seed"]) if provenance else config
-    protected = protect(model, image.rgb, attack, mask=mask, progress=_progress_bar(label + source.name, config.steps),
+    protected = protect(model, image.rgb, attack, mask=mask, progress=_progress_bar(label + source.name, config.progress_steps),
                         levels=image.levels)
     metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict(), **provenance})}
     save_png(out, protected, alpha=image.alpha, levels=image.levels, metadata=metadata, icc_profile=image.icc_profile,

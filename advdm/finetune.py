@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .draws import Draws
+from .frozen import input_grad_only
 from .lora import lora_adapters
 from .model import DiffusionModel, diffusion_loss
 from .objectives import posterior_sample
@@ -59,8 +60,13 @@ def _batches(count: int, batch: int, steps: int, gen: torch.Generator) -> Iterat
 
 
 def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: Sequence[Tensor],
-          config: FinetuneConfig, seed: int, progress: Optional[Callable[[int, int], None]] = None) -> List[float]:
-    """config.steps AdamW steps on params; returns the loss of every step."""
+          config: FinetuneConfig, seed: int, progress: Optional[Callable[[int, int], None]] = None,
+          optimizer: Optional[torch.optim.Optimizer] = None) -> List[float]:
+    """config.steps AdamW steps on params (or steps of the given optimizer over them);
+    returns the loss of every step.
+
+    The base weights are frozen, so backward runs inside input_grad_only(): frozen
+    convolutions keep no activations for it (the adapters' own layers do keep theirs)."""
     draws = Draws(model, seed + 1)
     gen = torch.Generator().manual_seed(seed + 2)
     history = []
@@ -68,8 +74,8 @@ def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: S
         with torch.no_grad():
             latents = [model.encode(mimic_view(model, x, config.resolution).to(model.device, model.dtype))
                        for x in images]
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        with torch.enable_grad():
+        opt = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        with torch.enable_grad(), input_grad_only():
             for step, idx in enumerate(_batches(len(latents), config.batch, config.steps, gen)):
                 total = 0.0
                 for shape in {tuple(latents[i].mean.shape) for i in idx}:  # images of one size share a forward

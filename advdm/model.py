@@ -94,6 +94,17 @@ def loss_weight(prediction: str, sigma: Tensor) -> Tensor:
     return 1 / sigma**2
 
 
+def network_output(prediction: str, x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    """What the network itself predicts (eps, v, or the flow velocity n - z), recovered in
+    float32 from the denoiser's D(x, sigma): the quantity its training loss compares."""
+    s = sigma.view(-1, *([1] * (x.dim() - 1))).float()
+    x, denoised = x.float(), denoised.float()
+    eps = (x - denoised) / s  # flow: (x - D) / sigma is the velocity
+    if prediction == "v":  # v = a * eps - b * z in the variance-preserving form
+        return (eps - s * denoised) / (1 + s**2).sqrt()
+    return eps
+
+
 def diffusion_loss(model: DiffusionModel, z: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
     """Per-sample native training loss (mean over latent elements), shape (K,).
 

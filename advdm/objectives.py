@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .draws import Draws
-from .model import DiffusionModel, Latent, diffusion_loss, loss_weight, noised
+from .model import DiffusionModel, Latent, diffusion_loss, loss_weight, network_output, noised
 from .texture import target_texture
 
 Objective = Callable[[Tensor, Draws], Tensor]
@@ -106,4 +106,30 @@ def photoguard(model: DiffusionModel, samples: int = 1) -> Objective:
     return objective
 
 
-OBJECTIVES = {"advdm": advdm, "mist": mist, "photoguard": photoguard, "sds": sds}
+def ace(model: DiffusionModel, samples: int = 1) -> Objective:
+    """Mist v2's targeted objective, ACE (Zheng et al. 2023): pull what the network predicts
+    (its noise, v or velocity output) towards the latent of a fixed target pattern, on the
+    posterior mean as the official code does. A model fine-tuned on the image then learns to
+    put that pattern into what it generates."""
+    target = target_latents(model, target_texture)
+
+    def objective(pixels: Tensor, draws: Draws) -> Tensor:
+        z = encode(model, pixels).mean
+        sigma = draws.sigmas(samples)
+        noise = draws.normal((samples, *z.shape[1:])).to(z.dtype)
+        x = noised(model.prediction, z.expand_as(noise), sigma, noise)
+        predicted = network_output(model.prediction, x, sigma, model.denoise(x, sigma))
+        return -(predicted - target(pixels)).pow(2).mean()
+
+    return objective
+
+
+OBJECTIVES = {"advdm": advdm, "ace": ace, "mist": mist, "photoguard": photoguard, "sds": sds}
+# Fine-tune-aware methods (advdm.surrogate): an objective attacked through a LoRA surrogate
+# that keeps learning the protected image. Users look for them by these names.
+SURROGATE_METHODS = {"anti-dreambooth": "advdm", "mist-v2": "ace"}
+METHODS = (*OBJECTIVES, *SURROGATE_METHODS)
+
+
+def objective_of(method: str) -> Callable[..., Objective]:
+    return OBJECTIVES[SURROGATE_METHODS.get(method, method)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from .objectives import OBJECTIVES
+from .objectives import METHODS
 from .views import MODES as VIEWS
 
 # Protection strength presets: the knobs that trade time for strength.
@@ -38,8 +38,11 @@ _P = PRESETS[DEFAULT_PRESET]
 PROTECT = {
     "preset": Knob(DEFAULT_PRESET, "strength preset: sets epsilon, step_size, steps and samples unless given",
                    choices=tuple(PRESETS)),
-    "method": Knob("advdm", "advdm: raise the diffusion training loss; mist: plus a texture target; photoguard: "
-                   "push the VAE latent to a target; sds: advdm without the UNet backward", choices=tuple(OBJECTIVES)),
+    "method": Knob("advdm", "advdm: raise the diffusion training loss; ace: pull the model's prediction to a target "
+                   "pattern (Mist v2's loss); anti-dreambooth / mist-v2: advdm / ace through a LoRA that keeps "
+                   "fine-tuning on the image during the attack (ASPL, Mist v2); mist: advdm plus a texture target; "
+                   "photoguard: push the VAE latent to a target; sds: advdm without the UNet backward",
+                   choices=METHODS),
     "epsilon": Knob(_P["epsilon"], "largest change per pixel and channel, in 1/255", 1.0, 64.0, 1.0),
     "step_size": Knob(_P["step_size"], "change per gradient step, in 1/255", 0.1, 16.0, 0.1),
     "steps": Knob(_P["steps"], "projected gradient steps (each one model forward and backward)", 1, 2000, 1),
@@ -51,6 +54,13 @@ PROTECT = {
                  choices=tuple(VIEWS)),
     "eot_jpeg": Knob(0, "JPEG-robust: lowest JPEG quality the attack optimises through (0 = off)", 0, 95, 1),
     "prompt": Knob(DEFAULT_PROMPT, "text conditioning of the attack"),
+    # Fine-tune-aware methods: time per PGD step is about 1 + (steps / every) x (one
+    # fine-tuning step / one PGD step); see bench/README.
+    "surrogate_every": Knob(10, "fine-tune-aware methods: fine-tune the LoRA surrogate before every this many "
+                            "attack steps", 1, 1000, 1),
+    "surrogate_steps": Knob(4, "fine-tune-aware methods: LoRA fine-tuning steps each time", 1, 100, 1),
+    "surrogate_rank": Knob(4, "fine-tune-aware methods: rank of the LoRA surrogate", 1, 128, 1),
+    "surrogate_lr": Knob(1e-4, "fine-tune-aware methods: learning rate of the LoRA surrogate", 1e-6, 1e-1, 1e-6),
 }
 
 # The measurement: draws to start with, doubled until the protected-minus-noise interval is
