@@ -178,3 +178,18 @@ def test_flow_schedule_is_validated():
         ProtectConfig(flow_timesteps="normal")
     with pytest.raises(ValueError, match="flow shift"):
         ProtectConfig(flow_shift=0)
+
+
+def test_fine_tune_aware_method_and_its_surrogate_flags_reach_the_file(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["protect", str(images[0]), "-o", str(out), "--method", "mist-v2", "--surrogate-every", "2",
+                 "--surrogate-steps", "1", "--surrogate-rank", "2", "--surrogate-lr", "0.001", *FAST]) == 0
+    meta = json.loads(read_png_metadata(out / "art_protected.png")["advdm"])
+    assert (meta["method"], meta["surrogate"], meta["surrogate_every"], meta["surrogate_steps"],
+            meta["surrogate_rank"], meta["surrogate_lr"]) == ("mist-v2", True, 2, 1, 2, 0.001)
+    assert np.abs(pixels(out / "art_protected.png") - pixels(images[0])).max() <= 12
+    capsys.readouterr()
+    assert main(["protect", str(images[0]), "-o", str(tmp_path / "bad"), "--method", "anti-dreambooth",
+                 "--surrogate-every", "0", *FAST]) != 0
+    assert "surrogate_every" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "art_protected.png").exists()
