@@ -42,6 +42,15 @@ _COND_TIP = ("Optional text conditioning the attack uses (AdvDM's default is the
              "CLIPTextEncode for results that match the paper.")
 
 
+_METHOD_TIP = ("advdm: maximise the diffusion training loss (default). ace: pull the model's prediction towards "
+               "a target pattern (Mist v2's loss). anti-dreambooth: advdm through a LoRA that keeps fine-tuning on "
+               "the image during the attack, as a mimic's DreamBooth/LoRA would (ASPL); mist-v2: ace through that "
+               "LoRA. Both cost about 1 + surrogate_steps / surrogate_every attack steps per step; your model is "
+               "left exactly as it was. mist: AdvDM plus a texture target in latent space. photoguard: push the "
+               "VAE latent to a target (encoder only, cheapest). sds: AdvDM with the UNet Jacobian dropped (no "
+               "UNet backward: about 0.75x the time of advdm).")
+
+
 class AdvDMProtect(IO.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -53,16 +62,14 @@ class AdvDMProtect(IO.ComfyNode):
             description=("Adds a small adversarial perturbation (at most epsilon/255 per pixel) that raises the "
                          "diffusion model's denoising loss on the image, so fine-tuning, textual inversion or "
                          "img2img on it pick up wrong features (AdvDM, Liang et al. 2023; Mist, PhotoGuard, SDS "
-                         "variants). Save the result losslessly (PNG): JPEG and resizing weaken it."),
+                         "variants; Anti-DreamBooth's ASPL and Mist v2 attack through a LoRA that keeps fine-tuning "
+                         "on the image, as a mimic's would). Save the result losslessly (PNG): JPEG and resizing weaken it."),
             inputs=[
                 IO.Model.Input("model", tooltip=_MODEL_TIP),
                 IO.Vae.Input("vae", tooltip=_VAE_TIP),
                 IO.Image.Input("image", tooltip="The image(s) to protect; each image of a batch is protected on its own, at its own size."),
                 _choice("method", PROTECT["method"],
-                        tooltip=("advdm: maximise the diffusion training loss (default). mist: AdvDM plus a "
-                                        "texture target in latent space. photoguard: push the VAE latent to a "
-                                        "target (encoder only, cheapest). sds: AdvDM with the UNet Jacobian dropped "
-                                        "(no UNet backward: about 0.75x the time of advdm).")),
+                        tooltip=_METHOD_TIP),
                 _number(IO.Float, "epsilon", PROTECT["epsilon"],
                         "Largest change per pixel and channel, in 1/255 steps of 8-bit colour. 8 is subtle, 16 is the paper's default."),
                 _number(IO.Int, "steps", PROTECT["steps"],
@@ -88,6 +95,13 @@ class AdvDMProtect(IO.ComfyNode):
                         tooltip=("JPEG-robust: also optimise through a differentiable JPEG of a quality drawn "
                                       "between this and 95, so the protection survives re-compression by a site or "
                                       "a mimic. 0 = off. 75 covers common uploads.")),
+                _number(IO.Int, "surrogate_every", PROTECT["surrogate_every"], optional=True,
+                        tooltip=("anti-dreambooth and mist-v2 only: fine-tune the LoRA surrogate on the image being "
+                                 "protected before every this many attack steps (fewer = closer to a mimic's "
+                                 "fine-tuned model, slower).")),
+                _number(IO.Int, "surrogate_steps", PROTECT["surrogate_steps"], optional=True,
+                        tooltip=("anti-dreambooth and mist-v2 only: LoRA fine-tuning steps each time (each about "
+                                 "one attack step's time). The progress bar counts them with the attack steps.")),
             ],
             outputs=[
                 IO.Image.Output("protected", display_name="protected",
@@ -100,28 +114,40 @@ class AdvDMProtect(IO.ComfyNode):
     @classmethod
     def execute(cls, model, vae, image, method, epsilon, steps, step_size, samples, t_min, t_max, seed,
                 conditioning=None, mask=None, low_memory=False, view=PROTECT["view"].default,
-                eot_jpeg=PROTECT["eot_jpeg"].default) -> IO.NodeOutput:
+                eot_jpeg=PROTECT["eot_jpeg"].default, surrogate_every=PROTECT["surrogate_every"].default,
+                surrogate_steps=PROTECT["surrogate_steps"].default) -> IO.NodeOutput:
         config = advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size),
                                      steps=int(steps), samples=int(samples), t_min=float(t_min),
                                      t_max=float(t_max), seed=int(seed), low_memory=bool(low_memory), view=view,
-                                     eot_jpeg=int(eot_jpeg) or None)
+                                     eot_jpeg=int(eot_jpeg) or None, surrogate_every=int(surrogate_every),
+                                     surrogate_steps=int(surrogate_steps))
         images = split_images(image)
-        progress = Progress(total=len(images) * config.steps)
+        # per image: the attack steps plus the surrogate's fine-tuning steps (each a cancel point)
+        per_image = config.progress_steps
+        progress = Progress(total=len(images) * per_image)
         out = []
         try:
             with ComfyModel(model, vae, conditioning) as cm:
                 dm = cm.diffusion_model
                 for i, x in enumerate(images):
                     m = mask_for(mask, i, x.shape[-2], x.shape[-1])
-                    log.info("advdm: protecting image %d/%d (%dx%d) with %s, eps %.0f/255, %d steps on %s",
-                             i + 1, len(images), x.shape[-1], x.shape[-2], method, epsilon, steps, dm.name)
+                    log.info("advdm: protecting image %d/%d (%dx%d) with %s, eps %.0f/255, %d steps%s on %s",
+                             i + 1, len(images), x.shape[-1], x.shape[-2], method, epsilon, steps,
+                             _surrogate_text(config), dm.name)
                     out.append(advdm.protect(dm, x, config, mask=m, progress=_previewing_both(
-                        progress.for_image(i, config.steps), to_8bit_grid(x), epsilon)))
+                        progress.for_image(i, per_image), to_8bit_grid(x), epsilon)))
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         protected = join_images(out, image)
         perturbation = join_images([amplified(to_8bit_grid(x), p, epsilon) for x, p in zip(images, out)], image[..., :3])
         return IO.NodeOutput(for_truncating_savers(protected), perturbation)
+
+
+def _surrogate_text(config) -> str:
+    if not config.surrogate:
+        return ""
+    return (f" (+ {config.progress_steps - config.steps} LoRA surrogate fine-tuning steps: {config.surrogate_steps} "
+            f"before every {config.surrogate_every})")
 
 
 def _previewing_both(callback, original, epsilon):

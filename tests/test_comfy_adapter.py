@@ -228,12 +228,12 @@ class Patcher:
         return self.model_sampling
 
 
-def fake_base(fmt, arch, prediction, channels, seen, unet_config=None):
+def fake_base(fmt, arch, prediction, channels, seen, unet_config=None, net=None):
     """A BaseModel-like object whose apply_model follows comfy's model_sampling math: EPS
     scales the input by 1/sqrt(sigma^2 + 1) and returns x - sigma * eps; CONST passes x
     unscaled and returns x - sigma * v."""
     torch.manual_seed(1)
-    net = torch.nn.Conv2d(channels, channels, 3, padding=1)
+    net = net or torch.nn.Conv2d(channels, channels, 3, padding=1)
 
     def apply_model(self, x, sigma, transformer_options=None, c_crossattn=None, **extra):
         seen.append({"x": x.detach().clone(), "sigma": sigma.detach().clone(), "ctx": c_crossattn.shape,
@@ -249,7 +249,7 @@ def fake_base(fmt, arch, prediction, channels, seen, unet_config=None):
     return base
 
 
-def fake_comfy_model(prediction="eps", family="SD1.x"):
+def fake_comfy_model(prediction="eps", family="SD1.x", net=None):
     """A ComfyModel set up by its own _setup (what __enter__ runs after loading) around fakes."""
     seen = []
     flow = prediction == "flow"
@@ -259,7 +259,7 @@ def fake_comfy_model(prediction="eps", family="SD1.x"):
         vae = type("VAE", (), {"first_stage_model": FakeKL16(), "latent_channels": 16, "downscale_ratio": 8})()
     else:
         kind = V_PREDICTION if prediction == "v" else EPS
-        base = fake_base(SD15, "BaseModel", prediction, 4, seen, {"context_dim": 8})
+        base = fake_base(SD15, "BaseModel", prediction, 4, seen, {"context_dim": 8}, net=net)
         ms = sampling(ModelSamplingDiscrete, kind)
         ms.sigmas = torch.linspace(0.03, 14.6, 1000)
         vae = type("VAE", (), {"first_stage_model": FakeKL(), "latent_channels": 4})()
@@ -472,6 +472,182 @@ def test_interrupt_propagates_out_of_protect():
     with pytest.raises(Interrupted):
         advdm.protect(m.diffusion_model, torch.rand(1, 3, 16, 16), advdm.ProtectConfig(steps=5),
                       progress=p.for_image(0, 5))
+
+
+# --- the Protect node, against a fake comfy_api ----------------------------------------------------
+
+class _Spec:
+    def __init__(self, *args, **kw):
+        self.args, self.kw = args, kw
+
+
+class _Kind:
+    Input = Output = _Spec
+
+
+class _NodeOutput:
+    def __init__(self, *values, ui=None):
+        self.values, self.ui = values, ui
+
+
+class UNetLike(torch.nn.Module):
+    """A denoiser with a Linear layer (the LoRA surrogate adapts Linear layers)."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.mix = torch.nn.Linear(c, c)
+
+    def forward(self, x):
+        return self.mix(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@pytest.fixture
+def comfy_nodes(monkeypatch):
+    """nodes.comfy_nodes imported against a stand-in comfy_api.latest (schema objects record
+    their arguments), removed again afterwards."""
+    import importlib
+
+    latest = types.ModuleType("comfy_api.latest")
+    latest.IO = types.SimpleNamespace(ComfyNode=object, Schema=_Spec, NodeOutput=_NodeOutput, **{
+        k: _Kind for k in ("Model", "Vae", "Image", "Combo", "Float", "Int", "Conditioning", "Mask", "Boolean", "String")})
+    latest.UI = types.SimpleNamespace(PreviewText=lambda text: text)
+    latest.ComfyExtension = object
+    api = types.ModuleType("comfy_api")
+    api.latest = latest
+    monkeypatch.setitem(sys.modules, "comfy_api", api)
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    saved = sys.modules.pop("nodes.comfy_nodes", None)
+    try:
+        yield importlib.import_module("nodes.comfy_nodes")
+    finally:
+        sys.modules.pop("nodes.comfy_nodes", None)
+        if saved is not None:
+            sys.modules["nodes.comfy_nodes"] = saved
+
+
+class NodeRun:
+    """The Protect node's execute with ComfyModel and the progress bar replaced by fakes;
+    records every ProtectConfig and every bar update."""
+
+    def __init__(self, comfy_nodes, monkeypatch, interrupt_at=None):
+        self.net = UNetLike()
+        self.model = fake_comfy_model(net=self.net)
+        self.bar, self.configs, self.calls, self.totals = Bar(), [], 0, []
+        run = self
+
+        class FakeComfyModel:
+            def __init__(self, model, vae, conditioning=None):
+                pass
+
+            def __enter__(self):
+                return run.model
+
+            def __exit__(self, *exc):
+                pass
+
+        def interrupted():
+            run.calls += 1
+            if interrupt_at is not None and run.calls >= interrupt_at:
+                raise Interrupted()
+
+        def progress(total):
+            run.totals.append(total)
+            return cm.Progress(total=total, bar=run.bar, interrupted=interrupted)
+
+        real = advdm.protect
+
+        def protect(dm, x, config, **kw):
+            run.configs.append(config)
+            return real(dm, x, config, **kw)
+
+        monkeypatch.setattr(comfy_nodes, "ComfyModel", FakeComfyModel)
+        monkeypatch.setattr(comfy_nodes, "Progress", progress)
+        monkeypatch.setattr(advdm, "protect", protect)
+        self.node = comfy_nodes.AdvDMProtect
+
+    def __call__(self, image, method="anti-dreambooth", steps=4, **optional):
+        with torch.inference_mode():  # as ComfyUI executes a node
+            return self.node.execute(None, None, image, method, 8.0, steps, 1.0, 1, 0.0, 1.0, 0, **optional)
+
+
+def _state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _hooks(net):
+    return sum(len(m._forward_hooks) for m in net.modules())
+
+
+def test_protect_node_inputs_are_execute_parameters_and_new_ones_optional(comfy_nodes):
+    """Old workflows still load: every input after the original required ones is optional and
+    execute has a default for it; the surrogate knobs have the core's defaults and bounds."""
+    from advdm.settings import PROTECT
+
+    inputs = comfy_nodes.AdvDMProtect.define_schema().kw["inputs"]
+    params = inspect.signature(comfy_nodes.AdvDMProtect.execute).parameters
+    names = [i.args[0] for i in inputs]
+    assert list(params) == names  # same order as the schema
+    for spec in inputs:
+        if spec.kw.get("optional"):
+            assert params[spec.args[0]].default is not inspect.Parameter.empty, spec.args[0]
+        assert spec.kw.get("tooltip"), spec.args[0]
+    by_name = {i.args[0]: i for i in inputs}
+    for knob in ("surrogate_every", "surrogate_steps"):
+        spec, k = by_name[knob], PROTECT[knob]
+        assert spec.kw["optional"] and (spec.kw["default"], spec.kw["min"], spec.kw["max"]) == (k.default, k.low, k.high)
+        assert params[knob].default == k.default
+    assert {"ace", "anti-dreambooth", "mist-v2"} <= set(by_name["method"].kw["options"])
+    assert names.index("surrogate_every") > names.index("eot_jpeg")  # appended: saved widget lists keep their order
+
+
+def test_protect_node_passes_the_surrogate_knobs_and_counts_fine_tuning_in_the_bar(comfy_nodes, monkeypatch):
+    run = NodeRun(comfy_nodes, monkeypatch)
+    before = _state(run.net)
+    image = image_ops.to_8bit_grid(torch.rand(2, 16, 24, 3))  # two images: the bar spans the batch
+    protected, perturbation = run(image, steps=4, surrogate_every=2, surrogate_steps=3).values
+    (config, _) = run.configs
+    assert (config.surrogate, config.surrogate_every, config.surrogate_steps) == (True, 2, 3)
+    per_image = 4 + 2 * 3  # PGD steps + 2 fine-tuning phases of 3 steps
+    assert config.progress_steps == per_image and run.totals == [2 * per_image]
+    assert [c[0] for c in run.bar.calls] == list(range(1, 2 * per_image + 1))
+    assert {c[1] for c in run.bar.calls} == {2 * per_image} and run.bar.calls[-1][2]  # the last one previews
+    assert protected.shape == image.shape and perturbation.shape == image.shape
+    assert ((protected * 255).floor() - (image * 255).round()).abs().max() <= 8  # as SaveImage truncates
+    after = _state(run.net)  # the surrogate's LoRA is gone: the host's model is as it was
+    assert all(torch.equal(before[k], after[k]) for k in before) and _hooks(run.net) == 0
+    assert all(p.requires_grad for p in run.net.parameters())  # the flags as they were
+
+
+def test_protect_node_without_the_new_inputs_uses_the_defaults(comfy_nodes, monkeypatch):
+    """A workflow saved before the surrogate inputs existed: the core's defaults, and for
+    a method without the surrogate the bar counts PGD steps only, as before."""
+    from advdm.settings import PROTECT
+
+    run = NodeRun(comfy_nodes, monkeypatch)
+    image = torch.rand(1, 16, 16, 3)
+    run(image, method="advdm", steps=3)
+    run(image, method="mist-v2", steps=3)
+    plain, mist_v2 = run.configs
+    assert not plain.surrogate and run.totals[0] == 3
+    assert mist_v2.surrogate and mist_v2.method == "mist-v2"
+    assert (mist_v2.surrogate_every, mist_v2.surrogate_steps) == (PROTECT["surrogate_every"].default,
+                                                                 PROTECT["surrogate_steps"].default)
+    assert run.totals[1] == 3 + PROTECT["surrogate_steps"].default  # one phase, before step 0
+
+
+def test_interrupt_during_the_surrogate_fine_tune_stops_the_node_and_restores_the_model(comfy_nodes, monkeypatch):
+    """The surrogate fine-tunes before PGD step 0, so the second progress call is its second
+    training step: ComfyUI's interrupt raised there ends the node, and the LoRA is removed."""
+    run = NodeRun(comfy_nodes, monkeypatch, interrupt_at=2)
+    before = _state(run.net)
+    with pytest.raises(Interrupted):
+        run(torch.rand(1, 16, 16, 3), steps=4, surrogate_every=2, surrogate_steps=3)
+    assert run.calls == 2 and len(run.bar.calls) == 1
+    after = _state(run.net)
+    assert all(torch.equal(before[k], after[k]) for k in before) and _hooks(run.net) == 0
+    assert all(p.requires_grad for p in run.net.parameters())
 
 
 # --- previews and example workflows -------------------------------------------------------------
