@@ -213,6 +213,85 @@ def txt2img(seed=0):
     }
 
 
+def sampled(comfy, seed: int, prefix: str):
+    """txt2img on the test checkpoint: the sampled latent at full precision (SaveLatent's
+    file: a leftover adapter too small to flip an 8-bit pixel still shows there) and the PNG."""
+    from safetensors.numpy import load_file
+
+    graph = txt2img(seed)
+    graph["7"]["inputs"]["filename_prefix"] = prefix
+    graph["8"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": prefix + "_latent"}}
+    entry = comfy.run(graph)
+    cached = [n for m in entry["status"]["messages"] if m[0] == "execution_cached" for n in m[1]["nodes"]]
+    lat = entry["outputs"]["8"]["latents"][0]
+    path = Path(comfy.dirs[lat["type"]]) / lat.get("subfolder", "") / lat["filename"]
+    return load_file(str(path))["latent_tensor"], load_png(comfy.output_file(entry, "7")), cached
+
+
+SURROGATE_METHODS = ("anti-dreambooth", "mist-v2")
+
+
+def test_fine_tune_aware_methods_hold_the_budget_and_leave_the_model_unchanged(comfy):
+    """anti-dreambooth and mist-v2 on a non-square image: the LoRA surrogate trains on the
+    host's own UNet during the attack. The saved PNGs keep the input's size and the budget,
+    the two methods differ, and a KSampler run before and after gives the same latent bit
+    for bit, from the same cached model object."""
+    lat0, img0, _ = sampled(comfy, 11, "advdm_ft_before")
+    h, w = 64, 96
+    src = artwork(h, w, 14)
+    name = comfy.upload("advdm_ft.png", src)
+    graph = protect_graph(CKPT_NAME, name, steps=4, prefix="advdm_ft_adb", method=SURROGATE_METHODS[0],
+                          surrogate_every=2, surrogate_steps=1)
+    graph["5"] = {"class_type": "AdvDMProtect", "inputs": {**graph["3"]["inputs"], "method": SURROGATE_METHODS[1]}}
+    graph["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "advdm_ft_mist2"}}
+    t0 = time.time()
+    entry = comfy.run(graph)
+    print(f"anti-dreambooth + mist-v2, 4 steps + 2 fine-tuning steps each, {w}x{h}: {time.time() - t0:.1f} s")
+    saved = {}
+    for method, node in zip(SURROGATE_METHODS, ("4", "6")):
+        saved[method] = load_png(comfy.output_file(entry, node))
+        diff = np.abs(saved[method] - src)
+        print(f"  {method}: saved {saved[method].shape}, max |saved - input| = {diff.max()}/255, "
+              f"changed {np.mean(diff > 0):.2%}")
+        assert saved[method].shape == src.shape
+        assert 0 < diff.max() <= EPSILON
+    assert not np.array_equal(*saved.values())
+    log = comfy.log_tail(400)
+    assert "(+ 2 LoRA surrogate fine-tuning steps: 1 before every 2)" in log, comfy.log_tail(30)
+    lat1, img1, cached = sampled(comfy, 11, "advdm_ft_after")
+    assert "1" in cached and "5" not in cached  # sampled again, with the model the Protect nodes used
+    assert lat1.dtype == lat0.dtype and np.array_equal(lat0, lat1)
+    assert np.array_equal(img0, img1)
+
+
+def test_interrupt_during_the_surrogate_fine_tune(comfy):
+    """POST /interrupt while anti-dreambooth fine-tunes its surrogate: 100 fine-tuning steps
+    come before the first attack step (far more than run in the 8 s before the interrupt), so
+    the cancel point that stops the run is a fine-tuning step's. It stops soon, and the LoRA
+    hooks are gone: sampling gives the latent it gave before."""
+    lat0, _, _ = sampled(comfy, 12, "advdm_ftint_before")
+    name = comfy.upload("advdm_ft_long.png", artwork(64, 96, 15))
+    graph = protect_graph(CKPT_NAME, name, steps=2000, seed=9, prefix="advdm_ft_long", method="anti-dreambooth",
+                          surrogate_every=1, surrogate_steps=100)
+    pid = comfy.submit(graph)
+    t0 = time.time()
+    while not comfy.get("/queue")["queue_running"]:
+        time.sleep(0.2)
+    time.sleep(8)
+    comfy.post("/interrupt")
+    t_int = time.time()
+    entry = comfy.wait(pid, timeout=300)
+    stopped = time.time() - t_int
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    print(f"interrupt during fine-tuning: sent {t_int - t0:.1f} s after start, run ended {stopped:.1f} s later, "
+          f"status {entry['status']['status_str']}, messages {kinds}")
+    assert entry["status"]["status_str"] == "error"
+    assert "execution_interrupted" in kinds
+    assert stopped < 60
+    lat1, _, cached = sampled(comfy, 12, "advdm_ftint_after")
+    assert "1" in cached and np.array_equal(lat0, lat1)
+
+
 def test_ksampler_after_protect(comfy):
     # Runs after the protection tests in the same server (file order): the cached model
     # had its inference weights replaced; sampling must still work.
