@@ -161,3 +161,51 @@ def test_protect_template_runs_twice_the_same_with_report_on_the_node(comfy, pag
     second = saved_png(comfy, run_and_wait(page, comfy))
     assert np.array_equal(first, second)
     shot(page, "protect_and_save_second_run")
+
+
+SURROGATE_INPUTS = ("surrogate_every", "surrogate_steps")
+
+
+def protect_widgets(pg, node_id: int) -> dict:
+    return pg.evaluate(f"Object.fromEntries({APP}.graph.getNodeById({node_id}).widgets.map(w => [w.name, w.value]))")
+
+
+def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_defaults(comfy, page):
+    """The Protect node offers the fine-tune-aware methods and their two knobs (with the core's
+    defaults); a workflow saved before the knobs existed loads with those defaults filled in,
+    and its earlier widgets keep their values."""
+    from advdm.settings import PROTECT
+
+    open_template(page, "protect_and_save")
+    widgets = protect_widgets(page, 4)
+    for name in SURROGATE_INPUTS:
+        assert widgets[name] == PROTECT[name].default, (name, widgets)
+    methods = page.evaluate(f"{APP}.graph.getNodeById(4).widgets.find(w => w.name === 'method').options.values")
+    assert {"ace", "anti-dreambooth", "mist-v2"} <= set(methods)
+    set_widget(page, 4, "method", "anti-dreambooth")
+    page.evaluate(f"() => {{ const c = {APP}.canvas; c.ds.scale = 1.4; c.centerOnNode({APP}.graph.getNodeById(4)); c.setDirty(true, true); }}")
+    page.wait_for_timeout(800)
+    shot(page, "protect_node_surrogate_inputs")
+    # widgets are drawn on the canvas, not in the DOM: that they are not hidden is what can be asked
+    hidden = page.evaluate(f"{APP}.graph.getNodeById(4).widgets.filter(w => w.hidden || w.options?.hidden).map(w => w.name)")
+    assert not set(hidden) & set(SURROGATE_INPUTS), hidden
+
+    # the template as it was saved before the two inputs existed
+    old = comfy_workflows.example("protect_and_save")
+    for node in old["nodes"]:
+        if node["type"] == "AdvDMProtect":
+            node["inputs"] = [i for i in node["inputs"] if i["name"] not in SURROGATE_INPUTS]
+            node["widgets_values"] = node["widgets_values"][:-2]
+            for name in SURROGATE_INPUTS:
+                node["widgets_values_named"].pop(name)
+            node["widgets_values"][2] = 7  # steps: a saved value must survive the load
+    page.evaluate(f"(wf) => {APP}.loadGraphData(wf)", old)
+    page.wait_for_timeout(1500)
+    widgets = protect_widgets(page, 4)
+    assert widgets["steps"] == 7 and widgets["eot_jpeg"] == 0
+    for name in SURROGATE_INPUTS:
+        assert widgets[name] == PROTECT[name].default, (name, widgets)
+    inputs = frontend_prompt(page)["4"]["inputs"]
+    assert inputs["steps"] == 7 and {k: inputs[k] for k in SURROGATE_INPUTS} == {
+        k: PROTECT[k].default for k in SURROGATE_INPUTS}
+    shot(page, "protect_node_old_workflow")
