@@ -142,5 +142,5 @@ def test_template_seeds_are_fixed_and_defaults_are_the_cores(path):
         if n["type"] in OUR_NODES:
             assert "fixed" in n["widgets_values"], (n["type"], n["id"])
         if n["type"] == "AdvDMProtect":
-            for k in ("method", "epsilon", "steps", "step_size", "samples", "seed", "view"):
+            for k in ("method", "epsilon", "steps", "step_size", "samples", "seed", "view", "surrogate_every", "surrogate_steps"):
                 assert named[k] == PROTECT[k].default, k
