@@ -20,6 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or a host's own linear layer that is not one: Forge 2.x's
+    backend.operations.ForgeOperations.Linear is a bare nn.Module with in_features,
+    out_features and a 2-D weight (F.linear in its forward)."""
+    if isinstance(module, nn.Linear):
+        return True
+    w = getattr(module, "weight", None)
+    return (type(module).__name__ == "Linear" and isinstance(w, torch.Tensor) and w.dim() == 2
+            and getattr(module, "in_features", None) == w.shape[1]
+            and getattr(module, "out_features", None) == w.shape[0])
+
+
 class _Adapter(nn.Module):
     """B A for one layer, in float32 on the layer's device."""
 
@@ -28,7 +40,8 @@ class _Adapter(nn.Module):
         device = layer.weight.device
         self.scale = alpha / rank
         self.layer = [layer]  # a list, so the host's layer is not registered as our submodule
-        if isinstance(layer, nn.Linear):
+        self.linear = _is_linear(layer)
+        if self.linear:
             fan_in = layer.in_features
             down = torch.randn(rank, fan_in, generator=gen) / math.sqrt(fan_in)
             up = torch.zeros(layer.out_features, rank)
@@ -42,7 +55,7 @@ class _Adapter(nn.Module):
     def delta(self, x: Tensor) -> Tensor:
         layer = self.layer[0]
         x = x.to(self.down.device, torch.float32)
-        if isinstance(layer, nn.Linear):
+        if self.linear:
             return F.linear(F.linear(x, self.down), self.up) * self.scale
         h = F.conv2d(x, self.down, None, layer.stride, layer.padding, layer.dilation)
         return F.conv2d(h, self.up) * self.scale
@@ -52,7 +65,7 @@ class _Adapter(nn.Module):
 
 
 def _wrappable(module: nn.Module, convs: bool) -> bool:
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         return True
     return (convs and isinstance(module, nn.Conv2d) and module.groups == 1
             and module.padding_mode == "zeros")
