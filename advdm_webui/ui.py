@@ -10,6 +10,7 @@ import gradio as gr
 
 import advdm
 from advdm import images as advdm_images
+from advdm.objectives import SURROGATE_METHODS
 from advdm.settings import MEASURE, PRESETS, PROTECT
 
 from modules import call_queue, shared  # noqa: E402
@@ -47,18 +48,30 @@ def _uploaded(files) -> list:
     return out
 
 
-def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg):
+def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
+            surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default):
+    # surrogate left at None: on for the methods built on it (anti-dreambooth, mist-v2)
     return advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size), steps=int(steps),
                                samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view,
-                               eot_jpeg=int(eot_jpeg) or None)
+                               eot_jpeg=int(eot_jpeg) or None, surrogate_every=int(surrogate_every),
+                               surrogate_steps=int(surrogate_steps))
+
+
+def surrogate_visible(method: str) -> bool:
+    """The fine-tuning sliders matter only to the methods that fine-tune a surrogate."""
+    return method in SURROGATE_METHODS
 
 
 def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
-        seed, view, eot_jpeg, prompt, do_measure, measure_samples):
-    """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
+        seed, view, eot_jpeg, prompt, do_measure, measure_samples,
+        surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default):
+    """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun.
+    (The surrogate's sliders come last, so a caller of the event's positional API from before
+    them keeps working.)"""
     from advdm_webui import webui
 
-    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg)
+    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
+                     surrogate_every, surrogate_steps)
     out_dir = Path(output_dir.strip()) if output_dir and output_dir.strip() else webui.default_output_dir()
     if mode == UPLOAD:
         files = _uploaded(uploads)
@@ -111,8 +124,9 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
         status = f"<p>Interrupted: {len(saved)} of {len(items)} image(s) finished and saved.</p>"
     except webui.UnsupportedModel as e:
         return gallery, f"<div class='error'>{html.escape(str(e))}</div>"
+    tuning = (f", surrogate fine-tuned {config.progress_steps - config.steps} steps" if config.surrogate else "")
     summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
-               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps).</p>")
+               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps{tuning}).</p>")
     return gallery, status + summary + "".join(reports)
 
 
@@ -153,6 +167,12 @@ def on_ui_tabs():
                     seed = gr.Number(value=PROTECT["seed"].default, precision=0, label="Seed")
                     view = _dropdown("view", "View")
                 eot_jpeg = _slider("eot_jpeg", "JPEG-robust down to quality (0 = off)")
+                with gr.Accordion("Fine-tuning surrogate (anti-dreambooth, mist-v2)", open=True,
+                                  visible=surrogate_visible(PROTECT["method"].default),
+                                  elem_id="advdm_surrogate") as surrogate_box:
+                    with gr.Row():
+                        surrogate_every = _slider("surrogate_every", "Fine-tune before every N attack steps")
+                        surrogate_steps = _slider("surrogate_steps", "Fine-tuning steps each time")
                 prompt = gr.Textbox(value=PROTECT["prompt"].default, label="Conditioning prompt")
                 with gr.Row():
                     do_measure = gr.Checkbox(value=True, label="Measure protection")
@@ -175,11 +195,13 @@ def on_ui_tabs():
                     gr.update(value=p["steps"]), gr.update(value=p["samples"])]
 
         preset.change(apply_preset, inputs=[preset], outputs=[epsilon, step_size, steps, samples])
+        method.change(lambda m: gr.update(visible=surrogate_visible(m)), inputs=[method], outputs=[surrogate_box])
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
         go.click(
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
             inputs=[id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples,
-                    t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples],
+                    t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples,
+                    surrogate_every, surrogate_steps],
             outputs=[gallery, info],
             **_js_kw(SUBMIT_JS),
         )
