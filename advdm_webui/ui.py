@@ -124,7 +124,8 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
         status = f"<p>Interrupted: {len(saved)} of {len(items)} image(s) finished and saved.</p>"
     except webui.UnsupportedModel as e:
         return gallery, f"<div class='error'>{html.escape(str(e))}</div>"
-    tuning = (f", surrogate fine-tuned {config.progress_steps - config.steps} steps" if config.surrogate else "")
+    tuned = config.progress_steps - config.steps
+    tuning = f", {tuned} surrogate fine-tuning step{'s' if tuned != 1 else ''}" if config.surrogate else ""
     summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
                f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps{tuning}).</p>")
     return gallery, status + summary + "".join(reports)
