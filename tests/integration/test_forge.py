@@ -188,7 +188,7 @@ def _tab_protect(server, tmp_path, src, method="advdm"):
     png(src, tmp_path / "upload.png")
     out_dir = tmp_path / "tab-out"
     client = gradio_client.Client(server.base, verbose=False)  # --api-auth guards the API, not the UI
-    args = ["task(advdm-test)", "Upload", gradio_client.handle_file(str(tmp_path / "upload.png")), "",
+    args = ["task(advdm-test)", "Upload", [gradio_client.handle_file(str(tmp_path / "upload.png"))], "",
             str(out_dir), method, 8, 1, 2, 1, 0.0, 1.0, 0, "full", 0, "a painting", False, 2, 2, 1]
     gallery, info = client.predict(*args, fn_index=fn_index)
     assert "Saved 1 protected image" in info, info
