@@ -10,7 +10,6 @@ import gradio as gr
 
 import advdm
 from advdm import images as advdm_images
-from advdm.objectives import SURROGATE_METHODS
 from advdm.settings import MEASURE, PRESETS, PROTECT
 
 from modules import call_queue, shared  # noqa: E402
@@ -55,11 +54,6 @@ def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view
                                samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view,
                                eot_jpeg=int(eot_jpeg) or None, surrogate_every=int(surrogate_every),
                                surrogate_steps=int(surrogate_steps))
-
-
-def surrogate_visible(method: str) -> bool:
-    """The fine-tuning sliders matter only to the methods that fine-tune a surrogate."""
-    return method in SURROGATE_METHODS
 
 
 def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
@@ -168,9 +162,10 @@ def on_ui_tabs():
                     seed = gr.Number(value=PROTECT["seed"].default, precision=0, label="Seed")
                     view = _dropdown("view", "View")
                 eot_jpeg = _slider("eot_jpeg", "JPEG-robust down to quality (0 = off)")
-                with gr.Accordion("Fine-tuning surrogate (anti-dreambooth, mist-v2)", open=True,
-                                  visible=surrogate_visible(PROTECT["method"].default),
-                                  elem_id="advdm_surrogate") as surrogate_box:
+                # Always shown, closed. Hidden at first and shown by a method.change event, it made
+                # A1111's Gradio 3.41 send the uploaded file as an empty one (the browser test).
+                with gr.Accordion("Fine-tuning surrogate (anti-dreambooth, mist-v2 only)", open=False,
+                                  elem_id="advdm_surrogate"):
                     with gr.Row():
                         surrogate_every = _slider("surrogate_every", "Fine-tune before every N attack steps")
                         surrogate_steps = _slider("surrogate_steps", "Fine-tuning steps each time")
@@ -196,7 +191,6 @@ def on_ui_tabs():
                     gr.update(value=p["steps"]), gr.update(value=p["samples"])]
 
         preset.change(apply_preset, inputs=[preset], outputs=[epsilon, step_size, steps, samples])
-        method.change(lambda m: gr.update(visible=surrogate_visible(m)), inputs=[method], outputs=[surrogate_box])
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
         go.click(
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
