@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 import advdm
 from advdm import images as advdm_images
+from advdm.attack import SURROGATE_FIELDS
 from advdm.settings import MEASURE, PRESETS, PROTECT
 
 from modules import shared  # noqa: E402
@@ -55,6 +56,12 @@ class ProtectRequest(BaseModel):
     seed: int = _knob("seed")
     view: _choices("view") = _knob("view")
     eot_jpeg: int = _knob("eot_jpeg")
+    surrogate: Optional[bool] = Field(None, description="attack through a LoRA surrogate that keeps fine-tuning on "
+                                      "the image (default: on for anti-dreambooth and mist-v2 only)")
+    surrogate_every: int = _knob("surrogate_every")
+    surrogate_steps: int = _knob("surrogate_steps")
+    surrogate_rank: int = _knob("surrogate_rank")
+    surrogate_lr: float = _knob("surrogate_lr")
     prompt: str = _knob("prompt")
     measure: bool = True
     measure_samples: int = _knob("samples", MEASURE)
@@ -82,10 +89,17 @@ def make_config(req: ProtectRequest) -> advdm.ProtectConfig:
     """The preset's values, then every field the request gives."""
     given = req.model_fields_set if hasattr(req, "model_fields_set") else req.__fields_set__
     kwargs = dict(PRESETS[req.preset])
-    for k in ("method", "epsilon", "step_size", "steps", "samples", "t_min", "t_max", "seed", "view"):
+    for k in ("method", "epsilon", "step_size", "steps", "samples", "t_min", "t_max", "seed", "view",
+              *SURROGATE_FIELDS):
         if k in given or k not in kwargs:
             kwargs[k] = getattr(req, k)
     return advdm.ProtectConfig(eot_jpeg=req.eot_jpeg or None, **kwargs)
+
+
+def config_dict(config: advdm.ProtectConfig, prompt: str) -> dict:
+    """The settings used, as the PNG metadata records them, plus whether the surrogate ran
+    (as_dict leaves the surrogate's fields out when it is off)."""
+    return {**config.as_dict(), "surrogate": bool(config.surrogate), "prompt": prompt}
 
 
 def _field_errors(errors: List[dict]) -> str:
@@ -219,7 +233,7 @@ def protect_endpoint(req: ProtectRequest) -> ProtectResponse:
             raise HTTPException(status_code=409, detail=str(e)) from None
         finally:
             shared.state.end()
-    return ProtectResponse(images=items, config={**config.as_dict(), "prompt": req.prompt}, interrupted=interrupted)
+    return ProtectResponse(images=items, config=config_dict(config, req.prompt), interrupted=interrupted)
 
 
 def _free_name(folder: Path, stem: str) -> Path:

@@ -47,18 +47,25 @@ def _uploaded(files) -> list:
     return out
 
 
-def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg):
+def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
+            surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default):
+    # surrogate left at None: on for the methods built on it (anti-dreambooth, mist-v2)
     return advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size), steps=int(steps),
                                samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view,
-                               eot_jpeg=int(eot_jpeg) or None)
+                               eot_jpeg=int(eot_jpeg) or None, surrogate_every=int(surrogate_every),
+                               surrogate_steps=int(surrogate_steps))
 
 
 def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
-        seed, view, eot_jpeg, prompt, do_measure, measure_samples):
-    """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
+        seed, view, eot_jpeg, prompt, do_measure, measure_samples,
+        surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default):
+    """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun.
+    (The surrogate's sliders come last, so a caller of the event's positional API from before
+    them keeps working.)"""
     from advdm_webui import webui
 
-    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg)
+    config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
+                     surrogate_every, surrogate_steps)
     out_dir = Path(output_dir.strip()) if output_dir and output_dir.strip() else webui.default_output_dir()
     if mode == UPLOAD:
         files = _uploaded(uploads)
@@ -111,8 +118,10 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
         status = f"<p>Interrupted: {len(saved)} of {len(items)} image(s) finished and saved.</p>"
     except webui.UnsupportedModel as e:
         return gallery, f"<div class='error'>{html.escape(str(e))}</div>"
+    tuned = config.progress_steps - config.steps
+    tuning = f", {tuned} surrogate fine-tuning step{'s' if tuned != 1 else ''}" if config.surrogate else ""
     summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
-               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps).</p>")
+               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps{tuning}).</p>")
     return gallery, status + summary + "".join(reports)
 
 
@@ -153,6 +162,13 @@ def on_ui_tabs():
                     seed = gr.Number(value=PROTECT["seed"].default, precision=0, label="Seed")
                     view = _dropdown("view", "View")
                 eot_jpeg = _slider("eot_jpeg", "JPEG-robust down to quality (0 = off)")
+                # Always shown, closed. Hidden at first and shown by a method.change event, it made
+                # A1111's Gradio 3.41 send the uploaded file as an empty one (the browser test).
+                with gr.Accordion("Fine-tuning surrogate (anti-dreambooth, mist-v2 only)", open=False,
+                                  elem_id="advdm_surrogate"):
+                    with gr.Row():
+                        surrogate_every = _slider("surrogate_every", "Fine-tune before every N attack steps")
+                        surrogate_steps = _slider("surrogate_steps", "Fine-tuning steps each time")
                 prompt = gr.Textbox(value=PROTECT["prompt"].default, label="Conditioning prompt")
                 with gr.Row():
                     do_measure = gr.Checkbox(value=True, label="Measure protection")
@@ -179,7 +195,8 @@ def on_ui_tabs():
         go.click(
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
             inputs=[id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples,
-                    t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples],
+                    t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples,
+                    surrogate_every, surrogate_steps],
             outputs=[gallery, info],
             **_js_kw(SUBMIT_JS),
         )

@@ -141,6 +141,8 @@ def loaded_model(prompt: str, width: int, height: int):
 
 
 def progress_callback(job_no: int, preview: bool = True) -> Callable[[int, int, torch.Tensor], None]:
+    """protect()'s progress(done, total, current), after every PGD step and every surrogate
+    fine-tuning step (total: config.progress_steps); Interrupt raises here, so it stops either phase."""
     state = shared.state
 
     def progress(step: int, total: int, current: torch.Tensor) -> None:
@@ -189,6 +191,9 @@ def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.Pr
                 measure_max_samples: int = MEASURE["max_samples"].default,
                 levels: int = 255) -> dict:
     shared.state.textinfo = f"Protecting image {job_no + 1}/{max(shared.state.job_count, 1)} ({config.method})"
+    # The bar's length from the start: protect() counts the surrogate's fine-tuning steps too.
+    shared.state.sampling_steps = config.progress_steps
+    shared.state.sampling_step = 0
     out = advdm.protect(model, rgb, config, progress=progress_callback(job_no), levels=levels)
     result = {"protected": out, "measurement": None}
     if measure:

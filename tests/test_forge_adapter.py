@@ -261,6 +261,24 @@ def test_protect_budget_and_model_left_as_it_was(sd_model):
         o.unet.model.apply_model(torch.randn(1, 4, 4, 4), torch.tensor([1.0]), c_crossattn=torch.randn(1, 4, CONTEXT_DIM))
 
 
+@pytest.mark.parametrize("method", ["anti-dreambooth", "mist-v2"])
+def test_fine_tune_aware_protection_trains_its_lora_on_forges_unet_and_removes_it(sd_model, method):
+    """The LoRA surrogate hooks Forge's own layers (ForgeOperations.Linear is an nn.Module, not an
+    nn.Linear), trains, and is gone afterwards: weights, requires_grad flags and hooks as before."""
+    o = sd_model.forge_objects_after_applying_lora
+    assert any(type(m).__name__ == "Linear" and not isinstance(m, torch.nn.Linear)
+               for m in o.unet.model.diffusion_model.modules())  # what the adapters must recognise
+    before = _snapshot(sd_model)
+    x = _image(32, 48)
+    out = _protect(sd_model, x, method=method, steps=4, surrogate_every=2, surrogate_steps=1)
+    assert out.shape == x.shape and (out != x).any()
+    assert ((out - x).abs() * 255).round().max() <= 8
+    after = _snapshot(sd_model)
+    for (sd_before, flags_before), (sd_after, flags_after) in zip(before, after):
+        assert flags_before == flags_after and all(torch.equal(sd_before[k], sd_after[k]) for k in sd_before)
+    assert not any(m._forward_hooks for m in o.unet.model.modules())
+
+
 def test_protect_after_a_lora_merge_makes_weights_inference_tensors_again(backend):
     """Forge's LoRA merge (patcher/lora.py, under inference mode) replaces the merged
     parameters with new inference tensors; the protection after it uses the merged weights."""

@@ -6,7 +6,9 @@ offline (HF_HUB_OFFLINE=1) with a CLIP tokenizer cache built by a1111_setup.py a
 random-weight SD1.5 checkpoint (A1111_CKPT, or generated once into the pytest cache).
 It protects an image over HTTP, checks the budget on the returned PNG, the --api-auth guard
 and the folder confinement, runs a txt2img afterwards, and checks that /sdapi/v1/interrupt
-stops a long protection. Last, it switches the web UI to a reduced random-weight SDXL
+stops a long protection. The fine-tune-aware methods (anti-dreambooth, mist-v2: a LoRA
+surrogate trained on the web UI's UNet during the attack) hold the budget on a 96 x 64 PNG and
+leave a seeded txt2img identical, and Interrupt stops one while it fine-tunes. Last, it switches the web UI to a reduced random-weight SDXL
 checkpoint (A1111_SDXL_CKPT with its .yaml beside it, or generated once into the pytest cache;
 see a1111_setup.py sdxl-checkpoint), which the web UI loads as an sgm DiffusionEngine with
 is_sdxl, and protects over HTTP again; then to a random-weight SD3 checkpoint (A1111_SD3_CKPT or
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import AUTH, Client, free_port as _port, interrupt_stops_a_long_protection, stop, wait_for_route
+from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
+from webui_client import surrogate_protection_holds, wait_for_route
 from webui_client import decode as _decode, image as _image, png as _png
 
 A1111_DIR = os.environ.get("A1111_DIR")
@@ -136,6 +139,9 @@ def test_no_callback_order_warnings_under_another_folder_name(server):
     ({"epsilon": 0}, "epsilon"), ({"epsilon": 300}, "epsilon"), ({"steps": -1}, "steps"), ({"steps": "many"}, "steps"),
     ({"samples": 0}, "samples"), ({"t_max": 1.5}, "t_max"), ({"t_min": 0.8, "t_max": 0.2}, "t_min"),
     ({"eot_jpeg": 120}, "eot_jpeg"), ({"measure_samples": 0}, "measure_samples"), ({"epsilion": 8}, "epsilion"),
+    ({"surrogate_every": 0}, "surrogate_every"), ({"surrogate_steps": 101}, "surrogate_steps"),
+    ({"surrogate_rank": 0}, "surrogate_rank"), ({"surrogate_lr": 1}, "surrogate_lr"),
+    ({"surrogate": "sometimes"}, "surrogate"), ({"method": "photoguard", "surrogate": True}, "surrogate"),
 ])
 def test_every_bad_field_is_a_400_naming_it(server, bad, field):
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(8, 8))], **FAST, **bad})
@@ -157,6 +163,10 @@ def test_schema_shows_choices_bounds_and_the_cores_defaults(server):
     assert "advdm" in choices("method") and "auto" in choices("view")
     assert (props["epsilon"]["default"], props["epsilon"]["minimum"], props["epsilon"]["maximum"]) == (12, 1, 64)
     assert props["steps"]["default"] == 60 and props["measure_samples"]["default"] == 16
+    assert {"anti-dreambooth", "mist-v2", "ace"} <= set(choices("method"))
+    assert (props["surrogate_every"]["default"], props["surrogate_every"]["minimum"],
+            props["surrogate_every"]["maximum"]) == (10, 1, 1000)
+    assert props["surrogate_steps"]["maximum"] == 100 and "surrogate_rank" in props and "surrogate_lr" in props
 
 
 def test_preset_sets_what_the_request_does_not_give(server):
@@ -231,7 +241,8 @@ def test_protect_tab_is_built_with_its_controls(server):
     status, config = server.call("GET", "/config")  # Gradio's description of every component
     assert status == 200
     labels = {c.get("props", {}).get("label") for c in config["components"]}
-    assert {"View", "JPEG-robust down to quality (0 = off)", "Budget epsilon (/255)"} <= labels
+    assert {"View", "JPEG-robust down to quality (0 = off)", "Budget epsilon (/255)",
+            "Fine-tune before every N attack steps", "Fine-tuning steps each time"} <= labels
     assert "advdm" not in "".join(l for l in (server.data / "server.log").read_text().splitlines()
                                   if "Error" in l or "Traceback" in l)
 
@@ -286,6 +297,31 @@ def test_interrupt_stops_a_long_protection(server):
     # the model is usable again (parameters, attention and VAE restored)
     status, d = server.call("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 64, "height": 64})
     assert status == 200, d
+
+
+TXT2IMG = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler"}
+
+
+def _seeded_txt2img(server):
+    status, d = server.call("POST", "/sdapi/v1/txt2img", TXT2IMG)
+    assert status == 200, d
+    return _decode(d["images"][0])
+
+
+@pytest.mark.parametrize("method", ["anti-dreambooth", "mist-v2"])
+def test_fine_tune_aware_method_holds_the_budget_and_leaves_the_model_bit_identical(server, method):
+    """The LoRA surrogate trains on the host's own UNet during the attack (forward hooks): a
+    96 x 64 PNG comes back at its size within the budget, and a seeded txt2img is the same
+    image before and after."""
+    before = _seeded_txt2img(server)
+    surrogate_protection_holds(server, method)
+    assert np.array_equal(before, _seeded_txt2img(server))
+
+
+def test_interrupt_stops_a_fine_tune_aware_protection_while_it_fine_tunes(server):
+    before = _seeded_txt2img(server)
+    interrupt_stops_a_long_protection(server, **LONG_SURROGATE)
+    assert np.array_equal(before, _seeded_txt2img(server))  # the LoRA came off on the interrupt
 
 
 def _protect_with_checkpoint(server, name, src, label):

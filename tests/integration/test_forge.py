@@ -9,7 +9,10 @@ bad input answers 400, a seeded txt2img gives the same image before and after a 
 protects an uploaded image, a protection after a generation with a LoRA uses the LoRA's weights
 (and one after a generation without it does not); and after a generation with the LoRA, and on
 a reduced SDXL checkpoint Forge detects as SDXL, all of it again: a 96 x 64 PNG over HTTP within
-the budget, the tab, Interrupt, txt2img identical before and after.
+the budget, the tab, Interrupt, txt2img identical before and after. The fine-tune-aware methods
+(anti-dreambooth, mist-v2: a LoRA surrogate trained on Forge's UNet during the attack) hold the
+budget on a 96 x 64 PNG and leave txt2img identical, through the API and the tab, and Interrupt
+stops one while it fine-tunes.
 
     FORGE_DIR=... FORGE_PY=.../venv/bin/python [FORGE_HF_HOME=...] [FORGE_CKPT=...] \
         [FORGE_SDXL_CKPT=...] [FORGE_LORA=...] python -m pytest -q tests/integration/test_forge.py
@@ -30,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import (AUTH, Client, decode, free_port, image, interrupt_stops_a_long_protection, png, stop,
-                          wait_for_route)
+from webui_client import (AUTH, LONG_SURROGATE, Client, decode, free_port, image, interrupt_stops_a_long_protection,
+                          png, stop, surrogate_protection_holds, wait_for_route)
 
 FORGE_DIR = os.environ.get("FORGE_DIR")
 FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, "venv", "bin", "python"))
@@ -138,6 +141,10 @@ def test_bad_input_is_refused_with_a_clear_message(server):
     assert status == 400 and "image" in json.dumps(d).lower(), d
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [png(image(8, 8))], **FAST, "epsilon": -1})
     assert status == 400, d
+    for bad, field in (({"surrogate_steps": 0}, "surrogate_steps"), ({"surrogate_lr": 1}, "surrogate_lr"),
+                       ({"method": "photoguard", "surrogate": True}, "surrogate")):
+        status, d = server.call("POST", "/advdm/v1/protect", {"images": [png(image(8, 8))], **FAST, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
     status, _ = server.call("POST", "/advdm/v1/protect", {"images": [png(image(8, 8))], **FAST}, auth=None)
     assert status == 401
 
@@ -153,9 +160,24 @@ def test_interrupt_stops_a_long_protection(server):
     _txt2img(server)  # the model generates again
 
 
-def _tab_protect(server, tmp_path, src):
+@pytest.mark.parametrize("method", ["anti-dreambooth", "mist-v2"])
+def test_fine_tune_aware_method_holds_the_budget_and_leaves_the_model_bit_identical(server, method):
+    """The LoRA surrogate trains on Forge's own UNet (forward hooks on the KModel's diffusion_model):
+    a 96 x 64 PNG comes back at its size within the budget; txt2img identical before and after."""
+    before = _txt2img(server)
+    surrogate_protection_holds(server, method)
+    assert np.array_equal(before, _txt2img(server))
+
+
+def test_interrupt_stops_a_fine_tune_aware_protection_while_it_fine_tunes(server):
+    before = _txt2img(server)
+    interrupt_stops_a_long_protection(server, **LONG_SURROGATE)
+    assert np.array_equal(before, _txt2img(server))  # the LoRA came off on the interrupt
+
+
+def _tab_protect(server, tmp_path, src, method="advdm"):
     """The Protect button's Gradio event, called with Gradio's own client and an uploaded file:
-    the saved file is within the budget."""
+    the saved file is within the budget. (The last two inputs are the surrogate's sliders.)"""
     gradio_client = pytest.importorskip("gradio_client")
     from PIL import Image
 
@@ -166,17 +188,20 @@ def _tab_protect(server, tmp_path, src):
     png(src, tmp_path / "upload.png")
     out_dir = tmp_path / "tab-out"
     client = gradio_client.Client(server.base, verbose=False)  # --api-auth guards the API, not the UI
-    args = ["task(advdm-test)", "Single image", gradio_client.handle_file(str(tmp_path / "upload.png")), "",
-            str(out_dir), "advdm", 8, 1, 2, 1, 0.0, 1.0, 0, "full", 0, "a painting", False, 2]
+    args = ["task(advdm-test)", "Upload", [gradio_client.handle_file(str(tmp_path / "upload.png"))], "",
+            str(out_dir), method, 8, 1, 2, 1, 0.0, 1.0, 0, "full", 0, "a painting", False, 2, 2, 1]
     gallery, info = client.predict(*args, fn_index=fn_index)
     assert "Saved 1 protected image" in info, info
+    if method in ("anti-dreambooth", "mist-v2"):
+        assert "2 steps, 1 surrogate fine-tuning step)" in info, info  # the sliders reached ProtectConfig
     (saved,) = out_dir.glob("*.png")
     _within_budget(src, np.array(Image.open(saved).convert("RGB")))
     assert len(gallery) == 3  # before, after, difference
 
 
-def test_protect_tab_protects_an_uploaded_image(server, tmp_path):
-    _tab_protect(server, tmp_path, image(40, 56, seed=4))
+@pytest.mark.parametrize("method", ["advdm", "anti-dreambooth"])
+def test_protect_tab_protects_an_uploaded_image(server, tmp_path, method):
+    _tab_protect(server, tmp_path, image(40, 56, seed=4), method)
 
 
 def _everything_works(server, tmp_path, prompt):

@@ -103,14 +103,44 @@ def decode(b64):
     return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
-def interrupt_stops_a_long_protection(client: Client) -> None:
+# A fine-tune-aware run whose first phase is 100 fine-tuning steps (the most the API takes):
+# 2000 attack steps + 2 phases x 100 fine-tuning steps, the first 100 before any attack step.
+LONG_SURROGATE = {"method": "anti-dreambooth", "surrogate_every": 1000, "surrogate_steps": 100}
+# A small fine-tune-aware run: 4 attack steps, a fine-tuning step before steps 0 and 2.
+SMALL_SURROGATE = {"steps": 4, "epsilon": 8, "view": "full", "measure": False, "surrogate_every": 2,
+                   "surrogate_steps": 1}
+
+
+def surrogate_protection_holds(client: Client, method: str, h: int = 64, w: int = 96) -> np.ndarray:
+    """A fine-tune-aware method over HTTP on an h x w PNG: same size, 8-bit, within the budget,
+    the config it ran with returned; the protected image."""
+    src = image(h, w, seed=11)
+    status, d = client.call("POST", "/advdm/v1/protect", {"images": [png(src)], "names": [f"{method}.png"],
+                                                          "method": method, **SMALL_SURROGATE})
+    assert status == 200, d
+    assert not d["interrupted"]
+    c = d["config"]
+    assert (c["method"], c["surrogate"], c["steps"], c["surrogate_every"], c["surrogate_steps"]) == (method, True, 4, 2, 1), c
+    (item,) = d["images"]
+    out = decode(item["image"])
+    assert out.shape == src.shape and out.dtype == np.uint8  # same size, mode, 8-bit
+    diff = np.abs(out.astype(int) - src.astype(int))
+    assert 0 < diff.max() <= 8
+    return out
+
+
+def interrupt_stops_a_long_protection(client: Client, **extra) -> None:
     """A protection of 2000 steps (the most the API takes) shows progress through /sdapi/v1/progress and stops soon
-    after /sdapi/v1/interrupt, answering interrupted with no images."""
+    after /sdapi/v1/interrupt, answering interrupted with no images. With LONG_SURROGATE as extra, the bar
+    counts the fine-tuning steps and the interrupt lands in the first fine-tuning phase."""
     result = {}
+    total = 2000
+    if extra.get("method") in ("anti-dreambooth", "mist-v2"):
+        total += -(-2000 // extra["surrogate_every"]) * extra["surrogate_steps"]
 
     def run():
-        result["r"] = client.call("POST", "/advdm/v1/protect",
-                                  {"images": [png(image(64, 64))], "steps": 2000, "view": "full", "measure": False})
+        result["r"] = client.call("POST", "/advdm/v1/protect", {"images": [png(image(64, 64))], "steps": 2000,
+                                                                "view": "full", "measure": False, **extra})
 
     t = threading.Thread(target=run)
     t.start()
@@ -122,7 +152,9 @@ def interrupt_stops_a_long_protection(client: Client) -> None:
         time.sleep(0.5)
     else:
         pytest.fail(f"protection never showed progress: {p}")
-    assert p["state"]["sampling_steps"] == 2000
+    assert p["state"]["sampling_steps"] == total
+    if total > 2000:
+        assert p["state"]["sampling_step"] < extra["surrogate_steps"], p  # still fine-tuning
     started = time.time()
     status, _ = client.call("POST", "/sdapi/v1/interrupt")
     assert status == 200
