@@ -65,15 +65,17 @@ import styles  # noqa: E402
 from advdm.attack import ProtectConfig, protect  # noqa: E402
 from advdm.checkpoints import load_model  # noqa: E402
 from advdm.draws import Draws  # noqa: E402
-from advdm.evaluation.measure import fixed_loss, noise_control  # noqa: E402
+from advdm.evaluation.measure import DrawLosses, fixed_loss, noise_control  # noqa: E402
 from advdm.evaluation.mimicry import MimicryConfig, fractions, noise_set, seed_losses  # noqa: E402
+from advdm.evaluation.stats import ratio_of_means  # noqa: E402
 from advdm.finetune import FinetuneConfig  # noqa: E402
 from advdm.model import diffusion_loss  # noqa: E402
+from advdm.objectives import SURROGATE_METHODS  # noqa: E402
 
 TOKEN = "sks"
 MIMIC_PROMPT = f"a painting in style {TOKEN}"
 EDIT_PROMPT = "a painting"
-METHODS = ("advdm", "mist", "sds", "photoguard")
+METHODS = ("advdm", "mist", "sds", "photoguard", "ace", "anti-dreambooth", "mist-v2")
 FULL_LR, LORA_LR, TI_LR = 1e-3, 3e-3, 5e-3
 # Paired differences at or below this count as ties: noise-control fine-tunes land within
 # 0.001 of clean ones, which is no evidence of anything.
@@ -312,32 +314,68 @@ def fraction_run(args, model, methods, seeds, pgd_steps, pgd_samples, log) -> di
     """The mimicry check's judge (advdm.evaluation.mimicry): per seed, a LoRA fine-tune on
     the clean, each protected and each same-budget noise set of the seed's images, and the
     loss on fresh held-out images of the style with the base model as zero. One fine-tune
-    seed per benchmark seed, so the table's spread is the spread across fine-tune seeds."""
+    seed per benchmark seed, so the table's spread is the spread across fine-tune seeds.
+
+    Also each set's loss on the base model (set_draw_losses): the mean loss of each image
+    over the same fixed draws for every set, kept per image so that the table's loss gain
+    can be bootstrapped across images.
+
+    The fine-tune-aware methods' surrogate trains at --surrogate-lr (default: the mimic's
+    --lora-lr): the surrogate stands in for the mimic, and the test-bed model learns at
+    that rate, not at the default 1e-4 set for SD-sized models. The other methods do not
+    read it, so their sets are the same as without it."""
     epsilons = [float(e) for e in args.epsilons.split(",")]
+    surrogate_lr = args.surrogate_lr if args.surrogate_lr is not None else args.lora_lr
     config = MimicryConfig(finetune=FinetuneConfig(steps=args.ft_steps, rank=args.lora_rank, lr=args.lora_lr),
                            draws=args.fraction_draws)
     per_seed = {}  # seed -> the check's per-draw losses (condition -> held_out / in_sample)
+    gains = {}  # seed -> condition -> per-image mean loss on the base model (fixed draws)
     for seed in seeds:
         clean = [x[None] for x in styles.batch(styles.HELD_OUT, range(10000 + 100 * seed, 10000 + 100 * seed + args.images))]
         held = [x[None] for x in styles.batch(styles.HELD_OUT, range(60000 + 100 * seed, 60000 + 100 * seed + args.images))]
         sets = {"clean": clean}
         for eps in epsilons:
             for m in methods:
-                cfg = ProtectConfig.preset("fast", method=m, epsilon=eps, steps=pgd_steps, samples=pgd_samples, seed=seed)
+                extra = {"surrogate_lr": surrogate_lr} if m in SURROGATE_METHODS else {}
+                cfg = ProtectConfig.preset("fast", method=m, epsilon=eps, steps=pgd_steps, samples=pgd_samples, seed=seed,
+                                           **extra)
+                t0 = time.time()
                 sets[f"{m} {eps:g}"] = [protect(model, x, cfg) for x in clean]
+                log(f"seed {seed}: {m} {eps:g}: {time.time() - t0:.0f} s for {len(clean)} images")
                 sets[f"noise {eps:g}"] = noise_set(clean, sets[f"{m} {eps:g}"], seed)
             log(f"seed {seed}: protected and noise sets at {eps:g}/255")
+        gains[seed] = {c: set_draw_losses(model, xs, args.fraction_draws) for c, xs in sets.items()}
         per_seed[seed] = seed_losses(model, sets, held, clean, config, seed)
         log(f"seed {seed}: " + ", ".join(f"{c} {v['held_out'].mean().item():.4f}" for c, v in per_seed[seed].items()))
         if args.json:
-            Path(args.json).write_text(json.dumps(fraction_json(args, per_seed, methods, epsilons), indent=1))
-    return fraction_json(args, per_seed, methods, epsilons)
+            Path(args.json).write_text(json.dumps(fraction_json(args, per_seed, methods, epsilons, gains), indent=1))
+    return fraction_json(args, per_seed, methods, epsilons, gains)
 
 
-def fraction_json(args, per_seed: dict, methods, epsilons) -> dict:
+def set_draw_losses(model, images, draws: int, seed: int = 0):
+    """Per image, its mean diffusion loss on the base model over `draws` fixed draws (the
+    same draws for every image, so clean and protected copies are compared draw by draw)."""
+    return [DrawLosses(model, x, seed).losses(draws).mean().item() for x in images]
+
+
+def fraction_json(args, per_seed: dict, methods, epsilons, gains=None) -> dict:
     return {"args": vars(args), "methods": methods, "epsilons": epsilons,
+            "surrogate_lr": args.surrogate_lr if args.surrogate_lr is not None else args.lora_lr,
             "losses": {str(seed): {c: {k: v.tolist() for k, v in d.items()} for c, d in s.items()}
-                       for seed, s in per_seed.items()}}
+                       for seed, s in per_seed.items()},
+            "gains": {str(seed): g for seed, g in (gains or {}).items()}}
+
+
+def loss_gain(gains: dict, condition: str):
+    """The set's loss on the base model over the clean set's, pooled over every seed's
+    images (ratio of means), with a 95% bootstrap-t interval resampling images; None if no
+    seed has the figures (files written before the column existed)."""
+    seeds = [g for g in gains.values() if condition in g and "clean" in g]
+    if not seeds:
+        return None
+    num = torch.tensor([v for g in seeds for v in g[condition]])
+    den = torch.tensor([v for g in seeds for v in g["clean"]])
+    return ratio_of_means(num, den)
 
 
 def render_fractions(runs) -> str:
@@ -345,12 +383,13 @@ def render_fractions(runs) -> str:
     the learned fraction across seeds (ratio of seed means, Student's t over seeds), the
     mean ± stdev of the per-seed fractions, the mean half-width of the per-seed (draws only)
     intervals, and the in-sample fraction."""
-    losses = {}
+    losses, gains = {}, {}
     for run in runs:
         losses.update(run["losses"])
+        gains.update(run.get("gains", {}))
     per_seed = [{c: {k: torch.tensor(v) for k, v in d.items()} for c, d in s.items()} for _, s in sorted(losses.items(), key=lambda kv: int(kv[0]))]
-    lines = ["| condition | held-out learned fraction (95% CI over seeds) | per seed: mean ± stdev | per-seed CI half-width (draws only) | in-sample fraction (95% CI) |",
-             "|" + " --- |" * 5]
+    lines = ["| condition | held-out learned fraction (95% CI over seeds) | per seed: mean ± stdev | per-seed CI half-width (draws only) | in-sample fraction (95% CI) | loss gain x clean (95% CI over images) |",
+             "|" + " --- |" * 6]
     conds = [c for c in per_seed[0] if c not in ("base", "clean")]
     for c in conds:
         f = fractions(per_seed, c, c)
@@ -364,11 +403,22 @@ def render_fractions(runs) -> str:
             return "n/a" if f[key] is None else f"{f[key]:.3f} ({f[key + '_low']:.3f} to {f[key + '_high']:.3f})"
 
         lines.append(f"| {c} | {ci('learned_fraction')} | {statistics.mean(vals):.3f} ± {sd:.3f} ({len(each)} seeds) | "
-                     f"{statistics.mean(halfs):.3f} | {ci('in_sample_fraction')} |")
+                     f"{statistics.mean(halfs):.3f} | {ci('in_sample_fraction')} | {gain_cell(gains, c)} |")
     f = fractions(per_seed, conds[0], conds[0])
     lines.append(f"\n{len(per_seed)} seeds; held-out loss base {f['loss_base']:.4f}, clean fine-tune {f['loss_clean']:.4f} "
                  f"(drop {f['clean_drop']:.1%} of base, 95% CI {f['clean_drop_low']:.1%} to {f['clean_drop_high']:.1%})")
+    lrs = sorted({run["surrogate_lr"] for run in runs if "surrogate_lr" in run})
+    if lrs:
+        lines[-1] += f"; surrogate lr {', '.join(f'{lr:g}' for lr in lrs)}"
+    if gains:
+        lines[-1] += ("; loss gain: each set's base-model loss over the clean set's, the same fixed draws per image, "
+                      "pooled over the seeds' images, bootstrap-t over images")
     return "\n".join(lines)
+
+
+def gain_cell(gains: dict, condition: str) -> str:
+    g = loss_gain(gains, condition)
+    return "n/a" if g is None else f"{g.estimate:.3f} ({g.low:.3f} to {g.high:.3f})"
 
 
 # ------------------------------------------------------------------ the run
@@ -453,7 +503,11 @@ def main(argv=None):
     p.add_argument("--epsilons", default="8,16", help="fraction judge: budgets /255, each with its own noise control")
     p.add_argument("--lora-rank", type=int, default=8, help="fraction judge: LoRA rank")
     p.add_argument("--lora-lr", type=float, default=1e-3, help="fraction judge: LoRA learning rate")
-    p.add_argument("--fraction-draws", type=int, default=32, help="fraction judge: fixed draws per evaluated image")
+    p.add_argument("--fraction-draws", type=int, default=32, help="fraction judge: fixed draws per evaluated image "
+                   "(also the draws of the loss-gain column)")
+    p.add_argument("--surrogate-lr", type=float, default=None,
+                   help="fraction judge: learning rate of the fine-tune-aware methods' LoRA surrogate "
+                        "(default: --lora-lr, the rate the test-bed model learns at)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, advdm only, few steps")
     p.add_argument("--json", help="write the raw numbers here")
@@ -500,7 +554,9 @@ def main(argv=None):
         print(render_fractions([run]))
         print(f"\nPGD {pgd_steps} steps x {pgd_samples} sample(s); {args.images} training and {args.images} held-out "
               f"'{styles.HELD_OUT}' images per seed; LoRA r{args.lora_rank} lr {args.lora_lr:g}, {args.ft_steps} steps; "
-              f"{args.fraction_draws} draws per image; seeds {seeds}; {(time.time() - t_start) / 60:.1f} min")
+              f"{args.fraction_draws} draws per image; surrogate (anti-dreambooth, mist-v2) lr {run['surrogate_lr']:g}; "
+              f"loss gain: base-model loss over the clean set's, {args.fraction_draws} fixed draws per image, "
+              f"bootstrap over images; seeds {seeds}; {(time.time() - t_start) / 60:.1f} min")
         if "classifier" not in judges:
             return run
     parts = load_parts(path)
