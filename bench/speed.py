@@ -3,6 +3,8 @@
     /work/venv/bin/python bench/speed.py                 # default: 256 and 512, all methods, fp32 + bf16
     python bench/speed.py --res 512 --methods advdm,sds --precision fp32 --steps 3
     python bench/speed.py --large                        # adds 1024 and 2048 (advdm + floor only)
+    python bench/speed.py --methods advdm,anti-dreambooth,mist-v2,ace --precision fp32 --cycles 1 --no-floor
+    python bench/speed.py --res 256 --methods advdm --finetune-step --precision fp32 --no-floor
 
 The model is built from the real SD1.5 component configs shipped in advdm/configs/sd1
 (UNet2DConditionModel + AutoencoderKL, ~940M parameters) with seeded random weights and a
@@ -11,6 +13,17 @@ resolution x precision, and the floor) runs in a fresh subprocess so peak memory
 mix. Methods are timed through the real advdm.protect() path with a progress callback;
 the floor is one plain VAE-encoder forward+backward w.r.t. its input plus one UNet
 forward+backward w.r.t. its input, all parameters frozen. See bench/README.md.
+
+The fine-tune-aware methods (anti-dreambooth, mist-v2) interleave surrogate_steps LoRA
+fine-tuning steps before every surrogate_every-th PGD step, the first phase before PGD step
+0. A warm-up step followed by two timed ones would time PGD steps only, so with --cycles N
+every method runs N x surrogate_every PGD steps, none of them untimed, and s/step is the
+whole run's wall time over its PGD steps: for these methods the fine-tuning steps are
+inside it, and so is their memory in the peak. The notes split it into the mean PGD step
+and the mean fine-tuning step (first of each kind, which carries one-off costs, left out)
+and give r, one fine-tuning step over one AdvDM step of the same run, which predicts the
+cost 1 + (surrogate_steps / surrogate_every) r. --finetune-step times the surrogate's
+fine-tuning step alone (advdm.finetune.train on a LoRA, as advdm.surrogate runs it).
 """
 from __future__ import annotations
 
@@ -31,8 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "advdm" / "configs" / "sd1"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-METHODS = ("advdm", "sds", "mist", "photoguard")
-GRAD_METHODS_USING_UNET = ("advdm", "sds", "mist")
+METHODS = ("advdm", "sds", "mist", "photoguard", "ace", "anti-dreambooth", "mist-v2")
+SURROGATE = ("anti-dreambooth", "mist-v2")  # LoRA surrogate fine-tuned during the attack
+GRAD_METHODS_USING_UNET = ("advdm", "sds", "mist", "ace", "anti-dreambooth", "mist-v2")
 
 # Reduced precisions. "bf16": UNet weights in bfloat16 (what the command line's
 # --dtype bfloat16 gives; the VAE stays float32). "bf16-autocast": float32 weights, the
@@ -226,8 +240,20 @@ def run_floor(spec, parts, device):
             "cpu_s": min(cpu_times[w:])}
 
 
+def tick_kinds(config) -> list:
+    """What each progress tick of protect(config) is: "ft" (a surrogate fine-tuning step)
+    or "pgd", in order (advdm.attack: a phase of fine-tuning before every surrogate_every-th step)."""
+    kinds = []
+    for step in range(config.steps):
+        if config.surrogate and step % config.surrogate_every == 0:
+            kinds += ["ft"] * config.surrogate_steps
+        kinds.append("pgd")
+    return kinds
+
+
 def run_method(spec, model, device):
-    """Warm-up + timed steps through advdm.protect(), timed with its progress callback."""
+    """Timed steps through advdm.protect(), timed with its progress callback: a warm-up
+    and timed steps, or (spec["cycles"]) whole surrogate cycles with every tick timed."""
     from advdm import ProtectConfig, protect
 
     x = _image(spec["res"], device)
@@ -241,16 +267,69 @@ def run_method(spec, model, device):
     extra = {"view": spec["view"]} if spec.get("view") else {}
     if spec.get("low_memory"):
         extra["low_memory"] = True
-    config = ProtectConfig(method=spec["method"], steps=spec["warmup"] + spec["steps"], samples=spec["samples"], seed=0,
-                           **extra)
+    cycles = spec.get("cycles") or 0
+    if cycles:
+        probe = ProtectConfig(method=spec["method"])
+        steps, w = cycles * probe.surrogate_every, 0
+    else:
+        steps, w = spec["warmup"] + spec["steps"], spec["warmup"]
+    config = ProtectConfig(method=spec["method"], steps=steps, samples=spec["samples"], seed=0, **extra)
     _sync(device)
     start, cpu0 = time.perf_counter(), time.process_time()
     out = protect(model, x.cpu(), config, progress=progress)
     times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
-    w = spec["warmup"]
     cpu_times = [b - a for a, b in zip([cpu0] + cpu[:-1], cpu)]
+    kinds = tick_kinds(config)
+    assert len(kinds) == len(times), (len(kinds), len(times))
+    pgd = [t for t, k in zip(times, kinds) if k == "pgd"]
+    ft = [t for t, k in zip(times, kinds) if k == "ft"]
+    result = {"linf": float((out - x.cpu()).abs().max() * 255), "all_s": times, "kinds": kinds,
+              "surrogate_every": config.surrogate_every, "surrogate_steps": config.surrogate_steps,
+              "surrogate": bool(config.surrogate)}
+    if cycles:  # whole cycles: all wall time over the PGD steps, fine-tuning included
+        result.update(step_s=sum(times) / len(pgd), mean_s=sum(times) / len(pgd), cpu_s=sum(cpu_times) / len(pgd),
+                      cycles=cycles)
+    else:
+        result.update(step_s=min(pgd[w:]), mean_s=sum(pgd[w:]) / spec["steps"], cpu_s=min(cpu_times[w:]))
+    result["pgd_s"] = _steady(pgd)
+    result["pgd_cpu_s"] = _steady([t for t, k in zip(cpu_times, kinds) if k == "pgd"])
+    if ft:
+        result["ft_s"] = _steady(ft)
+        result["ft_cpu_s"] = _steady([t for t, k in zip(cpu_times, kinds) if k == "ft"])
+    return result
+
+
+def _steady(times):
+    """Mean of a kind of step, its first (one-off costs: allocation, first phase's setup) left out."""
+    rest = times[1:] or times
+    return sum(rest) / len(rest)
+
+
+def run_finetune_step(spec, model, device):
+    """The surrogate's fine-tuning step alone: advdm.finetune.train on the LoRA surrogate
+    (advdm.surrogate), one phase of warm-up + steps, each step timed by train's progress."""
+    from advdm import ProtectConfig
+    from advdm.surrogate import surrogate
+
+    c = ProtectConfig(method="anti-dreambooth")
+    x = _image(spec["res"], device)
+    stamps, cpu = [], []
+
+    def progress(*_):
+        _sync(device)
+        stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
+
+    n = spec["warmup"] + spec["steps"]
+    with surrogate(model, every=c.surrogate_every, steps=n, rank=c.surrogate_rank, lr=c.surrogate_lr, seed=0) as s:
+        _sync(device)
+        start, cpu0 = time.perf_counter(), time.process_time()
+        s.learn(x, progress)  # as protect() calls it (train runs its backward inside input_grad_only)
+    times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    cpu_times = [b - a for a, b in zip([cpu0] + cpu[:-1], cpu)]
+    w = spec["warmup"]
     return {"step_s": min(times[w:]), "mean_s": sum(times[w:]) / spec["steps"], "all_s": times,
-            "cpu_s": min(cpu_times[w:]), "linf": float((out - x.cpu()).abs().max() * 255)}
+            "cpu_s": min(cpu_times[w:]), "cpu_mean_s": sum(cpu_times[w:]) / spec["steps"]}
 
 
 def strength_check(spec, model, parts, device):
@@ -300,6 +379,8 @@ def child(spec: dict) -> dict:
     try:
         if spec["method"] == "floor":
             result.update(run_floor(spec, parts, device))
+        elif spec["method"] == "finetune-step":
+            result.update(run_finetune_step(spec, model, device))
         else:
             result.update(run_method(spec, model, device))
         result["peak_bytes"] = _peak(device)
@@ -358,7 +439,7 @@ def _fmt_row(cols, widths):
 
 
 HEADER = ("method", "res", "precision", "s/step", "x floor t", "cpu s/step", "x floor cpu", "peak GB", "x floor mem",
-          "vs fp32 t", "notes")
+          "vs fp32 t", "x advdm t", "x advdm cpu", "x advdm mem", "notes")
 
 
 def render(rows) -> str:
@@ -378,6 +459,12 @@ def main(argv=None):
                    help="comma-separated subset of fp32,bf16,bf16-autocast,fp16; auto: fp32,bf16 on CPU, fp32,fp16 on CUDA")
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration, after --warmup (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps (default 1)")
+    p.add_argument("--cycles", type=int, default=0,
+                   help="instead of --warmup/--steps: N x surrogate_every PGD steps per method, all timed, "
+                        "s/step = wall time (fine-tuning included) over PGD steps; for the fine-tune-aware methods")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor rows (and the x floor columns)")
+    p.add_argument("--finetune-step", action="store_true",
+                   help="also time one surrogate fine-tuning step alone (row finetune-step; x advdm t is r)")
     p.add_argument("--samples", type=int, default=1, help="Monte-Carlo samples per step (ProtectConfig.samples)")
     p.add_argument("--view", default="", help="ProtectConfig.view (auto, full, train, tiled); default: the core's default")
     p.add_argument("--low-memory", action="store_true", help="ProtectConfig.low_memory (encoder recomputed in backward)")
@@ -437,8 +524,9 @@ def main(argv=None):
     print(f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), device {device}"
           + (f", {torch.cuda.get_device_name()}" if device == "cuda" else f", per-run memory cap {_gb(limit)} GB"), flush=True)
-    print(f"# model: SD1.5 architecture (advdm/configs/sd1), random weights; {args.warmup} warm-up + "
-          f"{args.steps} timed steps, samples={args.samples}", flush=True)
+    timing = (f"{args.cycles} surrogate cycle(s) per method, all steps timed" if args.cycles else
+              f"{args.warmup} warm-up + {args.steps} timed steps")
+    print(f"# model: SD1.5 architecture (advdm/configs/sd1), random weights; {timing}, samples={args.samples}", flush=True)
 
     t_start = time.perf_counter()
     make_weights(args.cache)
@@ -450,14 +538,23 @@ def main(argv=None):
                         samples=args.samples, threads=args.threads, cache=args.cache, view=args.view,
                         low_memory=args.low_memory,
                         strength=args.strength == "all" or (args.strength == "first" and res == resolutions[0]))
-            floor = run_child(dict(base, method="floor"), limit, args.timeout)
-            raw.append(dict(base, method="floor", **floor))
-            _progress(raw[-1], t_start)
+            base["cycles"] = args.cycles
+            if not args.no_floor:
+                floor = run_child(dict(base, method="floor"), limit, args.timeout)
+                raw.append(dict(base, method="floor", **floor))
+                _progress(raw[-1], t_start)
             for r, m in plan:
                 if r != res:
                     continue
                 result = run_child(dict(base, method=m), limit, args.timeout)
                 raw.append(dict(base, method=m, **result))
+                _progress(raw[-1], t_start)
+                if args.json:  # after every row, so an interrupted run keeps what it measured
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.json).write_text(json.dumps(raw, indent=1))
+            if args.finetune_step:
+                result = run_child(dict(base, method="finetune-step", cycles=0), limit, args.timeout)
+                raw.append(dict(base, method="finetune-step", cycles=0, **result))
                 _progress(raw[-1], t_start)
 
     rows = table_rows(raw)
@@ -481,6 +578,7 @@ def _progress(r, t_start):
 def table_rows(raw):
     floors = {(r["res"], r["precision"]): r for r in raw if r["method"] == "floor"}
     fp32 = {(r["res"], r["method"]): r for r in raw if r["precision"] == "fp32"}
+    advdm = {(r["res"], r["precision"]): r for r in raw if r["method"] == "advdm" and "step_s" in r and not r.get("error")}
     rows = []
     for r in raw:
         f = floors.get((r["res"], r["precision"]), {})
@@ -497,6 +595,19 @@ def table_rows(raw):
             notes.append(f"view {r['view']}")
         if r.get("low_memory") and r["method"] != "floor":
             notes.append("low memory")
+        if r.get("cycles") and "pgd_s" in r:
+            a = advdm.get((r["res"], r["precision"]))
+            note = f"{r['cycles']} cycle(s), {len(r['all_s'])} ticks; pgd {r['pgd_s']:.2f} s"
+            if "ft_s" in r:
+                note += (f" + {r['surrogate_steps']} ft of {r['ft_s']:.2f} s per {r['surrogate_every']} pgd")
+                if a and "pgd_s" in a:
+                    rr = r["ft_s"] / a["pgd_s"]
+                    note += (f"; r = ft / advdm pgd {rr:.2f}, "
+                             f"1 + {r['surrogate_steps']}/{r['surrogate_every']} r = "
+                             f"{1 + r['surrogate_steps'] / r['surrogate_every'] * rr:.2f}")
+                if a and "pgd_cpu_s" in a and "ft_cpu_s" in r:
+                    note += f"; cpu r {r['ft_cpu_s'] / a['pgd_cpu_s']:.2f}"
+            notes.append(note)
         if "base_bytes" in r:
             notes.append(f"weights {_gb(r['base_bytes'])} GB")
         if "sign_agree" in r:
@@ -512,7 +623,17 @@ def table_rows(raw):
               else "-")
         cs = f"{r['cpu_s']:.2f}" if ok and "cpu_s" in r else "-"
         xc = f"{r['cpu_s'] / f['cpu_s']:.2f}" if ok and fok and "cpu_s" in r and "cpu_s" in f else "-"
-        rows.append((r["method"], r["res"], r["precision"], step, xt, cs, xc, peak, xm, vs, "; ".join(notes)))
+        a = advdm.get((r["res"], r["precision"]))
+        aok = ok and a is not None and r["method"] != "floor"
+        xa = f"{r['step_s'] / a['step_s']:.2f}" if aok else "-"
+        if aok and r["method"] == "finetune-step" and "pgd_s" in a:
+            xa = f"{r['step_s'] / a['pgd_s']:.2f}"  # r: one fine-tuning step over one AdvDM step
+        xam = f"{r['peak_bytes'] / a['peak_bytes']:.2f}" if aok and "peak_bytes" in a else "-"
+        xac = f"{r['cpu_s'] / a['cpu_s']:.2f}" if aok and "cpu_s" in r and "cpu_s" in a else "-"
+        if aok and r["method"] == "finetune-step" and "pgd_cpu_s" in a:
+            xac = f"{r['cpu_s'] / a['pgd_cpu_s']:.2f}"
+        rows.append((r["method"], r["res"], r["precision"], step, xt, cs, xc, peak, xm, vs, xa, xac, xam,
+                     "; ".join(notes)))
     return rows
 
 
