@@ -267,9 +267,12 @@ def run_method(spec, model, device):
     extra = {"view": spec["view"]} if spec.get("view") else {}
     if spec.get("low_memory"):
         extra["low_memory"] = True
+    for name in ("surrogate_every", "surrogate_steps"):  # --surrogate-every / --surrogate-steps
+        if spec.get(name):
+            extra[name] = spec[name]
     cycles = spec.get("cycles") or 0
     if cycles:
-        probe = ProtectConfig(method=spec["method"])
+        probe = ProtectConfig(method=spec["method"], **extra)
         steps, w = cycles * probe.surrogate_every, 0
     else:
         steps, w = spec["warmup"] + spec["steps"], spec["warmup"]
@@ -462,6 +465,8 @@ def main(argv=None):
     p.add_argument("--cycles", type=int, default=0,
                    help="instead of --warmup/--steps: N x surrogate_every PGD steps per method, all timed, "
                         "s/step = wall time (fine-tuning included) over PGD steps; for the fine-tune-aware methods")
+    p.add_argument("--surrogate-every", type=int, default=0, help="ProtectConfig.surrogate_every (0: the default)")
+    p.add_argument("--surrogate-steps", type=int, default=0, help="ProtectConfig.surrogate_steps (0: the default)")
     p.add_argument("--no-floor", action="store_true", help="skip the floor rows (and the x floor columns)")
     p.add_argument("--finetune-step", action="store_true",
                    help="also time one surrogate fine-tuning step alone (row finetune-step; x advdm t is r)")
@@ -538,7 +543,8 @@ def main(argv=None):
                         samples=args.samples, threads=args.threads, cache=args.cache, view=args.view,
                         low_memory=args.low_memory,
                         strength=args.strength == "all" or (args.strength == "first" and res == resolutions[0]))
-            base["cycles"] = args.cycles
+            base.update(cycles=args.cycles, surrogate_every=args.surrogate_every,
+                        surrogate_steps=args.surrogate_steps)
             if not args.no_floor:
                 floor = run_child(dict(base, method="floor"), limit, args.timeout)
                 raw.append(dict(base, method="floor", **floor))
@@ -595,9 +601,9 @@ def table_rows(raw):
             notes.append(f"view {r['view']}")
         if r.get("low_memory") and r["method"] != "floor":
             notes.append("low memory")
-        if r.get("cycles") and "pgd_s" in r:
+        if "pgd_s" in r and (r.get("cycles") or "ft_s" in r):
             a = advdm.get((r["res"], r["precision"]))
-            note = f"{r['cycles']} cycle(s), {len(r['all_s'])} ticks; pgd {r['pgd_s']:.2f} s"
+            note = (f"{r['cycles']} cycle(s), " if r.get("cycles") else "") + f"{len(r['all_s'])} ticks; pgd {r['pgd_s']:.2f} s"
             if "ft_s" in r:
                 note += (f" + {r['surrogate_steps']} ft of {r['ft_s']:.2f} s per {r['surrogate_every']} pgd")
                 if a and "pgd_s" in a:
@@ -606,7 +612,11 @@ def table_rows(raw):
                              f"1 + {r['surrogate_steps']}/{r['surrogate_every']} r = "
                              f"{1 + r['surrogate_steps'] / r['surrogate_every'] * rr:.2f}")
                 if a and "pgd_cpu_s" in a and "ft_cpu_s" in r:
-                    note += f"; cpu r {r['ft_cpu_s'] / a['pgd_cpu_s']:.2f}"
+                    rc = r["ft_cpu_s"] / a["pgd_cpu_s"]
+                    note += (f"; cpu r {rc:.2f}, 1 + {r['surrogate_steps']}/{r['surrogate_every']} r = "
+                             f"{1 + r['surrogate_steps'] / r['surrogate_every'] * rc:.2f}")
+                    if (r["surrogate_steps"], r["surrogate_every"]) != (4, 10):
+                        note += f" (defaults 1 + 4/10 r = {1 + 0.4 * rc:.2f})"
             notes.append(note)
         if "base_bytes" in r:
             notes.append(f"weights {_gb(r['base_bytes'])} GB")
