@@ -67,7 +67,7 @@ from advdm.checkpoints import load_model  # noqa: E402
 from advdm.draws import Draws  # noqa: E402
 from advdm.evaluation.measure import DrawLosses, fixed_loss, noise_control  # noqa: E402
 from advdm.evaluation.mimicry import MimicryConfig, fractions, noise_set, seed_losses  # noqa: E402
-from advdm.evaluation.stats import ratio_of_means  # noqa: E402
+from advdm.evaluation.stats import ratio_across_units, ratio_of_means  # noqa: E402
 from advdm.finetune import FinetuneConfig  # noqa: E402
 from advdm.model import diffusion_loss  # noqa: E402
 from advdm.objectives import SURROGATE_METHODS  # noqa: E402
@@ -388,8 +388,8 @@ def render_fractions(runs) -> str:
         losses.update(run["losses"])
         gains.update(run.get("gains", {}))
     per_seed = [{c: {k: torch.tensor(v) for k, v in d.items()} for c, d in s.items()} for _, s in sorted(losses.items(), key=lambda kv: int(kv[0]))]
-    lines = ["| condition | held-out learned fraction (95% CI over seeds) | per seed: mean ± stdev | per-seed CI half-width (draws only) | in-sample fraction (95% CI) | loss gain x clean (95% CI over images) |",
-             "|" + " --- |" * 6]
+    lines = ["| condition | held-out learned fraction (95% CI over seeds) | per seed: mean ± stdev | per-seed CI half-width (draws only) | in-sample fraction (95% CI) | loss gain x clean (95% CI over images) | fraction minus AdvDM's, same seeds (95% CI) |",
+             "|" + " --- |" * 7]
     conds = [c for c in per_seed[0] if c not in ("base", "clean")]
     for c in conds:
         f = fractions(per_seed, c, c)
@@ -403,7 +403,8 @@ def render_fractions(runs) -> str:
             return "n/a" if f[key] is None else f"{f[key]:.3f} ({f[key + '_low']:.3f} to {f[key + '_high']:.3f})"
 
         lines.append(f"| {c} | {ci('learned_fraction')} | {statistics.mean(vals):.3f} ± {sd:.3f} ({len(each)} seeds) | "
-                     f"{statistics.mean(halfs):.3f} | {ci('in_sample_fraction')} | {gain_cell(gains, c)} |")
+                     f"{statistics.mean(halfs):.3f} | {ci('in_sample_fraction')} | {gain_cell(gains, c)} | "
+                     f"{minus_advdm(per_seed, c)} |")
     f = fractions(per_seed, conds[0], conds[0])
     lines.append(f"\n{len(per_seed)} seeds; held-out loss base {f['loss_base']:.4f}, clean fine-tune {f['loss_clean']:.4f} "
                  f"(drop {f['clean_drop']:.1%} of base, 95% CI {f['clean_drop_low']:.1%} to {f['clean_drop_high']:.1%})")
@@ -414,6 +415,21 @@ def render_fractions(runs) -> str:
         lines[-1] += ("; loss gain: each set's base-model loss over the clean set's, the same fixed draws per image, "
                       "pooled over the seeds' images, bootstrap-t over images")
     return "\n".join(lines)
+
+
+def minus_advdm(per_seed, condition: str) -> str:
+    """The condition's held-out learned fraction minus AdvDM's at the same budget, paired by
+    seed (same images, fine-tune seed and draws): per seed (L_advdm - L_cond) / (L_base -
+    L_clean), ratio of seed means with Student's t over seeds, as the fraction itself."""
+    ref = "advdm " + condition.rsplit(" ", 1)[-1]
+    if condition == ref or len(per_seed) < 2 or any(ref not in s for s in per_seed):
+        return "-"
+    if not fractions(per_seed, condition, condition)["learned"]:
+        return "n/a"
+    num = torch.stack([s[ref]["held_out"].double().mean() - s[condition]["held_out"].double().mean() for s in per_seed])
+    den = torch.stack([s["base"]["held_out"].double().mean() - s["clean"]["held_out"].double().mean() for s in per_seed])
+    d = ratio_across_units(num, den)
+    return f"{d.estimate:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
 
 
 def gain_cell(gains: dict, condition: str) -> str:
