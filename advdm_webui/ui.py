@@ -134,7 +134,7 @@ def _slider(name: str, label: str, knobs=PROTECT, elem_id: str = ""):
 
 def _dropdown(name: str, label: str):
     k = PROTECT[name]
-    return gr.Dropdown(list(k.choices), value=k.default, label=label)
+    return gr.Dropdown(list(k.choices), value=k.default, label=label, elem_id=f"advdm_{name}")
 
 
 def on_ui_tabs():

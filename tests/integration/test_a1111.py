@@ -237,6 +237,48 @@ def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
     assert Image.open(saved).mode == "RGB"
 
 
+def test_tab_runs_a_fine_tune_aware_method_with_its_surrogate_controls(server):
+    """In headless Chromium: pick anti-dreambooth, open the surrogate section, set its two
+    sliders, Protect; the summary counts the fine-tuning steps those sliders asked for."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    upload = server.data / "upload" / "surrogate sketch.png"
+    upload.parent.mkdir(exist_ok=True)
+    _png(_image(32, 40, seed=4), upload)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1500, "height": 1400})
+        pg.goto(server.base, timeout=120_000)
+        pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
+        tab = pg.locator("#tab_advdm_protect_tab")
+        tab.locator("#advdm_image input[type=file]").set_input_files(str(upload))
+        tab.locator("#advdm_image").get_by_text(upload.name).first.wait_for(timeout=60_000)
+        pg.wait_for_timeout(3000)
+        tab.locator("#advdm_method input").first.click()
+        pg.locator("ul.options li", has_text="anti-dreambooth").first.click()
+        tab.locator("#advdm_surrogate").get_by_text("Fine-tuning surrogate").first.click()  # open the section
+        every = tab.locator("#advdm_surrogate_every input[type=number]").first
+        every.wait_for(state="visible", timeout=30_000)
+        for elem_id, value in (("advdm_steps", 4), ("advdm_surrogate_every", 2), ("advdm_surrogate_steps", 1)):
+            box = tab.locator(f"#{elem_id} input[type=number]").first
+            box.fill(str(value))
+            box.press("Enter")
+        tab.get_by_text("Measure protection").first.click()  # off: the summary is what is checked
+        pg.screenshot(path=str(ARTIFACTS / "a1111_tab_surrogate_controls.png"))
+        tab.locator("#advdm_protect").click()
+        info = tab.locator("#advdm_info")
+        info.get_by_text("Saved 1 protected image").wait_for(timeout=900_000)
+        pg.screenshot(path=str(ARTIFACTS / "a1111_tab_surrogate_done.png"))
+        text = info.last.inner_text()
+        browser.close()
+    # 4 attack steps, fine-tuning before steps 0 and 2, one step each
+    assert "anti-dreambooth" in text and "4 steps, 2 surrogate fine-tuning steps" in text, text
+    assert (server.data / "advdm-out" / "surrogate sketch_protected.png").exists()
+
+
 def test_protect_tab_is_built_with_its_controls(server):
     status, config = server.call("GET", "/config")  # Gradio's description of every component
     assert status == 200
