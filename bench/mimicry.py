@@ -337,8 +337,9 @@ def fraction_run(args, model, methods, seeds, pgd_steps, pgd_samples, log) -> di
         for eps in epsilons:
             for m in methods:
                 extra = {"surrogate_lr": surrogate_lr} if m in SURROGATE_METHODS else {}
-                if m in SURROGATE_METHODS and args.surrogate_steps is not None:
-                    extra["surrogate_steps"] = args.surrogate_steps
+                for knob in ("surrogate_steps", "surrogate_every"):
+                    if m in SURROGATE_METHODS and getattr(args, knob) is not None:
+                        extra[knob] = getattr(args, knob)
                 cfg = ProtectConfig.preset("fast", method=m, epsilon=eps, steps=pgd_steps, samples=pgd_samples, seed=seed,
                                            **extra)
                 t0 = time.time()
@@ -528,6 +529,8 @@ def main(argv=None):
                         "(default: --lora-lr, the rate the test-bed model learns at)")
     p.add_argument("--surrogate-steps", type=int, default=None,
                    help="fraction judge: the surrogate's fine-tuning steps per phase (default: the core's)")
+    p.add_argument("--surrogate-every", type=int, default=None,
+                   help="fraction judge: PGD steps between the surrogate's fine-tuning phases (default: the core's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, advdm only, few steps")
     p.add_argument("--json", help="write the raw numbers here")

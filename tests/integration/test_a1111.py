@@ -20,6 +20,7 @@ generated; the web UI builds its SD3Inferencer, is_sd3) and protects over HTTP w
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -189,35 +190,45 @@ def test_rgb_upload_comes_back_rgb_under_its_own_name(server):
         assert png.mode == "RGB" and png.size == (32, 24)
 
 
-def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
-    """The Protect tab in headless Chromium: upload an RGB file, Protect; the saved file is RGB and
-    named after the upload; the progress bar appears over the results, not over a control."""
+@contextlib.contextmanager
+def _tab_with_upload(server, name: str, seed: int, height: int):
+    """Headless Chromium on the Protect tab with a 32x40 PNG called name uploaded: (page, tab)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-    from PIL import Image
-
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    upload = server.data / "upload" / "tab sketch.png"
+    upload = server.data / "upload" / name
     upload.parent.mkdir(exist_ok=True)
-    _png(_image(32, 40, seed=9), upload)
+    _png(_image(32, 40, seed=seed), upload)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+        pg = browser.new_page(viewport={"width": 1500, "height": height})
         pg.goto(server.base, timeout=120_000)
         pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
         tab = pg.locator("#tab_advdm_protect_tab")
         tab.locator("#advdm_image input[type=file]").set_input_files(str(upload))
         tab.locator("#advdm_image").get_by_text(upload.name).first.wait_for(timeout=60_000)  # uploaded
         pg.wait_for_timeout(3000)
+        try:
+            yield pg, tab
+        finally:
+            browser.close()
 
-        def set_number(elem_id, value):
-            box = tab.locator(f"#{elem_id} input[type=number]").first  # the slider's number box
-            box.fill(str(value))
-            box.press("Enter")
 
-        set_number("advdm_steps", 12)
-        set_number("advdm_measure_samples", 2)
+def _set_number(tab, elem_id: str, value) -> None:
+    box = tab.locator(f"#{elem_id} input[type=number]").first  # the slider's number box
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
+    """The Protect tab in headless Chromium: upload an RGB file, Protect; the saved file is RGB and
+    named after the upload; the progress bar appears over the results, not over a control."""
+    from PIL import Image
+
+    with _tab_with_upload(server, "tab sketch.png", seed=9, height=1100) as (pg, tab):
+        _set_number(tab, "advdm_steps", 12)
+        _set_number(tab, "advdm_measure_samples", 2)
         tab.locator("#advdm_protect").click()
         bar = pg.locator("#tab_advdm_protect_tab .progressDiv")
         bar.wait_for(timeout=120_000)
@@ -231,7 +242,6 @@ def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
                     and b["y"] < mode["y"] + mode["height"] and mode["y"] < b["y"] + b["height"]), (b, mode)
         tab.locator("#advdm_info").get_by_text("Saved 1 protected image").wait_for(timeout=900_000)
         pg.screenshot(path=str(ARTIFACTS / "a1111_tab_done.png"))
-        browser.close()
     saved = server.data / "advdm-out" / "tab sketch_protected.png"
     assert saved.exists(), sorted(p.name for p in (server.data / "advdm-out").iterdir())
     assert Image.open(saved).mode == "RGB"
@@ -240,32 +250,14 @@ def test_tab_keeps_rgb_and_the_name_with_progress_clear_of_the_controls(server):
 def test_tab_runs_a_fine_tune_aware_method_with_its_surrogate_controls(server):
     """In headless Chromium: pick anti-dreambooth, open the surrogate section, set its two
     sliders, Protect; the summary counts the fine-tuning steps those sliders asked for."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    upload = server.data / "upload" / "surrogate sketch.png"
-    upload.parent.mkdir(exist_ok=True)
-    _png(_image(32, 40, seed=4), upload)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1500, "height": 1400})
-        pg.goto(server.base, timeout=120_000)
-        pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
-        tab = pg.locator("#tab_advdm_protect_tab")
-        tab.locator("#advdm_image input[type=file]").set_input_files(str(upload))
-        tab.locator("#advdm_image").get_by_text(upload.name).first.wait_for(timeout=60_000)
-        pg.wait_for_timeout(3000)
+    with _tab_with_upload(server, "surrogate sketch.png", seed=4, height=1400) as (pg, tab):
         tab.locator("#advdm_method input").first.click()
         pg.locator("ul.options li", has_text="anti-dreambooth").first.click()
         tab.locator("#advdm_surrogate").get_by_text("Fine-tuning surrogate").first.click()  # open the section
         every = tab.locator("#advdm_surrogate_every input[type=number]").first
         every.wait_for(state="visible", timeout=30_000)
         for elem_id, value in (("advdm_steps", 4), ("advdm_surrogate_every", 2), ("advdm_surrogate_steps", 1)):
-            box = tab.locator(f"#{elem_id} input[type=number]").first
-            box.fill(str(value))
-            box.press("Enter")
+            _set_number(tab, elem_id, value)
         tab.get_by_text("Measure protection").first.click()  # off: the summary is what is checked
         pg.screenshot(path=str(ARTIFACTS / "a1111_tab_surrogate_controls.png"))
         tab.locator("#advdm_protect").click()
@@ -273,7 +265,6 @@ def test_tab_runs_a_fine_tune_aware_method_with_its_surrogate_controls(server):
         info.get_by_text("Saved 1 protected image").wait_for(timeout=900_000)
         pg.screenshot(path=str(ARTIFACTS / "a1111_tab_surrogate_done.png"))
         text = info.last.inner_text()
-        browser.close()
     # 4 attack steps, fine-tuning before steps 0 and 2, one step each
     assert "anti-dreambooth" in text and "4 steps, 2 surrogate fine-tuning steps" in text, text
     assert (server.data / "advdm-out" / "surrogate sketch_protected.png").exists()
