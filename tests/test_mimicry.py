@@ -66,3 +66,21 @@ def test_the_fraction_judge_table_reads_the_learned_fraction_across_seeds(mimicr
     assert "| 0.500 (" in rows["advdm 8"] and "0.500 ± 0.100 (3 seeds)" in rows["advdm 8"]
     assert "| 1.000 (" in rows["noise 8"]
     assert "3 seeds; held-out loss base" in mimicry.render_fractions([run])
+
+
+def test_the_fraction_table_pairs_each_method_with_advdm_by_seed_and_gives_its_loss_gain(mimicry):
+    def seed(shift, lag):  # the method lets the mimic learn `lag` (of base - clean) more than AdvDM
+        losses = {"base": 1.0, "clean": 0.5, "advdm 16": 0.75 + shift, "anti-dreambooth 16": 0.75 + shift - lag / 2,
+                  "noise 16": 0.5}
+        return {c: {"held_out": [v, v + 0.1], "in_sample": [v, v]} for c, v in losses.items()}
+
+    gains = {"0": {"clean": [1.0, 2.0], "anti-dreambooth 16": [1.2, 2.4]}}
+    run = {"losses": {"0": seed(0.0, 0.10), "1": seed(0.05, 0.12), "2": seed(-0.05, 0.08)}, "gains": gains}
+    rows = {line.split("|")[1].strip(): line.split("|") for line in mimicry.render_fractions([run]).splitlines()[2:]
+            if line.startswith("|")}
+    # per seed the method's fraction is AdvDM's + lag: the paired difference is +0.100, and its
+    # interval is narrow because the seeds' own spread (shift) cancels in the pairing
+    assert rows["anti-dreambooth 16"][-2].strip().startswith("+0.100 (+0.0")
+    assert rows["advdm 16"][-2].strip() == "-"
+    assert rows["anti-dreambooth 16"][-3].strip().startswith("1.200 (")  # (1.2 + 2.4) / (1 + 2)
+    assert rows["advdm 16"][-3].strip() == "n/a"  # no gain figures for it in this run
