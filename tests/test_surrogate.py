@@ -112,3 +112,18 @@ def test_surrogate_settings_are_checked_and_saved_only_when_used(tiny):
     with pytest.raises(ValueError, match="denoiser network"):
         protect(dataclasses.replace(tiny, denoiser_network=None), smooth_image(16, 16),
                 ProtectConfig(method="anti-dreambooth", **QUICK))
+
+
+@pytest.mark.parametrize("name", ["tiny-sd2v", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_every_family_trains_its_surrogate_and_is_restored(name):
+    from advdm import builtin
+
+    model = builtin.build(name)
+    net = model.denoiser_network
+    before = snapshot(net)
+    x = smooth_image(32, 32)
+    config = ProtectConfig(method="mist-v2", **QUICK)
+    y = protect(model, x, config)
+    assert y.shape == x.shape and (y - x).abs().max() * 255 <= 16 + 1e-3
+    assert not torch.equal(y, protect(model, x, dataclasses.replace(config, surrogate=False)))  # it went through the LoRA
+    assert_as_before(net, before)
