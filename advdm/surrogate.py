@@ -30,7 +30,7 @@ class Surrogate:
     def __init__(self, model: DiffusionModel, params: Sequence[torch.nn.Parameter], every: int, steps: int,
                  lr: float, seed: int):
         self.model, self.params = model, list(params)
-        self.every, self.steps, self.seed = every, steps, seed
+        self.every, self.seed = every, seed
         self.finetune = FinetuneConfig(steps=steps, batch=1, lr=lr)
         # One optimiser for the whole attack: the surrogate is one fine-tune, interrupted.
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)

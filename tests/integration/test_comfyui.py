@@ -264,6 +264,26 @@ def test_fine_tune_aware_methods_hold_the_budget_and_leave_the_model_unchanged(c
     assert np.array_equal(img0, img1)
 
 
+def interrupted_after(comfy, graph, label: str, timeout: float, wait: float = 8) -> float:
+    """Submit graph, press Interrupt `wait` s after it starts running (model load plus a few
+    steps), check the run ended as interrupted; returns how long it took to stop."""
+    pid = comfy.submit(graph)
+    t0 = time.time()
+    while not comfy.get("/queue")["queue_running"]:
+        time.sleep(0.2)
+    time.sleep(wait)
+    comfy.post("/interrupt")
+    t_int = time.time()
+    entry = comfy.wait(pid, timeout=timeout)
+    stopped = time.time() - t_int
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    print(f"{label}: sent {t_int - t0:.1f} s after start, run ended {stopped:.1f} s later, "
+          f"status {entry['status']['status_str']}, messages {kinds}")
+    assert entry["status"]["status_str"] == "error"
+    assert "execution_interrupted" in kinds
+    return stopped
+
+
 def test_interrupt_during_the_surrogate_fine_tune(comfy):
     """POST /interrupt while anti-dreambooth fine-tunes its surrogate: 100 fine-tuning steps
     come before the first attack step (far more than run in the 8 s before the interrupt), so
@@ -273,21 +293,7 @@ def test_interrupt_during_the_surrogate_fine_tune(comfy):
     name = comfy.upload("advdm_ft_long.png", artwork(64, 96, 15))
     graph = protect_graph(CKPT_NAME, name, steps=2000, seed=9, prefix="advdm_ft_long", method="anti-dreambooth",
                           surrogate_every=1, surrogate_steps=100)
-    pid = comfy.submit(graph)
-    t0 = time.time()
-    while not comfy.get("/queue")["queue_running"]:
-        time.sleep(0.2)
-    time.sleep(8)
-    comfy.post("/interrupt")
-    t_int = time.time()
-    entry = comfy.wait(pid, timeout=300)
-    stopped = time.time() - t_int
-    kinds = [m[0] for m in entry["status"]["messages"]]
-    print(f"interrupt during fine-tuning: sent {t_int - t0:.1f} s after start, run ended {stopped:.1f} s later, "
-          f"status {entry['status']['status_str']}, messages {kinds}")
-    assert entry["status"]["status_str"] == "error"
-    assert "execution_interrupted" in kinds
-    assert stopped < 60
+    assert interrupted_after(comfy, graph, "interrupt during fine-tuning", timeout=300) < 60
     lat1, _, cached = sampled(comfy, 12, "advdm_ftint_after")
     assert "1" in cached and np.array_equal(lat0, lat1)
 
@@ -307,21 +313,7 @@ def test_interrupt_stops_long_protect(comfy):
     graph["4"]["inputs"]["steps"] = 2000
     graph["4"]["inputs"]["seed"] = 7  # not cached from an earlier test
     del graph["7"]
-    pid = comfy.submit(graph)
-    t0 = time.time()
-    while not comfy.get("/queue")["queue_running"]:
-        time.sleep(0.2)
-    time.sleep(8)  # model load + a few attack steps
-    comfy.post("/interrupt")
-    t_int = time.time()
-    entry = comfy.wait(pid, timeout=120)
-    stopped = time.time() - t_int
-    kinds = [m[0] for m in entry["status"]["messages"]]
-    print(f"interrupt: sent {t_int - t0:.1f} s after start, run ended {stopped:.1f} s later, status "
-          f"{entry['status']['status_str']}, messages {kinds}")
-    assert entry["status"]["status_str"] == "error"
-    assert "execution_interrupted" in kinds
-    assert stopped < 30
+    assert interrupted_after(comfy, graph, "interrupt", timeout=120) < 30
     # and the server still samples afterwards
     comfy.run(txt2img(seed=5))
 
