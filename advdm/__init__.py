@@ -1,13 +1,15 @@
 """AdvDM and its family of protections against diffusion-model mimicry.
 
-Host-agnostic core: a host adapter builds a DiffusionModel (model.py) from what it has
-loaded; protect() runs the attack and measure() checks it.
+Host-agnostic core, from the bottom up: models (the DiffusionModel a host adapter builds from
+what it has loaded), mimic (the pipeline of the people who copy a style), attack (protect()),
+evaluation (measure() and the other judges), batch (many images, resumable), then the command
+line (cli). settings holds the knobs every entry point shares.
 """
+from .models import DiffusionModel, Latent, diffusion_loss, sigmas_from_alphas_cumprod
+from .attack import PRESETS, ProtectConfig, protect, quantize  # before settings, which reads the method names
 from . import settings
-from .attack import PRESETS, ProtectConfig, protect, quantize
-from .loss import advdm_loss
+from .attack.loss import advdm_loss
 from .evaluation.measure import format_measurement, measure
-from .model import DiffusionModel, Latent, diffusion_loss, sigmas_from_alphas_cumprod
 
 __version__ = "0.1.0"
 

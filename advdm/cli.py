@@ -14,19 +14,20 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from . import __version__, builtin
-from .attack import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
+from . import __version__
+from .models import builtin
+from .attack.pgd import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
 from .settings import DEFAULT_PRESET, MEASURE, PROTECT
-from .checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
-from . import manifest
-from .batch import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
+from .models.checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
+from .batch import manifest
+from .batch.resume import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
 from .images import ImageError, load_image, save_png, warn_if_lossy
-from .manifest import manifest_path
-from .ranks import Ranks
-from .worklist import find_work
+from .batch.manifest import manifest_path
+from .batch.ranks import Ranks
+from .batch.worklist import find_work
 from .evaluation.measure import MAX_SAMPLES, PRECISION, SAMPLES, format_measurement, measure
-from .objectives import METHODS
-from .views import MODES as VIEWS
+from .attack.objectives import METHODS
+from .mimic.views import MODES as VIEWS
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="single-file .safetensors/.ckpt (SD1.x, SD2.x, SDXL), "
@@ -42,7 +43,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _mimicry_args(sub) -> None:
     from .evaluation.mimicry import MimicryConfig
-    from .finetune import FinetuneConfig
+    from .mimic.finetune import FinetuneConfig
 
     d, f = MimicryConfig(), FinetuneConfig()
     p = sub.add_parser("mimicry", help="fine-tune a LoRA on the clean, protected and noise-control training images and "
@@ -243,7 +244,7 @@ def _check_budget(path: Path, original: torch.Tensor, epsilon: float) -> None:
 
 
 def cmd_protect(args) -> int:
-    """Protect every input once, alone or as one rank of a torchrun launch (advdm.ranks): the ranks
+    """Protect every input once, alone or as one rank of a torchrun launch (advdm.batch.ranks): the ranks
     agree on what is left to do, each does its share, rank 0 sums up."""
     config = _config(args)
     if args.mask is not None and not args.mask.is_file():
@@ -367,7 +368,7 @@ def cmd_measure(args) -> int:
 
 def cmd_mimicry(args) -> int:
     from .evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, split_for_held_out
-    from .finetune import FinetuneConfig
+    from .mimic.finetune import FinetuneConfig
 
     if len(args.protected) != len(args.train):
         raise ValueError(f"--train has {len(args.train)} images but --protected {len(args.protected)}: give one "

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from .objectives import METHODS
-from .views import MODES as VIEWS
+from .attack.objectives import METHODS
+from .mimic.views import MODES as VIEWS
 
 # Protection strength presets: the knobs that trade time for strength.
 PRESETS = {

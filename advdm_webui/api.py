@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 import advdm
 from advdm import images as advdm_images
-from advdm.attack import SURROGATE_FIELDS
+from advdm.attack.pgd import SURROGATE_FIELDS
 from advdm.settings import MEASURE, PRESETS, PROTECT
 
 from modules import shared  # noqa: E402

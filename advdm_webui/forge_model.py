@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from advdm import DiffusionModel
-from advdm.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
+from advdm.models.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
 from advdm_webui.ldm_model import BatchedCond, Conditioning, UnsupportedModel, _encoder, _module_dtype
 
 FAMILIES = {"StableDiffusion": "SD1.x", "StableDiffusion2": "SD2.x", "StableDiffusionXL": "SDXL",

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from advdm import DiffusionModel, Latent, sigmas_from_alphas_cumprod
-from advdm.frozen import recomputed
-from advdm.host_tensors import frozen
+from advdm.models.frozen import recomputed
+from advdm.models.host_tensors import frozen
 
 
 class UnsupportedModel(ValueError):

@@ -8,7 +8,7 @@ test-bed model has never seen it. For every seed:
 2. make one training set per condition: clean; same-budget uniform noise (the control);
    and each method protected with `advdm.protect` at 8/255 (the `fast` preset: 30 PGD
    steps of 1/255) on the test-bed model loaded with the project's own loader
-   (`advdm.checkpoints.load_model`, prompt "a painting" - the artist does not know the
+   (`advdm.models.checkpoints.load_model`, prompt "a painting" - the artist does not know the
    mimic's prompt);
 3. the mimic fine-tunes the test-bed UNet on each set, DreamBooth-style, with the prompt
    "a painting in style sks" ("sks" is a token the model was never trained on): full
@@ -62,15 +62,15 @@ sys.path.insert(0, str(ROOT / "testbed"))
 
 import styles  # noqa: E402
 
-from advdm.attack import ProtectConfig, protect  # noqa: E402
-from advdm.checkpoints import load_model  # noqa: E402
-from advdm.draws import Draws  # noqa: E402
+from advdm.attack.pgd import ProtectConfig, protect  # noqa: E402
+from advdm.models.checkpoints import load_model  # noqa: E402
+from advdm.models.draws import Draws  # noqa: E402
 from advdm.evaluation.measure import DrawLosses, fixed_loss, noise_control  # noqa: E402
 from advdm.evaluation.mimicry import MimicryConfig, fractions, noise_set, seed_losses  # noqa: E402
 from advdm.evaluation.stats import ratio_across_units, ratio_of_means  # noqa: E402
-from advdm.finetune import FinetuneConfig  # noqa: E402
-from advdm.model import diffusion_loss  # noqa: E402
-from advdm.objectives import SURROGATE_METHODS  # noqa: E402
+from advdm.mimic.finetune import FinetuneConfig  # noqa: E402
+from advdm.models.interface import diffusion_loss  # noqa: E402
+from advdm.attack.objectives import SURROGATE_METHODS  # noqa: E402
 
 TOKEN = "sks"
 MIMIC_PROMPT = f"a painting in style {TOKEN}"
@@ -229,7 +229,7 @@ def sdedit(parts, images, strength, seed, steps, guidance=3.0):
 # ------------------------------------------------------------------ the latent oracle
 def latent_advdm(model, z, epsilon: float, steps: int, seed: int):
     """AdvDM on the latents themselves, as if the encoder passed on any latent change:
-    sign-PGD on the model's training loss (advdm.model.diffusion_loss, the loss
+    sign-PGD on the model's training loss (advdm.models.interface.diffusion_loss, the loss
     `advdm.protect` raises through the encoder), from a random start, within an L_inf ball
     of `epsilon` scaled-latent units (the latents have std ~1). The most an attack through
     a fragile encoder could do to the mimic's data at that latent size."""

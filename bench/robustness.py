@@ -42,7 +42,7 @@ def test_image(height, width, seed=0):
 
 def load(args):
     """--checkpoint (anything the command line loads, e.g. the trained test-bed) or builtin --model."""
-    from advdm.checkpoints import load_model
+    from advdm.models.checkpoints import load_model
 
     return load_model(args.checkpoint or f"builtin:{args.model}", torch.device("cpu"), torch.float32, args.prompt)
 

@@ -23,7 +23,7 @@ inside it, and so is their memory in the peak. The notes split it into the mean 
 and the mean fine-tuning step (first of each kind, which carries one-off costs, left out)
 and give r, one fine-tuning step over one AdvDM step of the same run, which predicts the
 cost 1 + (surrogate_steps / surrogate_every) r. --finetune-step times the surrogate's
-fine-tuning step alone (advdm.finetune.train on a LoRA, as advdm.surrogate runs it).
+fine-tuning step alone (advdm.mimic.finetune.train on a LoRA, as advdm.attack.surrogate runs it).
 """
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def build(device, precision: str, cache: str, seed: int = 0):
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from advdm.diffusers_model import Conditioning, unet_model
+    from advdm.models.diffusers_model import Conditioning, unet_model
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(_config("unet"))
@@ -309,10 +309,10 @@ def _steady(times):
 
 
 def run_finetune_step(spec, model, device):
-    """The surrogate's fine-tuning step alone: advdm.finetune.train on the LoRA surrogate
-    (advdm.surrogate), one phase of warm-up + steps, each step timed by train's progress."""
+    """The surrogate's fine-tuning step alone: advdm.mimic.finetune.train on the LoRA surrogate
+    (advdm.attack.surrogate), one phase of warm-up + steps, each step timed by train's progress."""
     from advdm import ProtectConfig
-    from advdm.surrogate import surrogate
+    from advdm.attack.surrogate import surrogate
 
     c = ProtectConfig(method="anti-dreambooth")
     x = _image(spec["res"], device)
@@ -341,10 +341,10 @@ def strength_check(spec, model, parts, device):
     float32's, next to the agreement between two float32 gradients with different draws
     (the Monte-Carlo noise every step has anyway). Also the objective's relative error."""
     import torch
-    from advdm.diffusers_model import unet_model
-    from advdm.draws import Draws
-    from advdm.objectives import OBJECTIVES
-    from advdm.views import pad_to_multiple
+    from advdm.models.diffusers_model import unet_model
+    from advdm.models.draws import Draws
+    from advdm.attack.objectives import OBJECTIVES
+    from advdm.mimic.views import pad_to_multiple
 
     x0 = _image(spec["res"], device)
 

@@ -55,8 +55,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from advdm.attack import ProtectConfig, protect
-    from advdm.checkpoints import load_model
+    from advdm.attack.pgd import ProtectConfig, protect
+    from advdm.models.checkpoints import load_model
     from advdm.evaluation.measure import measure, noise_control
     from advdm.evaluation.robustness import format_robustness, robustness
 

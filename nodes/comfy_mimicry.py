@@ -7,7 +7,7 @@ import math
 from comfy_api.latest import IO, UI
 
 from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, split_for_held_out
-from advdm.finetune import FinetuneConfig
+from advdm.mimic.finetune import FinetuneConfig
 
 from .comfy_model import ComfyModel, UnsupportedModel
 from .image_ops import split_images, to_8bit_grid

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from advdm import DiffusionModel, Latent
-from advdm.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
+from advdm.models.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
 
 # Families this adapter has been written and checked for: (BaseModel class name, latent
 # format class name) -> family. Subclasses (Chroma, Flux2, SVD, inpaint/unCLIP variants, ...)

@@ -23,7 +23,7 @@ def single_thread():
 
 @pytest.fixture(scope="session")
 def tiny():
-    from advdm import builtin
+    from advdm.models import builtin
 
     return builtin.build("tiny")
 

@@ -29,7 +29,7 @@ def check_residual_backward(inner=contextlib.nullcontext) -> None:
     entered inside it) the result and gradient are exact and an explicit `z.add_(1)` stays in place."""
     import torch
 
-    from advdm.host_tensors import AugmentedAssignOutOfPlace
+    from advdm.models.host_tensors import AugmentedAssignOutOfPlace
 
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(4)

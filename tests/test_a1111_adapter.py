@@ -122,7 +122,7 @@ def test_sigma_to_t_is_exact_on_the_schedule(ldm_model):
 
 def test_denoise_matches_ldm_training_loss(ldm_model):
     """w(sigma) * ||D - z||^2 through the adapter equals ldm's own p_losses target MSE."""
-    from advdm.model import diffusion_loss
+    from advdm.models.interface import diffusion_loss
 
     m = ldm_model
     model = _build(m)
@@ -239,7 +239,7 @@ def test_fp16_vae_runs_fp32_for_the_attack_and_is_restored():
 
 def test_recompute_encode_gives_the_same_gradient(ldm_model):
     """--medvram path: the encoder is run again in backward; same gradient as without."""
-    from advdm.model import diffusion_loss
+    from advdm.models.interface import diffusion_loss
     from advdm_webui import ldm_model as lm
 
     m = ldm_model
@@ -381,7 +381,7 @@ def test_sd3_family_and_flow_settings():
 
 def test_sd3_loss_is_the_rectified_flow_training_loss():
     """w(sigma) ||D - z||^2 through the adapter equals ||v_hat - (n - z)||^2 on x_t = (1-s) z + s n."""
-    from advdm.model import diffusion_loss
+    from advdm.models.interface import diffusion_loss
 
     m = _SD3Like()
     model = _build(m)

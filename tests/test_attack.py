@@ -3,7 +3,8 @@ the machinery, not protection strength)."""
 import pytest
 import torch
 
-from advdm import ProtectConfig, builtin, protect
+from advdm import ProtectConfig, protect
+from advdm.models import builtin
 from advdm.evaluation.measure import fixed_loss, noise_control
 from sample_images import smooth_image
 
@@ -91,7 +92,7 @@ def test_photoguard_pulls_the_latent_towards_grey(tiny):
 
 
 def _tiny_parts():
-    from advdm.diffusers_model import unet_model
+    from advdm.models.diffusers_model import unet_model
 
     unet, vae, cond = builtin.tiny_parts("tiny")
     return unet, vae, unet_model(unet, vae, cond, builtin.scaled_linear_alphas_cumprod(), "eps", 4.0)

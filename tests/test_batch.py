@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from advdm import manifest
-from advdm.batch import config_sha256, image_seed
+from advdm.batch import manifest
+from advdm.batch.resume import config_sha256, image_seed
 from advdm.cli import main
-from advdm.ranks import Ranks
-from advdm.worklist import find_work
+from advdm.batch.ranks import Ranks
+from advdm.batch.worklist import find_work
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--checkpoint", "builtin:tiny", "--steps", "4"]
@@ -74,7 +74,7 @@ def test_seeds_and_config_hashes_are_the_same_in_every_process():
     assert image_seed(0, "ab" * 32) == image_seed(0, "ab" * 32) != image_seed(1, "ab" * 32)
     assert 0 <= image_seed(0, "ab" * 32) < 2**63
     assert config_sha256({"b": 1, "a": [2]}) == config_sha256({"a": [2], "b": 1})
-    code = "from advdm.batch import image_seed; print(image_seed(7, 'cd' * 32))"
+    code = "from advdm.batch.resume import image_seed; print(image_seed(7, 'cd' * 32))"
     other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert int(other.stdout) == image_seed(7, "cd" * 32)
 

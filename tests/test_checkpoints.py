@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from advdm import builtin
-from advdm.checkpoints import CheckpointError, detect_family, load_model
+from advdm.models import builtin
+from advdm.models.checkpoints import CheckpointError, detect_family, load_model
 from advdm.evaluation.measure import fixed_loss
 from sample_images import smooth_image
 

@@ -134,7 +134,7 @@ class ModelSamplingFlux(torch.nn.Module):
 
 
 def test_flow_shift_matches_the_hosts_sigma_curve():
-    from advdm.draws import flow_sigma
+    from advdm.models.draws import flow_sigma
 
     sd3 = sampling(ModelSamplingDiscreteFlow, CONST)
     sd3.shift = 3.0

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from advdm import builtin
-from advdm.checkpoints import load_model
+from advdm.models import builtin
+from advdm.models.checkpoints import load_model
 from advdm.cli import main
 from advdm.evaluation.measure import fixed_loss
 from sample_images import smooth_image
@@ -96,8 +96,8 @@ def test_flow_pipeline_folders_load_offline(family, tmp_path, monkeypatch):
 
 
 def test_flow_timestep_distribution_follows_the_config():
-    from advdm.attack import ProtectConfig, _for_attack
-    from advdm.draws import Draws
+    from advdm.attack.pgd import ProtectConfig, _for_attack
+    from advdm.models.draws import Draws
 
     model = builtin.build("tiny-flux")
     def sigmas(**kw):

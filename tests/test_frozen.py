@@ -2,10 +2,10 @@
 import torch
 import torch.nn.functional as F
 
-from advdm import builtin
-from advdm.draws import Draws
-from advdm.frozen import input_grad_only
-from advdm.objectives import advdm
+from advdm.models import builtin
+from advdm.models.draws import Draws
+from advdm.models.frozen import input_grad_only
+from advdm.attack.objectives import advdm
 from sample_images import smooth_image
 
 
@@ -82,7 +82,7 @@ def test_objective_gradient_on_a_model_is_unchanged():
 
 
 def _objective_saved_bytes(model, config):
-    from advdm.attack import _for_attack
+    from advdm.attack.pgd import _for_attack
 
     model = _for_attack(model, config)
     kept = {}

@@ -1,4 +1,4 @@
-"""The host-neutral tensor handling every adapter uses (advdm/host_tensors.py).
+"""The host-neutral tensor handling every adapter uses (advdm/models/host_tensors.py).
 
 The augmented-assignment guard is tested on this interpreter and, in a subprocess, on Python
 3.10 (which compiles `x += y` to INPLACE_ADD, not BINARY_OP): CI's Python is 3.11, so the 3.10
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from advdm import host_tensors as ht
-from advdm.frozen import input_grad_only
+from advdm.models import host_tensors as ht
+from advdm.models.frozen import input_grad_only
 
 import guard_check  # tests/guard_check.py (pytest puts tests/ on sys.path)
 

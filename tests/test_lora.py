@@ -1,12 +1,12 @@
-"""LoRA on a host's denoiser (advdm/lora.py) and the mimic's fine-tune (advdm/finetune.py),
+"""LoRA on a host's denoiser (advdm/mimic/lora.py) and the mimic's fine-tune (advdm/mimic/finetune.py),
 on the builtin tiny model: the adapters train, only they get gradients, and on leaving -
 also on an exception - the network is bit-identical, with its flags and no hooks left."""
 import pytest
 import torch
 
 from advdm.evaluation.measure import DrawLosses
-from advdm.finetune import FinetuneConfig, lora_finetuned, mimic_view
-from advdm.lora import lora_adapters
+from advdm.mimic.finetune import FinetuneConfig, lora_finetuned, mimic_view
+from advdm.mimic.lora import lora_adapters
 
 from sample_images import smooth_image
 

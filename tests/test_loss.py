@@ -4,8 +4,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from advdm import advdm_loss, builtin
-from advdm.draws import flow_sigma
+from advdm import advdm_loss
+from advdm.models import builtin
+from advdm.models.draws import flow_sigma
 from sample_images import smooth_image
 
 

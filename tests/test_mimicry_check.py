@@ -13,7 +13,7 @@ import torch
 from advdm.cli import main
 from advdm.evaluation.mimicry import MimicryConfig, halves, mimicry_check
 from advdm.evaluation.stats import ratio_across_units
-from advdm.finetune import FinetuneConfig
+from advdm.mimic.finetune import FinetuneConfig
 from advdm.images import save_png
 
 from sample_images import smooth_image
@@ -93,7 +93,7 @@ def test_cli_refuses_mismatched_inputs_naming_them(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def testbed():
-    from advdm.checkpoints import load_model
+    from advdm.models.checkpoints import load_model
 
     return load_model(str(ROOT / "testbed" / "model"), torch.device("cpu"), torch.float32)
 

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import torch
 
-from advdm.evaluation import purification
+from advdm.mimic import purification
 from advdm.evaluation.robustness import format_robustness, robustness
-from advdm.model import Latent
+from advdm.models.interface import Latent
 from sample_images import smooth_image
 
 

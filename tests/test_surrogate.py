@@ -1,4 +1,4 @@
-"""Fine-tune-aware protection (advdm/surrogate.py) and ACE, on the builtin tiny model: the
+"""Fine-tune-aware protection (advdm/attack/surrogate.py) and ACE, on the builtin tiny model: the
 surrogate really learns the image and the attack really goes through it, progress counts its
 steps, a seed gives the same pixels, and the network is bit-identical afterwards - also when
 the user cancels during a fine-tuning phase."""
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from advdm import ProtectConfig, protect
-from advdm.draws import Draws
+from advdm.models.draws import Draws
 from advdm.evaluation.measure import fixed_loss
-from advdm.model import network_output, noised
-from advdm.texture import target_texture
-from advdm.surrogate import surrogate
+from advdm.models.interface import network_output, noised
+from advdm.attack.texture import target_texture
+from advdm.attack.surrogate import surrogate
 
 from sample_images import smooth_image
 from test_lora import assert_as_before, snapshot
@@ -116,7 +116,7 @@ def test_surrogate_settings_are_checked_and_saved_only_when_used(tiny):
 
 @pytest.mark.parametrize("name", ["tiny-sd2v", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
 def test_every_family_trains_its_surrogate_and_is_restored(name):
-    from advdm import builtin
+    from advdm.models import builtin
 
     model = builtin.build(name)
     net = model.denoiser_network

@@ -26,7 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def testbed(one_thread):
-    from advdm.checkpoints import load_model
+    from advdm.models.checkpoints import load_model
 
     return load_model(str(MODEL), torch.device("cpu"), torch.float32)
 
@@ -38,8 +38,8 @@ def test_loads_as_a_64px_eps_model(testbed):
 
 
 def _latent_loss(model, z, seed=0, samples=16):
-    from advdm.draws import Draws
-    from advdm.model import diffusion_loss
+    from advdm.models.draws import Draws
+    from advdm.models.interface import diffusion_loss
 
     draws = Draws(model, seed)
     sigma, noise = draws.sigmas(samples), draws.normal((samples, *z.shape[1:]))
@@ -64,7 +64,7 @@ def test_it_has_learned_the_structure_of_its_styles(testbed):
 
 def test_advdm_raises_loss_above_clean_and_noise(testbed):
     import styles
-    from advdm.attack import ProtectConfig, protect
+    from advdm.attack.pgd import ProtectConfig, protect
     from advdm.evaluation.measure import fixed_loss, noise_control
 
     clean = styles.batch(styles.HELD_OUT, [5001])
@@ -81,7 +81,7 @@ def test_the_verdict_fires_on_advdm_and_not_on_noise(testbed):
     """measure()'s verdict on a trained model: AdvDM protects, same-budget noise passed as
     the protected image does not (bench/verdict.py runs this over five seeds)."""
     import styles
-    from advdm.attack import ProtectConfig, protect
+    from advdm.attack.pgd import ProtectConfig, protect
     from advdm.evaluation.measure import measure, noise_control
 
     clean = styles.batch(styles.HELD_OUT, [5002])

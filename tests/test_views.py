@@ -7,14 +7,15 @@ import torch
 from PIL import Image
 
 from advdm import ProtectConfig, protect
-from advdm.draws import Draws
-from advdm.eot import EOT, gaussian_blur, jpeg
-from advdm.views import Views, bucket_size, tile_starts
+from advdm.models.draws import Draws
+from advdm.attack.eot import EOT, gaussian_blur, jpeg
+from advdm.mimic.views import Views, bucket_size, tile_starts
 from sample_images import smooth_image
 
 
 def _views(model, size, **kw):
-    return Views(model, ProtectConfig(**kw), size)
+    config = ProtectConfig(**kw)
+    return Views(model, config, size, EOT.from_config(config))
 
 
 def test_auto_picks_full_for_small_and_train_for_large(tiny):
@@ -96,7 +97,7 @@ def test_output_keeps_native_size_budget_and_seed(tiny, view):
 
 def test_full_mode_draws_nothing_extra():
     """"full" without EOT leaves the generator to the objective, as before views existed."""
-    from advdm import builtin
+    from advdm.models import builtin
 
     model = builtin.build("tiny")
     views = _views(model, (64, 64), view="full")

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attack import quantize
-from ..draws import Draws
-from ..model import DiffusionModel, diffusion_loss
+from ..attack.pgd import quantize
+from ..models.draws import Draws, posterior_sample
+from ..models.interface import DiffusionModel, diffusion_loss
 from ..settings import MAX_SAMPLES, PRECISION, SAMPLES  # noqa: F401  (the defaults live in settings)
-from ..objectives import posterior_sample
-from ..views import pad_to_multiple
+from ..mimic.views import pad_to_multiple
 from .stats import LEVEL, difference_of_ratios, ratio_of_means, realisation_spread, widened
 
 DRAW_BLOCK = 4  # draws are made (and batched) in blocks, so n draws are the same whatever the total

@@ -27,8 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..finetune import FinetuneConfig, lora_finetuned, mimic_view
-from ..model import DiffusionModel
+from ..mimic.finetune import FinetuneConfig, lora_finetuned, mimic_view
+from ..models.interface import DiffusionModel
 from .measure import DrawLosses, budget_of, noise_control
 from .stats import LEVEL, Interval, ratio_across_units, ratio_of_means
 

@@ -22,10 +22,10 @@ import torch
 from PIL import Image, ImageFilter
 from torch import Tensor
 
-from ..attack import ProtectConfig, protect, quantize
-from ..model import DiffusionModel
-from ..views import round_to_multiple, tile_starts
-from . import purification
+from ..attack.pgd import ProtectConfig, protect, quantize
+from ..models.interface import DiffusionModel
+from ..mimic.views import round_to_multiple, tile_starts
+from ..mimic import purification
 from .measure import MAX_SAMPLES, PRECISION, SAMPLES, DrawLosses, Losses, noise_controls, paired_figures, verdict
 
 Transform = Callable[[Tensor], Optional[Tensor]]  # None: not applicable to this image

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .model import DiffusionModel, Latent, sigmas_from_alphas_cumprod
+from .interface import DiffusionModel, Latent, sigmas_from_alphas_cumprod
 
 
 @dataclass

@@ -17,7 +17,7 @@ the original image at its own size, whatever the model sees.
 - "auto":  "full" when the longer side is at most 1.5 R, else "train".
 
 Every view is then passed through the expectation-over-transformations chain of
-``advdm.eot`` when one is configured (JPEG, blur, noise). All randomness comes from
+``advdm.attack.eot`` when the attack configures one (JPEG, blur, noise). All randomness comes from
 ``draws.generator`` and is drawn when the step's views are sampled, so a seed reproduces.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .draws import Draws
-from .model import DiffusionModel
+from ..models.draws import Draws
+from ..models.interface import DiffusionModel
 
 View = Callable[[Tensor], Tensor]
 MODES = ("auto", "full", "train", "tiled")
@@ -104,7 +104,7 @@ class CropView:
 class Views:
     """Draws the views for each step; their losses' gradients are summed."""
 
-    def __init__(self, model: DiffusionModel, config, size):
+    def __init__(self, model: DiffusionModel, config, size, eot=None):
         self.model = model
         self.height, self.width = int(size[0]), int(size[1])
         multiple = model.pixel_multiple
@@ -118,9 +118,7 @@ class Views:
         self.views_per_step = int(getattr(config, "views_per_step", 1) or 1)
         self.crop_min = float(getattr(config, "crop_min", 0.5))
         self.flip = bool(getattr(config, "flip", False))
-        from .eot import EOT
-
-        self.eot = EOT.from_config(config)
+        self.eot = eot  # the attack's expectation-over-transformations chain, if any
         if mode == "tiled":
             self.tiles = [
                 (top, left, min(self.resolution, self.height), min(self.resolution, self.width))

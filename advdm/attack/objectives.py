@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .draws import Draws
-from .model import DiffusionModel, Latent, diffusion_loss, loss_weight, network_output, noised
+from ..models.draws import Draws, posterior_sample
+from ..models.interface import DiffusionModel, Latent, diffusion_loss, loss_weight, network_output, noised
 from .texture import target_texture
 
 Objective = Callable[[Tensor, Draws], Tensor]
@@ -23,13 +23,6 @@ MIST_TEXTURE_WEIGHT = 4 * 64 * 64 / 1e4
 
 def encode(model: DiffusionModel, pixels: Tensor) -> Latent:
     return model.encode(pixels.to(model.device, model.dtype))
-
-
-def posterior_sample(latent: Latent, draws: Draws) -> Tensor:
-    """z = s * E(x), a reparameterised posterior sample as in the official AdvDM code."""
-    if latent.std is None:
-        return latent.mean
-    return latent.sample(draws.normal(latent.mean.shape).to(latent.mean.dtype))
 
 
 def semantic_loss(model: DiffusionModel, z: Tensor, draws: Draws, samples: int) -> Tensor:
@@ -125,7 +118,7 @@ def ace(model: DiffusionModel, samples: int = 1) -> Objective:
 
 
 OBJECTIVES = {"advdm": advdm, "ace": ace, "mist": mist, "photoguard": photoguard, "sds": sds}
-# Fine-tune-aware methods (advdm.surrogate): an objective attacked through a LoRA surrogate
+# Fine-tune-aware methods (advdm.attack.surrogate): an objective attacked through a LoRA surrogate
 # that keeps learning the protected image. Users look for them by these names.
 SURROGATE_METHODS = {"anti-dreambooth": "advdm", "mist-v2": "ace"}
 METHODS = (*OBJECTIVES, *SURROGATE_METHODS)

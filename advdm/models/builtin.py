@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .diffusers_model import Conditioning, flow_model, unet_model
-from .model import DiffusionModel
+from .interface import DiffusionModel
 
 WARNING = "builtin tiny model: random weights, for smoke tests only; it protects nothing"
 BUILTINS = ("tiny", "tiny-sd2v", "tiny-sdxl", "tiny-sd3", "tiny-flux")

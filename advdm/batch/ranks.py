@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import torch
 
-from .checkpoints import CheckpointError, pick_device
+from ..models.checkpoints import CheckpointError, pick_device
 
 # Ranks wait at the end for the slowest one, which may be hours behind on a large uneven
 # batch; a rank that dies is torchrun's business (it stops the others), not this timeout's.

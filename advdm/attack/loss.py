@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .draws import sigma_at
-from .model import DiffusionModel, diffusion_loss
+from ..models.draws import sigma_at
+from ..models.interface import DiffusionModel, diffusion_loss
 
 
 def advdm_loss(

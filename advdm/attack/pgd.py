@@ -15,13 +15,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .draws import Draws
-from .frozen import input_grad_only, recomputed
-from .model import DiffusionModel
+from ..models.draws import Draws
+from ..models.frozen import input_grad_only, recomputed
+from ..models.interface import DiffusionModel
 from .objectives import METHODS, SURROGATE_METHODS, objective_of
-from .settings import PRESETS, default
+from ..settings import PRESETS, default
 from .surrogate import phases, surrogate
-from .views import Views
+from ..mimic.views import MODES, Views
+from .eot import EOT
 
 Progress = Callable[[int, int, Tensor], None]
 
@@ -53,13 +54,13 @@ class ProtectConfig:
     random_start: Optional[bool] = None  # None: the method's default
     step_decay: Optional[bool] = None
     sds_ascend: bool = False  # SDS(+) instead of SDS(-)
-    # What the model sees each step (advdm.views): "auto" | "full" | "train" | "tiled".
+    # What the model sees each step (advdm.mimic.views): "auto" | "full" | "train" | "tiled".
     view: str = default("view")
     resolution: Optional[int] = None  # side of the training views / tiles; None: the model's
     views_per_step: int = 1  # "train" views per step (their gradients are summed)
     crop_min: float = 0.5  # smallest random crop side, as a fraction of the shorter side
     flip: bool = False  # random horizontal flips of the training views
-    # Expectation over transformations on every view (advdm.eot); off by default.
+    # Expectation over transformations on every view (advdm.attack.eot); off by default.
     eot_jpeg: Optional[int] = None  # lowest JPEG quality drawn (up to 95)
     eot_blur: float = 0.0  # largest Gaussian blur sigma, in pixels of the view
     eot_noise: float = 0.0  # largest Gaussian noise std, in 1/255 units
@@ -70,7 +71,7 @@ class ProtectConfig:
     # Recompute the encoder in backward instead of keeping its activations through the
     # denoiser's pass: peak memory of the larger of the two alone, one encoder forward more.
     low_memory: bool = False
-    # Fine-tune-aware (advdm.surrogate): every surrogate_every PGD steps, surrogate_steps LoRA
+    # Fine-tune-aware (advdm.attack.surrogate): every surrogate_every PGD steps, surrogate_steps LoRA
     # steps on the current protected image, and the attack goes through that LoRA.
     # None: on for the methods built on it (anti-dreambooth, mist-v2), off otherwise.
     surrogate: Optional[bool] = None
@@ -90,9 +91,6 @@ class ProtectConfig:
             raise ValueError("steps must be >= 0 and samples >= 1")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"t_min and t_max must satisfy 0 <= t_min < t_max <= 1, got {self.t_min} and {self.t_max}")
-        from .eot import EOT
-        from .views import MODES
-
         if self.view not in MODES:
             raise ValueError(f"unknown view {self.view!r}; choose one of {', '.join(MODES)}")
         if self.resolution is not None and self.resolution < 8:
@@ -184,7 +182,7 @@ def protect(
         model = _for_attack(model, config)
         draws = Draws(model, config.seed, config.t_min, config.t_max)
         objective = objective_of(config.method)(model, **_objective_kwargs(config))
-        views = Views(model, config, original.shape[-2:])
+        views = Views(model, config, original.shape[-2:], EOT.from_config(config))
 
         delta = torch.zeros_like(original)
         if config.random_start:

@@ -12,8 +12,8 @@ import torch
 
 from . import builtin
 from .diffusers_model import Conditioning, flow_model, unet_model
-from .model import DiffusionModel
-from .settings import DEFAULT_PROMPT  # one default prompt for every entry point
+from .interface import DiffusionModel
+from ..settings import DEFAULT_PROMPT  # one default prompt for every entry point
 
 CONFIGS = Path(__file__).parent / "configs"
 # CLIP BPE ids of the prompts usable without tokenizer files (single-file checkpoints).

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..draws import sigma_at
-from ..model import DiffusionModel, noised
-from ..views import pad_to_multiple
+from ..models.interface import DiffusionModel
+from .sampler import generator as _generator, img2img
 
 DIFFPURE_T = (0.1, 0.2)  # t* as a fraction of the schedule
 DIFFPURE_STEPS = 4
@@ -34,35 +33,10 @@ BILATERAL_ROUNDS, BILATERAL_KERNEL, BILATERAL_COLOUR, BILATERAL_SPACE = 64, 5, 8
 GUIDED_ROUNDS, GUIDED_KERNEL, GUIDED_EPS = 4, 9, (16 / 255) ** 2
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) + 4242)
-
-
-@torch.no_grad()
 def diffpure(model: DiffusionModel, image: Tensor, t_star: float, steps: int = DIFFPURE_STEPS, seed: int = 0) -> Tensor:
-    """Noise the image's latent to t* and run the probability-flow ODE back to 0 with Euler
-    steps; the same dx/dsigma = (x - D(x, sigma)) / sigma serves eps, v and flow models."""
-    if model.decode is None:
-        raise ValueError(f"{model.name} has no decoder, so it cannot purify")
-    h, w = image.shape[-2:]
-    with torch.inference_mode(False):
-        z = model.encode(pad_to_multiple(image, model.pixel_multiple).to(model.device, model.dtype)).mean
-        timesteps = _timesteps(model, t_star, steps)
-        sigmas = torch.cat([sigma_at(model, timesteps), torch.zeros(1)]).to(model.device)
-        noise = torch.randn(z.shape, generator=_generator(seed)).to(z.device, z.dtype)
-        x = noised(model.prediction, z, sigmas[:1], noise).float()
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-            d = model.denoise(x.to(z.dtype), s.view(1)).float()
-            x = x + (s_next - s) * (x - d) / s
-        return model.decode(x)[..., :h, :w].float().cpu().clamp(0, 1)
-
-
-def _timesteps(model: DiffusionModel, t_star: float, steps: int) -> Tensor:
-    """`steps` timesteps from t* down, evenly spaced (schedule indices, or t for flow)."""
-    if model.prediction == "flow":
-        return torch.linspace(t_star, t_star / steps, steps)
-    top = max(1, round(t_star * (len(model.sigmas) - 1)))
-    return torch.linspace(top, top / steps, steps).round().long()
+    """Noise the image's latent to t* and run the probability-flow ODE back to 0: img2img at a
+    small strength, as DiffPure uses it to wash a perturbation out."""
+    return img2img(model, image, t_star, steps, seed)
 
 
 def noisy_upscale(image: Tensor, factor: int = UPSCALE_FACTOR, std: float = UPSCALE_NOISE, seed: int = 0) -> Tensor:

@@ -60,7 +60,7 @@ class DiffusionModel:
     # None where an adapter has no decoder (then the purification rows are skipped).
     decode: Optional[Callable[[Tensor], Tensor]] = None
     # The torch module `denoise` runs (UNet / transformer), whose Linear and Conv layers a
-    # LoRA may wrap (advdm.lora); None where an adapter cannot hand it out.
+    # LoRA may wrap (advdm.mimic.lora); None where an adapter cannot hand it out.
     denoiser_network: Optional[torch.nn.Module] = None
 
     def __post_init__(self):

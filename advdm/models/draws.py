@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .model import DiffusionModel
+from .interface import DiffusionModel, Latent
 
 
 def flow_sigma(t: Tensor, shift: float) -> Tensor:
@@ -58,3 +58,10 @@ def sigma_at(model: DiffusionModel, timesteps: Tensor) -> Tensor:
     if model.prediction == "flow":
         return flow_sigma(timesteps.float().cpu(), model.flow_shift)
     return model.sigmas[timesteps.long().cpu()]
+
+
+def posterior_sample(latent: Latent, draws: Draws) -> Tensor:
+    """z = s * E(x), a reparameterised posterior sample as in the official AdvDM code."""
+    if latent.std is None:
+        return latent.mean
+    return latent.sample(draws.normal(latent.mean.shape).to(latent.mean.dtype))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import manifest
-from .images import read_png_metadata
+from ..images import read_png_metadata
 from .worklist import WorkItem
 
 FINGERPRINT_BYTES = 1 << 20

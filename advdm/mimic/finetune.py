@@ -3,7 +3,7 @@
 What a DreamBooth-style LoRA does to an artist's images, reduced to the DiffusionModel
 interface: the images are encoded once (as kohya / diffusers scripts cache latents), then
 each step takes a batch of them, draws training timesteps and noise, and descends
-``advdm.model.diffusion_loss`` (the family's native loss) on the adapters only. Used inside
+``advdm.models.interface.diffusion_loss`` (the family's native loss) on the adapters only. Used inside
 ``lora_finetuned``: on leaving, the adapters are gone and the model is as it was.
 """
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .draws import Draws
-from .frozen import input_grad_only
+from ..models.draws import Draws, posterior_sample
+from ..models.frozen import input_grad_only
 from .lora import lora_adapters
-from .model import DiffusionModel, diffusion_loss
-from .objectives import posterior_sample
+from ..models.interface import DiffusionModel, diffusion_loss
 from .views import bucket_size, pad_to_multiple, resize
 
 

@@ -3,11 +3,11 @@
 A mimic does not use the model as it is; it fine-tunes a LoRA on the artist's images first.
 ASPL (Anti-DreamBooth, Van Le et al. 2023) and Mist v2 therefore alternate the attack with
 fine-tuning a surrogate on the current protected images. Here: every ``every`` PGD steps,
-``steps`` AdamW steps of a LoRA on the denoiser (advdm.finetune, the mimic's own recipe at
+``steps`` AdamW steps of a LoRA on the denoiser (advdm.mimic.finetune, the mimic's own recipe at
 batch 1) on the current protected image, and the PGD steps maximise the objective through
 the adapted denoiser.
 
-The LoRA is the core's (advdm.lora): forward hooks, removed on leaving, so the user's model
+The LoRA is the core's (advdm.mimic.lora): forward hooks, removed on leaving, so the user's model
 is exactly as it was. Its parameters require grad only while it trains, so during a PGD step
 autograd keeps nothing for them and the step costs what an AdvDM step costs; what is added
 is the adapters, their optimiser state, and the training steps (one denoiser forward and
@@ -21,9 +21,9 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .finetune import FinetuneConfig, train
-from .lora import lora_adapters
-from .model import DiffusionModel
+from ..mimic.finetune import FinetuneConfig, train
+from ..mimic.lora import lora_adapters
+from ..models.interface import DiffusionModel
 
 
 class Surrogate:
