@@ -58,17 +58,61 @@ def _batches(count: int, batch: int, steps: int, gen: torch.Generator) -> Iterat
         yield [order.pop(0) for _ in range(min(batch, count))]
 
 
+class LossScaler:
+    """Dynamic loss scaling (as torch.amp.GradScaler, on any device and any torch): the loss
+    is multiplied by a power of two before backward, so gradients through a float16 network
+    stay above its smallest numbers (at 512 px a diffusion loss's gradients reach the network
+    at about 1e-7, where float16 keeps a bit or two, or zero), and divided out again in the
+    float32 adapters. A power of two is exact, so float32 and bfloat16 gradients come out the
+    same as unscaled. On an overflow the scale halves and the caller redoes the step on the
+    same draws (no step is skipped, so every precision takes the same steps); after
+    `growth_interval` clean steps it doubles."""
+
+    def __init__(self, scale: float = 2.0 ** 16, growth_interval: int = 50, max_scale: float = 2.0 ** 24):
+        self.scale = scale
+        self.growth_interval = growth_interval
+        self.max_scale = max_scale
+        self.clean_steps = 0
+
+    def unscale(self, params: Sequence[torch.nn.Parameter]) -> bool:
+        """Divide the gradients by the scale; False (scale halved, gradients dropped) if any
+        is not finite: redo the step. At scale 1 a non-finite gradient is the loss's own
+        (a diverging fine-tune) and is raised."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack([g.detach().abs().amax().float() for g in grads])).all()):
+            if self.scale <= 1:
+                raise FloatingPointError("the fine-tune's gradients are not finite even unscaled: the loss "
+                                         "diverged (try a lower learning rate)")
+            self.scale /= 2
+            self.clean_steps = 0
+            for p in params:
+                p.grad = None
+            return False
+        for g in grads:
+            g.div_(self.scale)
+        self.clean_steps += 1
+        if self.clean_steps >= self.growth_interval and self.scale < self.max_scale:
+            self.scale *= 2
+            self.clean_steps = 0
+        return True
+
+
 def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: Sequence[Tensor],
           config: FinetuneConfig, seed: int, progress: Optional[Callable[[int, int], None]] = None,
-          optimizer: Optional[torch.optim.Optimizer] = None) -> List[float]:
+          optimizer: Optional[torch.optim.Optimizer] = None, scaler: Optional[LossScaler] = None) -> List[float]:
     """config.steps AdamW steps on params (or steps of the given optimizer over them);
     returns the loss of every step.
 
     The base weights are frozen, so backward runs inside input_grad_only(): frozen
-    convolutions keep no activations for it (the adapters' own layers do keep theirs)."""
+    convolutions keep no activations for it (the adapters' own layers do keep theirs).
+    Backward goes through the network in its own precision with dynamic loss scaling
+    (a fresh LossScaler unless one is given: a caller that trains in rounds, like the
+    attack's surrogate, can keep the scale it found); the adapters and their optimizer stay
+    float32."""
     draws = Draws(model, seed + 1)
     gen = torch.Generator().manual_seed(seed + 2)
     history = []
+    scaler = scaler or LossScaler()
     with torch.inference_mode(False):
         with torch.no_grad():
             latents = [model.encode(mimic_view(model, x, config.resolution).to(model.device, model.dtype))
@@ -76,15 +120,19 @@ def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: S
         opt = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         with torch.enable_grad(), input_grad_only():
             for step, idx in enumerate(_batches(len(latents), config.batch, config.steps, gen)):
-                total = 0.0
+                batch = []
                 for shape in {tuple(latents[i].mean.shape) for i in idx}:  # images of one size share a forward
                     group = [latents[i] for i in idx if tuple(latents[i].mean.shape) == shape]
                     z = torch.cat([posterior_sample(lat, draws) for lat in group])
-                    sigma = draws.sigmas(len(group))
-                    noise = draws.normal(z.shape).to(z.dtype)
-                    loss = diffusion_loss(model, z, sigma, noise).sum() / len(idx)
-                    loss.backward()
-                    total += loss.item()
+                    batch.append((z, draws.sigmas(len(group)), draws.normal(z.shape).to(z.dtype)))
+                while True:  # redone on the same draws after a scaled-gradient overflow
+                    total = 0.0
+                    for z, sigma, noise in batch:
+                        loss = diffusion_loss(model, z, sigma, noise).sum() / len(idx)
+                        (loss * scaler.scale).backward()
+                        total += loss.item()
+                    if scaler.unscale(params):
+                        break
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 history.append(total)
