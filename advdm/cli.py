@@ -41,6 +41,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    "(single-file SD2.x is taken as the 768 v model; pass eps for the 512 base)")
 
 
+GRID_NAME = "mimicry_grid.png"
+
+
 def _mimicry_args(sub) -> None:
     from .evaluation.mimicry import MimicryConfig
     from .mimic.finetune import FinetuneConfig
@@ -64,7 +67,15 @@ def _mimicry_args(sub) -> None:
     p.add_argument("--convs", action="store_true", help="also adapt the convolutions (LoCon), not only the linear layers")
     p.add_argument("--resolution", type=int, help="larger images are resized to about this side (default: the model's)")
     p.add_argument("--draws", type=int, default=d.draws, help=f"fixed (t, noise) draws per evaluated image (default {d.draws})")
-    p.add_argument("--json", action="store_true")
+    g = p.add_argument_group("pictures", "after every fine-tune the model draws pictures from fixed seeds; the grid "
+                             f"(rows base model, clean, protected and noise LoRA) is written as {GRID_NAME}")
+    g.add_argument("--pictures", type=int, default=d.pictures, help=f"pictures per row (default {d.pictures}; 0 = none)")
+    g.add_argument("--picture-steps", type=int, default=d.picture_steps,
+                   help=f"sampler steps per picture (default {d.picture_steps})")
+    g.add_argument("--picture-size", type=int, help="side of the pictures in px (default: the model's training side)")
+    g.add_argument("-o", "--output-dir", type=Path, help="folder for the grid (default: the current folder)")
+    g.add_argument("--overwrite", action="store_true", help=f"replace an existing {GRID_NAME}")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (key grid: the grid's path)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,24 +389,40 @@ def cmd_mimicry(args) -> int:
     for a, b, x, y in zip(args.train, args.protected, train, protected):
         if x.shape != y.shape:
             raise ImageError(f"{b}: size {y.shape[-1]}x{y.shape[-2]} differs from {a} ({x.shape[-1]}x{x.shape[-2]})")
-    config = MimicryConfig(seeds=args.seeds, seed=args.seed, draws=args.draws, finetune=FinetuneConfig(
-        steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch, convs=args.convs, resolution=args.resolution))
+    config = MimicryConfig(seeds=args.seeds, seed=args.seed, draws=args.draws, pictures=args.pictures,
+                           picture_steps=args.picture_steps, picture_size=args.picture_size,
+                           finetune=FinetuneConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch,
+                                                   convs=args.convs, resolution=args.resolution))
+    if args.pictures < 0 or args.picture_steps < 1:
+        raise ValueError(f"--pictures must be >= 0 and --picture-steps >= 1, got {args.pictures} and {args.picture_steps}")
+    grid_path = (args.output_dir or Path.cwd()) / GRID_NAME if args.pictures else None
+    if grid_path is not None and grid_path.exists() and not args.overwrite:  # before hours of fine-tuning, not after
+        raise ImageError(f"{grid_path}: already exists (pass --overwrite to replace it, or choose --output-dir)")
     model = _load(args)
     note = ""
     if args.held_out:
         held = [load_image(p).rgb for p in args.held_out]
     else:  # one image (or no separate ones): train on left halves, hold the right halves out
         train, held, protected, note = split_for_held_out(train, protected, model.pixel_multiple)
-    with tqdm(desc="mimicry: fine-tuning", unit="step", file=sys.stderr) as bar:
+    with tqdm(desc="mimicry: fine-tuning and pictures", unit="step", file=sys.stderr) as bar:
         def progress(done, total):
             bar.total = total
             bar.update(done - bar.n)
 
         result = mimicry_check(model, train, held, protected, config, progress=progress, held_out_note=note)
+    grid = result.pop("grid")
+    if grid is not None:
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        result["grid"] = str(save_png(grid_path, grid, overwrite=args.overwrite,
+                                      source=[*args.train, *args.protected, *(args.held_out or [])]))
+    else:
+        result["grid"] = None
     result["train"] = [str(p) for p in args.train]
     result["protected"] = [str(p) for p in args.protected]
     result["held_out"] = [str(p) for p in args.held_out or []]
     print(json.dumps(result, indent=1) if args.json else format_mimicry(result))
+    if grid is not None and not args.json:
+        print(f"pictures: {result['grid']}")
     return 0
 
 

@@ -18,6 +18,10 @@ whole triple is repeated with several seeds, each with its own draws and noise i
 the seeds are the unit of the interval (advdm.evaluation.stats.ratio_across_units).
 The in-sample fraction (loss on the clean versions of the training images) is reported
 beside it: it says whether the mimic fitted the perturbation instead of the image.
+
+After each fine-tune the model also draws a few pictures from fixed seeds (pictures.py): a
+grid of what the base model and the three LoRAs make, and how far the protected LoRA's
+pictures land from the clean LoRA's against how far the noise LoRA's do.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from torch import Tensor
 from ..mimic.finetune import FinetuneConfig, lora_finetuned, mimic_view
 from ..models.interface import DiffusionModel
 from .measure import DrawLosses, budget_of, noise_control
+from .pictures import Pictures, format_pictures, grid, picture_figures, seed_distances
 from .stats import LEVEL, Interval, ratio_across_units, ratio_of_means
 
 CONDITIONS = ("clean", "protected", "noise")
@@ -41,6 +46,18 @@ class MimicryConfig:
     seeds: int = 3  # fine-tune seeds; the interval's units
     seed: int = 0  # the first of them
     draws: int = 64  # fixed (t, noise) draws per evaluated image
+    pictures: int = 4  # pictures per row of the grid, drawn after every fine-tune; 0 = none
+    picture_steps: int = 20  # Euler steps per picture
+    picture_size: Optional[int] = None  # side in px (default: the model's training side)
+
+
+def progress_total(config: MimicryConfig) -> int:
+    """The units progress(done, total) counts: every fine-tuning step, and every sampler
+    step of the pictures (the base model's row once, then three rows per seed)."""
+    total = config.seeds * len(CONDITIONS) * config.finetune.steps
+    if config.pictures:
+        total += config.picture_steps * (1 + config.seeds * len(CONDITIONS))
+    return total
 
 
 def halves(image: Tensor, multiple: int) -> List[Tensor]:
@@ -78,9 +95,11 @@ def _losses(model: DiffusionModel, images: Sequence[Tensor], seed: int, draws: i
 
 def seed_losses(model: DiffusionModel, sets: Dict[str, Sequence[Tensor]], held_out: Sequence[Tensor],
                 in_sample: Sequence[Tensor], config: MimicryConfig, seed: int,
-                progress: Optional[Callable[[int], None]] = None) -> Dict[str, Dict[str, Tensor]]:
+                progress: Optional[Callable[[int], None]] = None,
+                look: Optional[Callable[[str, DiffusionModel], None]] = None) -> Dict[str, Dict[str, Tensor]]:
     """Per-draw losses on the held-out and in-sample images for the base model ("base") and
-    after a LoRA fine-tune on each named set (same seed, same steps, same draws)."""
+    after a LoRA fine-tune on each named set (same seed, same steps, same draws);
+    look(name, model) is called with each fine-tuned model (to draw its pictures)."""
     res = config.finetune.resolution
     held = [mimic_view(model, x, res) for x in held_out]
     inside = [mimic_view(model, x, res) for x in in_sample]
@@ -91,6 +110,8 @@ def seed_losses(model: DiffusionModel, sets: Dict[str, Sequence[Tensor]], held_o
         with lora_finetuned(model, images, config.finetune, seed, step) as tuned:
             out[name] = {"held_out": _losses(tuned, held, seed, config.draws),
                          "in_sample": _losses(tuned, inside, seed, config.draws)}
+            if look is not None:
+                look(name, tuned)
     return out
 
 
@@ -144,7 +165,12 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
                   protected: Sequence[Tensor], config: Optional[MimicryConfig] = None,
                   progress: Optional[Callable[[int, int], None]] = None, held_out_note: str = "") -> dict:
     """The check for one artist's images (each (1, 3, H, W) in [0, 1]); protected in the order
-    of train. progress(done, total) counts fine-tuning steps (a host's progress and cancel point)."""
+    of train. progress(done, total) counts fine-tuning and picture sampling steps
+    (progress_total; a host's progress and cancel point).
+
+    The result is JSON-serialisable except `grid`: the labelled pictures (rows base model,
+    clean, protected and noise LoRA of the first seed) as a float32 (1, 3, H, W) tensor in
+    [0, 1] on the CPU, or None with config.pictures = 0; pop it before writing JSON."""
     config = config or MimicryConfig()
     if len(protected) != len(train):
         raise ValueError(f"{len(train)} training images but {len(protected)} protected copies: give one per training image")
@@ -152,12 +178,16 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
         raise ValueError("no held-out images")
     if config.seeds < 1 or config.draws < 2:
         raise ValueError(f"need seeds >= 1 and draws >= 2, got {config.seeds} and {config.draws}")
+    if config.pictures < 0 or config.picture_steps < 1:
+        raise ValueError(f"need pictures >= 0 and picture_steps >= 1, got {config.pictures} and {config.picture_steps}")
+    if config.pictures and model.decode is None:
+        raise ValueError(f"{model.name} has no decoder, so it cannot draw the check's pictures: set pictures to 0")
     for i, (x, p) in enumerate(zip(train, protected)):
         if x.shape != p.shape:
             raise ValueError(f"training image {i + 1} is {tuple(x.shape[-2:])} but its protected copy {tuple(p.shape[-2:])}")
     train = [x.float().cpu() for x in train]
     protected = [p.float().cpu() for p in protected]
-    total = config.seeds * len(CONDITIONS) * config.finetune.steps
+    total = progress_total(config)
     done = [0]
 
     def tick(n):
@@ -165,13 +195,28 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
         if progress is not None:
             progress(done[0], total)
 
-    per_seed = []
+    pictures = Pictures(model, config.pictures, config.picture_steps, config.picture_size, config.seed, tick)
+    rows = {"base": pictures.draw(model)} if config.pictures else {}
+    per_seed, distances, first_rows = [], [], None
     for k in range(config.seeds):
         seed = config.seed + k
         sets = {"clean": train, "protected": protected, "noise": noise_set(train, protected, seed)}
-        per_seed.append(seed_losses(model, sets, held_out, train, config, seed, tick))
+        drawn = {}
+        look = (lambda name, tuned: drawn.__setitem__(name, pictures.draw(tuned))) if config.pictures else None
+        per_seed.append(seed_losses(model, sets, held_out, train, config, seed, tick, look))
+        if config.pictures:
+            distances.append(seed_distances({**rows, **drawn}))
+            first_rows = first_rows or {**rows, **drawn}
     result = fractions(per_seed, "protected", "noise")
     result["per_seed"] = [{"seed": config.seed + k, **_one_seed(s)} for k, s in enumerate(per_seed)]
+    result["pictures"] = config.pictures
+    result["grid"] = None
+    if config.pictures:
+        result.update(picture_figures(distances), picture_steps=config.picture_steps,
+                      picture_size=list(pictures.size), picture_seeds=pictures.seeds)
+        for entry, d in zip(result["per_seed"], distances):
+            entry.update({f"picture_rmse_{k}": float(v.mean()) for k, v in d.items()})
+        result["grid"] = grid(first_rows)
     result.update({
         "seeds": config.seeds, "draws": config.draws, "level": LEVEL,
         "train_images": len(train), "held_out_images": len(held_out), "held_out_note": held_out_note,
@@ -213,6 +258,7 @@ def format_mimicry(m: dict) -> str:
                      f"the clean fine-tune lowered the held-out loss by {m['clean_drop']:.1%} of the base loss]")
     lines.append(f"in-sample fraction (loss on the clean training images; did the mimic fit the perturbation instead "
                  f"of the image?): protected {_frac(m, 'in_sample_fraction')}, noise {_frac(m, 'in_sample_fraction_noise')}")
+    lines += format_pictures(m)
     per = ", ".join(f"{s['learned_fraction']:.2f}" for s in m["per_seed"])
     lines.append(f"per seed (held out, protected): {per}; interval {m['interval']}")
     if m["held_out_note"]:
