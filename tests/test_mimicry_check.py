@@ -204,8 +204,9 @@ def test_on_the_testbed_clean_as_protected_contains_one_and_the_model_is_bit_ide
     train = [x[None] for x in styles.batch(styles.HELD_OUT, range(10000, 10002))]
     held = [styles.batch(styles.HELD_OUT, [50000])]
     before = snapshot(testbed.denoiser_network)
-    config = MimicryConfig(seeds=3, draws=16, finetune=FinetuneConfig(steps=6, lr=3e-3))
+    config = MimicryConfig(seeds=3, draws=16, finetune=FinetuneConfig(steps=6, lr=3e-3), pictures=2, picture_steps=8)
     m = mimicry_check(testbed, train, held, train, config)
     assert m["learned"], m  # the test-bed's clean LoRA does learn the held-out style's images
     assert m["learned_fraction_low"] <= 1 <= m["learned_fraction_high"]
+    assert m["picture_size"] == [64, 64] and m["picture_shift"] == 0 and not m["picture_protects"]
     assert_as_before(testbed.denoiser_network, before)
