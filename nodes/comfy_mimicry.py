@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from comfy_api.latest import IO, UI
 
-from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, split_for_held_out
+from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, progress_total, split_for_held_out
 from advdm.mimic.finetune import FinetuneConfig
 
 from .comfy_model import ComfyModel, UnsupportedModel
@@ -30,7 +31,10 @@ class AdvDMMimicry(IO.ComfyNode):
                          "loss on the clean held-out images with the base model as zero. Learned fraction: about 1 = "
                          "the mimic learned as much from the protected images as from the clean ones (the protection "
                          "failed), about 0 = it learned nothing. Repeated over several seeds; the 95% interval is "
-                         "across seeds. The model is left exactly as it was. Slow: seeds x 3 fine-tunes."),
+                         "across seeds. After each fine-tune the model draws a few pictures from fixed seeds; the "
+                         "node shows them as a grid (rows: base model, clean, protected and noise LoRA) with how far "
+                         "the protected LoRA's pictures land from the clean LoRA's against the noise LoRA's. The "
+                         "model is left exactly as it was. Slow: seeds x 3 fine-tunes."),
             inputs=[
                 IO.Model.Input("model", tooltip="The model a mimic would fine-tune (SD1.x, SD2.x, SDXL, SD3, Flux.1)."),
                 IO.Vae.Input("vae", tooltip="The VAE of that model (the mimic trains on its latents)."),
@@ -55,17 +59,27 @@ class AdvDMMimicry(IO.ComfyNode):
                                       tooltip="The mimic's prompt (e.g. 'a painting in style sks'); without it a zero embedding."),
                 IO.Int.Input("resolution", default=0, min=0, max=4096, step=8, optional=True,
                              tooltip="Larger images are resized to about this side, as a training script does. 0 = the model's."),
+                IO.Int.Input("pictures", default=_D.pictures, min=0, max=16, optional=True,
+                             tooltip=("Pictures per row of the grid, drawn from fixed seeds after every fine-tune "
+                                      "(the same starting noise in every row). 0 = none.")),
+                IO.Int.Input("picture_steps", default=_D.picture_steps, min=1, max=200, optional=True,
+                             tooltip="Euler sampler steps per picture (from pure noise, with the conditioning above)."),
+                IO.Int.Input("picture_size", default=0, min=0, max=4096, step=8, optional=True,
+                             tooltip="Side of the pictures in px. 0 = the model's training side (512 for SD1.x, 1024 for SDXL)."),
             ],
             outputs=[
                 IO.String.Output("report", tooltip="The figures as text."),
                 IO.Float.Output("learned_fraction", tooltip="Held-out learned fraction of the protected images (NaN if the clean fine-tune learned nothing)."),
                 IO.Float.Output("learned_fraction_noise", tooltip="The same for the same-budget noise control."),
+                IO.Image.Output("pictures", tooltip=("The grid: rows base model, clean LoRA, protected LoRA, noise "
+                                                     "LoRA (first fine-tune seed); a blank 8x8 image with pictures 0.")),
             ],
         )
 
     @classmethod
     def execute(cls, model, vae, train, protected, seeds, steps, rank, learning_rate, draws, seed,
-                held_out=None, conditioning=None, resolution=0) -> IO.NodeOutput:
+                held_out=None, conditioning=None, resolution=0, pictures=_D.pictures,
+                picture_steps=_D.picture_steps, picture_size=0) -> IO.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -73,9 +87,11 @@ class AdvDMMimicry(IO.ComfyNode):
         b = [to_8bit_grid(x) for x in split_images(protected)]
         if len(a) != len(b):
             raise ValueError(f"{len(a)} training and {len(b)} protected images: give one protected copy per training image")
-        config = MimicryConfig(seeds=int(seeds), seed=int(seed), draws=int(draws), finetune=FinetuneConfig(
-            steps=int(steps), rank=int(rank), lr=float(learning_rate), resolution=int(resolution) or None))
-        bar = comfy.utils.ProgressBar(config.seeds * 3 * config.finetune.steps)
+        config = MimicryConfig(seeds=int(seeds), seed=int(seed), draws=int(draws), pictures=int(pictures),
+                               picture_steps=int(picture_steps), picture_size=int(picture_size) or None,
+                               finetune=FinetuneConfig(steps=int(steps), rank=int(rank), lr=float(learning_rate),
+                                                       resolution=int(resolution) or None))
+        bar = comfy.utils.ProgressBar(progress_total(config))
 
         def progress(done, total):
             comfy.model_management.throw_exception_if_processing_interrupted()  # a cancel point every step
@@ -92,9 +108,17 @@ class AdvDMMimicry(IO.ComfyNode):
                 result = mimicry_check(dm, a, held, b, config, progress=progress, held_out_note=note)
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
+        grid = result.pop("grid")
         text = format_mimicry(result)
 
         def value(key):
             return math.nan if result[key] is None else float(result[key])
 
-        return IO.NodeOutput(text, value("learned_fraction"), value("learned_fraction_noise"), ui=UI.PreviewText(text))
+        # the report in the Measure node's ui key ("text"), the grid as a Preview Image's ("images")
+        ui = UI.PreviewText(text).as_dict()
+        if grid is None:
+            image = torch.ones(1, 8, 8, 3)
+        else:
+            image = grid.permute(0, 2, 3, 1).contiguous()
+            ui.update(UI.PreviewImage(image, cls=cls).as_dict())
+        return IO.NodeOutput(text, value("learned_fraction"), value("learned_fraction_noise"), image, ui=ui)

@@ -205,8 +205,8 @@ def format_pictures(m: dict) -> List[str]:
 
     def rmse(key):
         low = m[f"picture_rmse_{key}_low"]
-        ci = f" ({m['level']:.0%} CI {low:.1f}-{m[f'picture_rmse_{key}_high']:.1f})" if low is not None else ""
-        return f"{m[f'picture_rmse_{key}']:.1f}{ci}"
+        ci = f" ({m['level']:.0%} CI {low:.2f}-{m[f'picture_rmse_{key}_high']:.2f})" if low is not None else ""
+        return f"{m[f'picture_rmse_{key}']:.2f}{ci}"
 
     shift = "n/a"
     if m["picture_shift"] is not None:

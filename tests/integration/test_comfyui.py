@@ -71,7 +71,7 @@ def quick(graph: dict, images: list[str]) -> dict:
         elif ct == "EmptyLatentImage":
             i["width"], i["height"] = 64, 64
         elif ct == "AdvDMMimicry":
-            i.update(seeds=1, steps=2, rank=2, draws=4)
+            i.update(seeds=1, steps=2, rank=2, draws=4, pictures=2, picture_steps=2, picture_size=64)
         elif ct == "TrainLoraNode":
             i.update(steps=2, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False)
     return g
@@ -193,6 +193,10 @@ def test_mimicry_check_workflow(comfy):
     print(f"mimicry workflow: {time.time() - t0:.1f} s\n{text}")
     assert "held-out diffusion loss: base" in text and "in-sample fraction" in text
     assert "fine-tune's own randomness is NOT covered" in text  # seeds=1 says what its interval is not
+    assert "picture shift" in text and "one fine-tune seed" in text  # seeds=1: the pictures give no verdict
+    grid = load_png(comfy.output_file(entry, "10"))  # shown on the node (ui images, as a Preview Image)
+    assert len(entry["outputs"]["10"]["images"]) == 1 and entry["outputs"]["10"]["images"][0]["type"] == "temp"
+    assert grid.shape[0] == 2 + 4 * (64 + 2) and grid.shape[1] > 2 * 64  # 4 rows of 2 pictures of 64 px
     entry = comfy.run(txt2img(seed=5))  # the mimicry prompt had no KSampler: its cached output is gone
     cached = [n for m in entry["status"]["messages"] if m[0] == "execution_cached" for n in m[1]["nodes"]]
     assert "5" not in cached and "1" in cached  # sampled again, with the same cached model object
