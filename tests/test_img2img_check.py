@@ -63,3 +63,38 @@ def test_bad_requests_are_refused(tiny):
         img2img_check(tiny, image, image, seeds=0)
     with pytest.raises(ValueError, match="decoder"):
         img2img_check(type(tiny)(**{**tiny.__dict__, "decode": None}), image, image)
+
+
+def test_cli_json_contract_and_the_picture_on_disk(tmp_path, capsys):
+    """measure --img2img --json: one entry per strength with the issue's keys; the picture
+    is written beside the protected image, kept unless --overwrite, never over an input."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from advdm.cli import main
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    protected = np.clip(clean.astype(int) + rng.integers(-8, 9, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(clean).save(tmp_path / "art.png")
+    Image.fromarray(protected).save(tmp_path / "art_protected.png")
+    args = ["measure", str(tmp_path / "art.png"), str(tmp_path / "art_protected.png"), "--checkpoint", "builtin:tiny",
+            "--samples", "4", "--max-samples", "4", "--img2img", "--img2img-strengths", "0.3,0.5",
+            "--img2img-seeds", "3", "--img2img-steps", "2", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["img2img"]
+    assert [r["strength"] for r in rows] == [0.3, 0.5]
+    keys = {"strength", "distance", "distance_low", "distance_high", "distance_noise", "distance_noise_low",
+            "distance_noise_high", "seeds", "verdict", "protects", "picture"}
+    assert all(keys <= set(r) for r in rows) and all(r["seeds"] == 3 for r in rows)
+    picture = tmp_path / "art_protected_img2img.png"
+    assert rows[0]["picture"] == str(picture) and Image.open(picture).size[0] > 3 * 48
+    assert result["view"] == "full" and "own size" in result["scored"]
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err  # kept
+    assert main(args + ["--overwrite"]) == 0
+    bad = ["measure", str(tmp_path / "art.png"), str(tmp_path / "art_protected.png"), "--checkpoint", "builtin:tiny",
+           "--img2img", "--img2img-strengths", "0.3,x"]
+    assert main(bad) == 2 and "--img2img-strengths" in capsys.readouterr().err

@@ -32,12 +32,12 @@ from ..mimic.sampler import decode, edit_latent
 from ..mimic.views import bucket_size, judged_views, resize
 from ..models.interface import DiffusionModel
 from .measure import budget_of, check_pair, noise_control
+from ..settings import IMG2IMG, IMG2IMG_STRENGTHS as STRENGTHS
 from .pictures import grid
 from .stats import LEVEL
 
-STRENGTHS = (0.3, 0.5)
-SEEDS = 5
-STEPS = 10  # Euler steps over the edited part of the schedule
+SEEDS = IMG2IMG["seeds"].default
+STEPS = IMG2IMG["steps"].default  # Euler steps over the edited part of the schedule
 MIN_SEEDS = 3  # fewer seeds give intervals too wide to mean anything: no verdict
 # Farther than noise by less than this (RMSE, /255) is not called protection: an 8-bit
 # rounding of the edit moves it about this much.
