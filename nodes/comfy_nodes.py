@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from comfy_api.latest import IO, UI, ComfyExtension
 
 import advdm
@@ -10,10 +12,11 @@ from advdm.images import for_truncating_savers
 from advdm.evaluation.measure import MAX_SAMPLES, format_measurement, measure
 from advdm.evaluation.robustness import default_transforms, format_robustness
 from advdm.evaluation.robustness import robustness as measure_robustness
-from advdm.settings import MEASURE, PROTECT
+from advdm.evaluation.img2img import format_img2img, img2img_check
+from advdm.settings import IMG2IMG, MEASURE, PROTECT, parse_strengths
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
-from .image_ops import amplified, join_images, mask_for, side_by_side, split_images, to_8bit_grid
+from .image_ops import amplified, join_images, mask_for, same_size_batch, side_by_side, split_images, to_8bit_grid
 
 log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
@@ -195,6 +198,18 @@ class AdvDMMeasure(IO.ComfyNode):
                                       "go to. 0 = the model's (512 for SD1.x, 1024 for SDXL).")),
                 IO.Int.Input("max_samples", default=MAX_SAMPLES, min=2, max=4096, optional=True,
                              tooltip="At most this many draws per comparison; more narrows the intervals and takes longer."),
+                _choice("view", MEASURE["view"], "What is scored. " + MEASURE["view"].help[0].upper()
+                        + MEASURE["view"].help[1:] + ". The report says what was scored.", optional=True),
+                IO.Boolean.Input("img2img", default=False, optional=True,
+                                 tooltip=("Also run the img2img (SDEdit) check, the paper's style-transfer threat: the "
+                                          "clean, protected and same-budget noise images are redrawn by this model "
+                                          "with the same seeds; the report says how far the protected image's edit "
+                                          "lands from the clean image's edit beside the noise image's, and the "
+                                          "img2img_picture output shows the edits side by side.")),
+                IO.String.Input("img2img_strengths", default=IMG2IMG["strengths"].default, optional=True,
+                                tooltip=IMG2IMG["strengths"].help[0].upper() + IMG2IMG["strengths"].help[1:] + "."),
+                _number(IO.Int, "img2img_seeds", IMG2IMG["seeds"], IMG2IMG["seeds"].help[0].upper()
+                        + IMG2IMG["seeds"].help[1:] + ".", optional=True),
             ],
             outputs=[
                 IO.String.Output("report", tooltip="The figures as text."),
@@ -207,12 +222,17 @@ class AdvDMMeasure(IO.ComfyNode):
                 IO.Float.Output("linf", tooltip="Largest change of any pixel channel, in 1/255 units."),
                 IO.Boolean.Output("protects", tooltip=("True only if every image's loss rise beyond the same-budget "
                                                        "noise control is clearly (95%) above 2% of the clean loss.")),
+                IO.Image.Output("img2img_picture", tooltip=("With img2img on: per image, rows clean / protected / noise; "
+                                                            "columns the input, then its edit at each strength. Off: "
+                                                            "a blank square.")),
             ],
         )
 
     @classmethod
     def execute(cls, model, vae, original, protected, samples, seed, conditioning=None,
-                robustness=False, resolution=0, max_samples=MAX_SAMPLES) -> IO.NodeOutput:
+                robustness=False, resolution=0, max_samples=MAX_SAMPLES, view=MEASURE["view"].default,
+                img2img=False, img2img_strengths=IMG2IMG["strengths"].default,
+                img2img_seeds=IMG2IMG["seeds"].default) -> IO.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -222,13 +242,16 @@ class AdvDMMeasure(IO.ComfyNode):
         results, tables = [], []
         if int(samples) > int(max_samples):
             raise ValueError(f"samples ({samples}) must not exceed max_samples ({max_samples})")
-        kw = dict(samples=int(samples), max_samples=int(max_samples), seed=int(seed))
+        strengths = parse_strengths(img2img_strengths, "img2img_strengths") if img2img else ()
+        edits = len(strengths) * int(img2img_seeds) * 3 * IMG2IMG["steps"].default  # sampler steps per image
+        r = int(resolution) or None
+        kw = dict(samples=int(samples), max_samples=int(max_samples), seed=int(seed), view=view, resolution=r)
+        checks, pictures = [], []
         try:
             with ComfyModel(model, vae, conditioning) as cm:
                 dm = cm.diffusion_model
-                r = int(resolution) or None
                 rows = len(default_transforms(dm, r)) if robustness else 0
-                bar = comfy.utils.ProgressBar(len(a) * (1 + rows))
+                bar = comfy.utils.ProgressBar(len(a) * (1 + rows + edits))
 
                 for x, y in zip(a, b):
                     if x.shape != y.shape:
@@ -238,7 +261,12 @@ class AdvDMMeasure(IO.ComfyNode):
                     results.append(measure(dm, x, y, **kw))
                     bar.update(1)
                     if robustness:
-                        tables.append(measure_robustness(dm, x, y, resolution=r, progress=lambda done, total: bar.update(1), **kw))
+                        tables.append(measure_robustness(dm, x, y, progress=lambda done, total: bar.update(1), **kw))
+                    if img2img:
+                        check = img2img_check(dm, x, y, strengths=strengths, seeds=int(img2img_seeds), seed=int(seed),
+                                              view=view, resolution=r, progress=_stepping(bar))
+                        pictures.append(check.pop("picture"))
+                        checks.append(check)
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         keys = ["gain", "gain_noise", "loss_clean", "loss_protected", "psnr", "ssim", "linf"]
@@ -251,13 +279,36 @@ class AdvDMMeasure(IO.ComfyNode):
             if tables:
                 lines.append("after what a mimic does (loss gain over clean; noise = same-budget control):\n"
                              + format_robustness(tables[i]))
+            if checks:
+                lines.append(format_img2img(checks[i]))
         protects = all(r["protects"] for r in results)
         if len(results) > 1:
             lines.append(f"{sum(r['protects'] for r in results)} of {len(results)} images: the loss rises clearly "
                          "beyond same-budget noise (each image's figures and intervals above)")
         lines.append(f"model {dm.name}")
         text = "\n".join(lines)
-        return IO.NodeOutput(text, *(mean[k] for k in keys), protects, ui=UI.PreviewText(text))
+        ui = UI.PreviewText(text).as_dict()
+        if pictures:
+            picture = same_size_batch(pictures)
+            ui.update(UI.PreviewImage(picture, cls=cls).as_dict())
+        else:
+            picture = torch.ones(1, 64, 64, 3)
+        return IO.NodeOutput(text, *(mean[k] for k in keys), protects, picture, ui=ui)
+
+
+def _stepping(bar):
+    """A core progress(done, total) callback that moves a ComfyUI bar one unit per step and
+    stops the work when the user cancels."""
+    import comfy.model_management
+
+    seen = [0]
+
+    def progress(done, total):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update(done - seen[0])
+        seen[0] = done
+
+    return progress
 
 
 class AdvDMExtension(ComfyExtension):

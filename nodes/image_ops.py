@@ -75,3 +75,14 @@ def side_by_side(left: Tensor, right: Tensor, gap: int = 8) -> Tensor:
     """(1, 3, H, W) images next to each other with a white gap: (1, 3, H, W_left + gap + W_right)."""
     spacer = torch.ones(left.shape[0], left.shape[1], left.shape[2], gap, dtype=left.dtype, device=left.device)
     return torch.cat([left, spacer, right.to(left)], dim=-1)
+
+
+def same_size_batch(images: List[Tensor]) -> Tensor:
+    """list of (1, 3, h, w) of any sizes -> IMAGE (B, H, W, 3), each padded with white at the
+    bottom and right to the largest size (a batch must share one size)."""
+    h = max(x.shape[-2] for x in images)
+    w = max(x.shape[-1] for x in images)
+    out = torch.ones(len(images), h, w, 3)
+    for i, x in enumerate(images):
+        out[i, : x.shape[-2], : x.shape[-1]] = x[0].permute(1, 2, 0).float().cpu()
+    return out
