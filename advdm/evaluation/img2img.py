@@ -137,7 +137,8 @@ def img2img_check(model: DiffusionModel, original: Tensor, protected: Tensor, *,
                 for name in first:
                     first[name].append(px[name])
         rows.append(_row(strength, seeds, *(torch.tensor(v) for v in (d_p, d_n, l_p, l_n))))
-    picture = grid({name: torch.cat(pics) for name, pics in first.items()}, ROW_LABELS)
+    columns = ["input", *(f"edit at {s:g}" for s in strengths)]
+    picture = grid({name: torch.cat(pics) for name, pics in first.items()}, ROW_LABELS, columns)
     return {"img2img": rows, "picture": picture, "scored": scored, "size": list(size), "steps": steps,
             "seed": seed, "linf": budget_of(original, protected), "level": LEVEL}
 

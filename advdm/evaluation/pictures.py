@@ -36,6 +36,7 @@ LABELS = {"base": "base model", "clean": "clean LoRA", "protected": "protected L
 NEGLIGIBLE_SHIFT = 0.1
 GAP = 2  # white pixels between the cells of the grid
 PAD = 4  # around a row's label
+HEADER = 16  # height of the column labels' strip
 
 
 def picture_size(model: DiffusionModel, side: Optional[int]) -> Tuple[int, int]:
@@ -180,18 +181,24 @@ def label_width(height: int, labels: Sequence[str] = tuple(LABELS.values())) -> 
     return max(draw.textbbox((0, 0), t, font=font)[2] for t in labels) + 2 * PAD
 
 
-def grid(rows: Dict[str, Tensor], labels: Optional[Dict[str, str]] = None) -> Tensor:
+def grid(rows: Dict[str, Tensor], labels: Optional[Dict[str, str]] = None,
+         columns: Sequence[str] = ()) -> Tensor:
     """Rows of pictures (each (n, 3, h, w)) as one labelled picture (1, 3, H, W) in [0, 1],
-    in the order of `labels` (name -> label; default the mimicry check's four rows):
-    row r, picture c at top GAP + r (h' + GAP), left L + GAP + c (w + GAP), where
-    h' = max(h, 12) is the row height and L = label_width(h')."""
+    in the order of `labels` (name -> label; default the mimicry check's four rows), under a
+    header of column labels if `columns` are given: row r, picture c at top
+    T + GAP + r (h' + GAP), left L + GAP + c (w + GAP), where h' = max(h, 12) is the row
+    height, L = label_width(h') and T the header's height (0 without one)."""
     labels = labels or LABELS
     n, _, h, w = rows[next(iter(labels))].shape
     row_h = max(h, 12)
     left = label_width(row_h, tuple(labels.values()))
-    out = torch.ones(3, GAP + len(labels) * (row_h + GAP), left + GAP + n * (w + GAP))
+    head = HEADER if columns else 0
+    out = torch.ones(3, head + GAP + len(labels) * (row_h + GAP), left + GAP + n * (w + GAP))
+    for c, text in enumerate(columns):
+        x0 = left + GAP + c * (w + GAP)
+        out[:, :head, x0:x0 + w] = label_strip(text, head, w)
     for r, name in enumerate(labels):
-        top = GAP + r * (row_h + GAP)
+        top = head + GAP + r * (row_h + GAP)
         out[:, top:top + row_h, :left] = label_strip(labels[name], row_h, left)
         for c in range(n):
             x0 = left + GAP + c * (w + GAP)
