@@ -55,6 +55,7 @@ def test_large_images_are_scored_as_the_mimic_sees_them(tiny):
     assert seen and max(h * w for h, w in seen) <= 40 * 32  # a 40x24 bucket or a 32x32 crop
     assert rows["none"]["view"] == "train" and rows["none"]["views"] == 8
     assert "32 px fine-tune" in rows["none"]["scored"]
+    assert "  train   " in format_robustness(rows)  # the table says how each row was scored
     again = robustness(model, image, protected, samples=2, max_samples=2, resolution=32, transforms=["none"])
     assert again["none"]["gain"] == rows["none"]["gain"]  # fixed views and draws
     full = robustness(model, image, protected, samples=2, max_samples=2, resolution=32, view="full", transforms=["none"])

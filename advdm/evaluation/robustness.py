@@ -188,14 +188,16 @@ def format_robustness(results: Dict[str, dict], columns: Optional[Dict[str, Dict
 
     if columns is None:
         lines = [f"{'transform':<27} {'size':>9} {'protected gain [95% CI]':>24} {'noise gain [95% CI]':>24}  "
-                 f"{'draws':>5}  verdict"]
+                 f"{'draws':>5}  {'scored':<6}  verdict"]
         for name, r in results.items():
             if r.get("skipped"):
                 lines.append(f"{name:<27} (skipped: {r['skipped']})")
                 continue
             size = "x".join(map(str, r["size"]))
             lines.append(f"{name:<27} {size:>9} {ci(r, 'gain'):>24} {ci(r, 'gain_noise'):>24}  {r['samples']:>5}  "
-                         f"{verdict(r['gain_over_noise_low'], r['gain_over_noise_high'], r['samples'])}")
+                         f"{r['view']:<6}  {verdict(r['gain_over_noise_low'], r['gain_over_noise_high'], r['samples'])}")
+        lines.append("scored: full = the whole transformed image; train = 8 training views (aspect buckets and crops) at "
+                     "the training resolution, as a fine-tune sees it; tiled = tiles of the training size")
         return "\n".join(lines)
     labels = list(columns)
     width = max(24, *(len(l) for l in labels))
