@@ -31,7 +31,7 @@ from torch import Tensor
 from ..mimic.sampler import decode, edit_latent
 from ..mimic.views import bucket_size, judged_views, resize
 from ..models.interface import DiffusionModel
-from .measure import budget_of, check_pair, noise_control
+from .measure import budget_of, check_pair, noise_control, verdict
 from ..settings import IMG2IMG, IMG2IMG_STRENGTHS as STRENGTHS
 from .pictures import grid
 from .stats import LEVEL
@@ -47,7 +47,7 @@ VERDICTS = {
     "negligible": f"moves the edit beyond noise, but not clearly by more than {MARGIN:g}/255: not counted as protection",
     "not distinguishable": "not distinguishable from same-budget noise",
     "below noise": "the edit stays closer to the clean image's edit than noise's does: no protection",
-    "too few seeds": f"too few seeds for a verdict (fewer than {MIN_SEEDS})",
+    "too few draws": f"too few seeds for a verdict (fewer than {MIN_SEEDS})",
 }
 ROW_LABELS = {"clean": "clean", "protected": "protected", "noise": "noise"}
 
@@ -72,18 +72,6 @@ def _interval(values: Tensor, predict: bool = False):
     t = float(student_t.ppf(0.5 + LEVEL / 2, n - 1))
     half = t * v.std(unbiased=True).item() * math.sqrt((1 + 1 / n) if predict else 1 / n)
     return mean, mean - half, mean + half
-
-
-def verdict(low: Optional[float], high: Optional[float], seeds: int) -> str:
-    if seeds < MIN_SEEDS or low is None:
-        return "too few seeds"
-    if low > MARGIN:
-        return "beyond noise"
-    if low > 0:
-        return "negligible"
-    if high < 0:
-        return "below noise"
-    return "not distinguishable"
 
 
 def _rmse(a: Tensor, b: Tensor, scale: float = 1.0) -> float:
@@ -149,7 +137,7 @@ def _row(strength: float, seeds: int, d_p: Tensor, d_n: Tensor, l_p: Tensor, l_n
                                  ("difference", d_p - d_n, True), ("latent_distance", l_p, False),
                                  ("latent_distance_noise", l_n, False)):
         row[key], row[key + "_low"], row[key + "_high"] = _interval(values, predict)
-    key = verdict(row["difference_low"], row["difference_high"], seeds)
+    key = verdict(row["difference_low"], row["difference_high"], seeds, margin=MARGIN, minimum=MIN_SEEDS)
     row.update(verdict=VERDICTS[key], protects=key == "beyond noise")
     return row
 

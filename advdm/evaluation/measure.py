@@ -175,11 +175,13 @@ VERDICTS = {  # short label -> what the report says
 }
 
 
-def verdict(low: float, high: float, draws: int) -> str:
-    """What the protected-minus-control interval allows one to say, and nothing more (a VERDICTS key)."""
-    if draws < MIN_DRAWS:
+def verdict(low: float, high: float, draws: int, *, margin: float = NEGLIGIBLE, minimum: int = MIN_DRAWS) -> str:
+    """What the protected-minus-control interval allows one to say, and nothing more (a VERDICTS
+    key): beyond noise only when the whole interval lies above `margin`, never on fewer than
+    `minimum` units (draws here; seeds for the img2img check)."""
+    if draws < minimum or low is None:
         return "too few draws"
-    if low > NEGLIGIBLE:
+    if low > margin:
         return "beyond noise"
     if low > 0:
         return "negligible"
