@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -163,3 +164,130 @@ def interrupt_stops_a_long_protection(client: Client, **extra) -> None:
     status, d = result["r"]
     assert status == 200 and d["interrupted"] and d["images"] == []
     assert time.time() - started < 120
+
+
+# --- the checks: POST /advdm/v1/mimicry and the Protect tab's Check section --------------------------
+
+# A mimicry check small enough for a CPU: 3 fine-tune seeds (the interval's units; with 2, Student's t
+# has one degree of freedom) x 3 fine-tunes of 3 steps on two 64 px images, one 2-step picture a row.
+QUICK_MIMICRY = {"seeds": 3, "steps": 3, "lr": 1e-3, "rank": 2, "batch": 2, "draws": 4, "pictures": 1,
+                 "picture_steps": 2, "picture_size": 64}
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def mimicry_images():
+    """Two 64 px training images and one held-out image, as PNG arrays."""
+    return [image(64, 64, seed=s) for s in (21, 22)], [image(64, 64, seed=23)]
+
+
+def mimicry_clean_as_protected(client: Client) -> dict:
+    """The clean images passed as the protected ones: the protected LoRA is the clean LoRA, so the
+    learned fraction's interval contains 1; the grid comes back as a PNG of four rows."""
+    train, held = mimicry_images()
+    body = {"train": [png(a) for a in train], "protected": [png(a) for a in train], "held_out": [png(a) for a in held],
+            **QUICK_MIMICRY}
+    status, d = client.call("POST", "/advdm/v1/mimicry", body)
+    assert status == 200, d
+    print("mimicry:", d.get("summary"))
+    assert d["interrupted"] is False and d["learned"], d["summary"]
+    assert d["learned_fraction_low"] <= 1 <= d["learned_fraction_high"], d["summary"]
+    assert (d["seeds"], d["finetune"]["steps"], d["train_images"], d["held_out_images"]) == (3, 3, 2, 1)
+    assert d["picture_rmse_protected"] == 0 and d["picture_size"] == [64, 64]
+    grid = decode(d["grid"])
+    assert grid.ndim == 3 and grid.shape[0] >= 4 * 64 and grid.shape[1] > 64  # four labelled rows of one picture
+    return d
+
+
+def mimicry_bad_fields_are_400s(client: Client) -> None:
+    one = [png(image(64, 64))]
+    for bad, field in (({"seeds": 0}, "seeds"), ({"lr": 0}, "lr"), ({"draws": 1}, "draws"),
+                       ({"picture_size": 4}, "picture_size"), ({"stepz": 2}, "stepz"),
+                       ({"protected": []}, "protected"), ({"train": ["not base64!"]}, "train[0]"),
+                       ({"protected": [png(image(32, 48))]}, "protected[0]")):
+        status, d = client.call("POST", "/advdm/v1/mimicry", {"train": one, "protected": one, **QUICK_MIMICRY, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
+    status, _ = client.call("POST", "/advdm/v1/mimicry", {"train": one, "protected": one}, auth=None)
+    assert status == 401
+
+
+def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
+    """10000 fine-tuning steps a LoRA: progress shows through /sdapi/v1/progress as the job
+    advdm_mimicry; /sdapi/v1/interrupt stops it soon, answering interrupted."""
+    train, _ = mimicry_images()
+    result = {}
+
+    def run():
+        result["r"] = client.call("POST", "/advdm/v1/mimicry", {"train": [png(train[0])], "protected": [png(train[0])],
+                                                                **QUICK_MIMICRY, "steps": 10000})
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status, p = client.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
+        if p["state"]["job"] == "advdm_mimicry" and p["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the mimicry check never showed progress: {p}")
+    assert p["state"]["sampling_steps"] == 3 * 3 * 10000 + 2 * (1 + 3 * 3)  # fine-tune and sampler steps
+    started = time.time()
+    status, _ = client.call("POST", "/sdapi/v1/interrupt")
+    assert status == 200
+    t.join(120)
+    assert not t.is_alive(), "the mimicry check did not stop after /sdapi/v1/interrupt"
+    assert result["r"] == (200, {"interrupted": True})
+    assert time.time() - started < 120
+
+
+def _set_number(scope, elem_id: str, value) -> None:
+    box = scope.locator(f"#{elem_id} input[type=number]").first  # a slider's number box, or a Number
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """Headless Chromium on the Protect tab: open "Check the protection", upload two clean images
+    as clean and as protected and a held-out one, set the quick settings, Run mimicry check; the
+    report shows the learned fraction and the gallery the grid. Returns the report's text."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, held = mimicry_images()
+    clean = [folder / f"clean{i}.png" for i in range(len(train))]
+    for a, path in zip(train, clean):
+        png(a, path)
+    held_path = folder / "held.png"
+    png(held[0], held_path)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1500, "height": 2200})
+            pg.goto(client.base, timeout=180_000)
+            pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
+            tab = pg.locator("#tab_advdm_protect_tab")
+            tab.locator("#advdm_check").get_by_text("Check the protection").first.click()  # open the section
+            for elem_id, files in (("advdm_check_clean", clean), ("advdm_check_protected", clean),
+                                   ("advdm_check_held_out", [held_path])):
+                tab.locator(f"#{elem_id} input[type=file]").first.set_input_files([str(f) for f in files])
+                tab.locator(f"#{elem_id}").get_by_text(files[-1].name).first.wait_for(timeout=60_000)  # uploaded
+            tab.locator("#advdm_check_mimicry_settings").get_by_text("Mimicry check settings").first.click()
+            tab.locator("#advdm_check_seeds input[type=number]").first.wait_for(state="visible", timeout=30_000)
+            for name in ("seeds", "steps", "rank", "draws", "pictures", "picture_steps", "picture_size"):
+                _set_number(tab, f"advdm_check_{name}", QUICK_MIMICRY[name])
+            _set_number(tab, "advdm_check_lr", QUICK_MIMICRY["lr"])
+            pg.wait_for_timeout(1000)
+            pg.screenshot(path=str(artifacts / f"{host}_check_settings.png"), full_page=True)
+            tab.locator("#advdm_check_mimicry").click()
+            report = tab.locator("#advdm_check_report")
+            report.get_by_text("learned fraction", exact=False).first.wait_for(timeout=1_200_000)
+            tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
+            pg.wait_for_timeout(1000)
+            pg.screenshot(path=str(artifacts / f"{host}_check_done.png"), full_page=True)
+            return report.inner_text()
+        finally:
+            browser.close()
