@@ -68,6 +68,8 @@ def _mimicry_args(sub) -> None:
     p.add_argument("--convs", action="store_true", help=MIMICRY["convs"].help)
     knob(p, "resolution")
     knob(p, "draws")
+    p.add_argument("--view", choices=MIMICRY["view"].choices, default=MIMICRY["view"].default,
+                   help=MIMICRY["view"].help + f" (default {MIMICRY['view'].default})")
     g = p.add_argument_group("pictures", "after every fine-tune the model draws pictures from fixed seeds; the grid "
                              f"(rows base model, clean, protected and noise LoRA) is written as {GRID_NAME}")
     for name in ("pictures", "picture_steps", "picture_size"):

@@ -93,6 +93,8 @@ MIMICRY = {
     "resolution": Knob(_F.resolution, "larger images are resized to about this side, as a training script does "
                        "(default: the model's)", 8, 4096, 8),
     "draws": Knob(64, "fixed (timestep, noise) draws per evaluated image", 2, 4096, 1),
+    "view": Knob("auto", "how the evaluated images are scored: the measurement's view rule (auto, full, train, "
+                 "tiled) at the fine-tune's resolution", choices=tuple(VIEWS)),
     "pictures": Knob(4, "pictures per row of the grid, drawn from fixed seeds after every fine-tune (0 = none)",
                      0, 16, 1),
     "picture_steps": Knob(20, "Euler sampler steps per picture", 1, 200, 1),
