@@ -102,17 +102,34 @@ MIMICRY = {
 }
 
 
+# The img2img (SDEdit) check (advdm.evaluation.img2img), by the web API's field names.
+IMG2IMG = {
+    "strengths": Knob((0.3, 0.5), "img2img strengths, each the part of the schedule that is re-drawn", 0.01, 1.0, 0.01),
+    "seeds": Knob(5, "seeds, the intervals' units (a verdict needs 3 or more)", 1, 64, 1),
+    "steps": Knob(10, "Euler steps over the edited part of the schedule", 1, 200, 1),
+    "seed": Knob(0, "the first seed; the same seed gives the same figures", 0, 0xFFFFFFFF, 1),
+    "view": Knob("auto", "what is edited: auto (the image at its own size up to 1.5x the training size, else "
+                 "resized as a training run sees it), full (its own size) or train (resized)", choices=tuple(VIEWS)),
+    "resolution": Knob(None, "training resolution the train view resizes to (default: the model's)", 8, 4096, 8),
+}
+
+
 def check(knobs: dict, values: dict, label=lambda name: name) -> None:
-    """Raise ValueError naming label(name) for the first value outside its knob's bounds or
-    choices (None passes: the default)."""
+    """Raise ValueError naming label(name) (label(name)[i] in a list) for the first value
+    outside its knob's bounds or choices (None passes: the default)."""
     for name, value in values.items():
         k = knobs[name]
         if value is None or isinstance(value, bool):
             continue
-        if k.choices and value not in k.choices:
-            raise ValueError(f"{label(name)} must be one of {', '.join(k.choices)}, got {value!r}")
-        if k.low is not None and not k.low <= value <= k.high:
-            raise ValueError(f"{label(name)} must be between {k.low:g} and {k.high:g}, got {value:g}")
+        items = [(f"{label(name)}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) else [
+            (label(name), value)]
+        if not items:
+            raise ValueError(f"{label(name)}: give at least one value")
+        for where, v in items:
+            if k.choices and v not in k.choices:
+                raise ValueError(f"{where} must be one of {', '.join(k.choices)}, got {v!r}")
+            if k.low is not None and not k.low <= v <= k.high:
+                raise ValueError(f"{where} must be between {k.low:g} and {k.high:g}, got {v:g}")
 
 
 def default(name: str) -> Any:

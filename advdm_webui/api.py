@@ -1,6 +1,8 @@
 """POST /advdm/v1/protect: images (base64) or a folder inside the configured input folder
 -> protected PNGs (base64) + measurements. POST /advdm/v1/mimicry: the mimicry check on the
 loaded checkpoint -> its figures (the command line's --json) + the picture grid (base64 PNG).
+POST /advdm/v1/img2img: the img2img (SDEdit) check of original / protected pairs -> a row of
+figures per strength + the side-by-side picture (base64 PNG) for each pair.
 Registered only with --api (like /sdapi) and guarded by --api-auth exactly as
 modules/api/api.py does it. Only imported inside the web UI."""
 from __future__ import annotations
@@ -21,12 +23,13 @@ from pydantic import BaseModel, Field
 import advdm
 from advdm import images as advdm_images
 from advdm.attack.pgd import SURROGATE_FIELDS
-from advdm.settings import MEASURE, MIMICRY, PRESETS, PROTECT
+from advdm.settings import IMG2IMG, MEASURE, MIMICRY, PRESETS, PROTECT, check
 
 from modules import shared  # noqa: E402
 
 ROUTE = "/advdm/v1/protect"
 MIMICRY_ROUTE = "/advdm/v1/mimicry"
+IMG2IMG_ROUTE = "/advdm/v1/img2img"
 
 
 def _knob(name: str, knobs=PROTECT, **kw):
@@ -92,9 +95,26 @@ class MimicryRequest(BaseModel):
     convs: bool = _knob("convs", MIMICRY)
     resolution: Optional[int] = _knob("resolution", MIMICRY)
     draws: int = _knob("draws", MIMICRY)
+    view: Literal[tuple(MIMICRY["view"].choices)] = _knob("view", MIMICRY)
     pictures: int = _knob("pictures", MIMICRY)
     picture_steps: int = _knob("picture_steps", MIMICRY)
     picture_size: Optional[int] = _knob("picture_size", MIMICRY)
+    prompt: str = _knob("prompt")
+
+    class Config:
+        extra = "forbid"
+
+
+class Img2ImgRequest(BaseModel):
+    original: List[str] = Field(default_factory=list, description="the clean images: " + IMAGES)
+    protected: List[str] = Field(default_factory=list, description="their protected copies, in the order of original")
+    strengths: List[float] = Field(list(IMG2IMG["strengths"].default), description=(
+        f"{IMG2IMG['strengths'].help}; each {IMG2IMG['strengths'].low:g} to {IMG2IMG['strengths'].high:g}"))
+    seeds: int = _knob("seeds", IMG2IMG)
+    steps: int = _knob("steps", IMG2IMG)
+    seed: int = _knob("seed", IMG2IMG)
+    view: Literal[tuple(IMG2IMG["view"].choices)] = _knob("view", IMG2IMG)
+    resolution: Optional[int] = _knob("resolution", IMG2IMG)
     prompt: str = _knob("prompt")
 
     class Config:
@@ -346,6 +366,32 @@ def mimicry_endpoint(req: MimicryRequest) -> dict:
     return json_safe(result)
 
 
+def img2img_endpoint(req: Img2ImgRequest) -> dict:
+    """`pairs`: for each (original, protected) pair its rows (`img2img`, one per strength), `summary`
+    (the text report), `scored`, and `picture` (base64 PNG); `interrupted` (then `pairs` holds the
+    pairs finished before)."""
+    from advdm.evaluation.img2img import format_img2img
+
+    from advdm_webui import webui
+
+    options = {name: getattr(req, name) for name in IMG2IMG}
+    options["strengths"] = tuple(options["strengths"])
+    try:
+        check(IMG2IMG, options)
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    originals, protected = paired_images(req, "original", "protected")
+    pairs = []
+
+    def on_result(i, r):
+        picture = r.pop("picture")
+        pairs.append({**r, "summary": format_img2img(r), "picture": png_base64(picture)})
+
+    done = run_check("advdm_img2img", lambda: webui.img2img([x.rgb for x in originals], [x.rgb for x in protected],
+                                                            options, prompt=req.prompt, on_result=on_result))
+    return json_safe({"pairs": pairs, "interrupted": done is None})
+
+
 def _free_name(folder: Path, stem: str) -> Path:
     p = folder / f"{stem}_protected.png"
     n = 1
@@ -361,4 +407,6 @@ def register(app: FastAPI) -> None:
     app.router.add_api_route(ROUTE, protect_endpoint, methods=["POST"], response_model=ProtectResponse,
                              dependencies=_auth_dependency(), route_class_override=BadFieldIs400)
     app.router.add_api_route(MIMICRY_ROUTE, mimicry_endpoint, methods=["POST"], response_model=None,
+                             dependencies=_auth_dependency(), route_class_override=BadFieldIs400)
+    app.router.add_api_route(IMG2IMG_ROUTE, img2img_endpoint, methods=["POST"], response_model=None,
                              dependencies=_auth_dependency(), route_class_override=BadFieldIs400)

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import gradio as gr
 
 from advdm import images as advdm_images
-from advdm.settings import MIMICRY
+from advdm.settings import IMG2IMG, MIMICRY, check
 from advdm_webui.ui import GRADIO4, _js_kw, _slider, _uploaded, submit_js
 
 from modules import call_queue, shared  # noqa: E402
@@ -76,8 +76,42 @@ def run_mimicry(id_task, clean_files, source, protected_files, held_files, promp
     return gallery, "<h3>Mimicry check</h3>" + _report(format_mimicry(result))
 
 
-def _knob_slider(name: str, label: str):
-    return _slider(name, label, MIMICRY, f"advdm_check_{name}")
+def parse_strengths(text: str) -> tuple:
+    """'0.3, 0.5' -> (0.3, 0.5), each within the knob's bounds."""
+    try:
+        strengths = tuple(float(part) for part in text.replace(",", " ").split())
+    except ValueError:
+        raise ValueError(f"img2img strengths: numbers between 0 and 1, separated by commas, got {text!r}") from None
+    check(IMG2IMG, {"strengths": strengths}, lambda name: "img2img strengths")
+    return strengths
+
+
+def run_img2img(id_task, clean_files, source, protected_files, prompt, strengths, seeds, steps, seed, view):
+    """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
+    from advdm.evaluation.img2img import format_img2img
+
+    from advdm_webui import webui
+
+    options = {"strengths": parse_strengths(strengths), "seeds": int(seeds), "steps": int(steps), "seed": int(seed),
+               "view": view, "resolution": None}
+    check(IMG2IMG, options)
+    clean, protected, _ = image_sets(clean_files, source, protected_files, None)
+    gallery, reports = [], []
+
+    def on_result(i, r):
+        gallery.append((webui.to_pil(r.pop("picture")), f"image {i + 1}: clean / protected / noise, then their edits"))
+        reports.append(f"<h4>Image {i + 1}</h4>" + _report(format_img2img(r)))
+
+    status = ""
+    try:
+        webui.img2img(clean, protected, options, prompt=prompt, on_result=on_result)
+    except webui.Interrupted:
+        status = f"<p>Interrupted: {len(reports)} of {len(clean)} image(s) checked.</p>"
+    return gallery, "<h3>img2img check</h3>" + status + "".join(reports)
+
+
+def _knob_slider(name: str, label: str, knobs=MIMICRY, prefix: str = "advdm_check_"):
+    return _slider(name, label, knobs, f"{prefix}{name}")
 
 
 def _side_slider(name: str, label: str):
@@ -90,9 +124,11 @@ def section(prompt):
     """Build the section inside the tab's Blocks; `prompt` is the tab's conditioning prompt box."""
     file_kw = dict(file_count="multiple", file_types=["image"], type="filepath" if GRADIO4 else "file")
     with gr.Accordion("Check the protection", open=False, elem_id="advdm_check"):
-        gr.HTML("<p>Does the protection hold on this checkpoint? The mimicry check fine-tunes a LoRA on the clean, "
-                "the protected and same-budget noise copies, and reports how much of the style it still learns "
-                "(1 = all of it), with pictures each LoRA draws. Slow: seeds x 3 fine-tunes.</p>")
+        gr.HTML("<p>Does the protection hold on this checkpoint? The <b>img2img check</b> edits the clean, the "
+                "protected and a same-budget noise image alike (SDEdit) and reports how far the protected image's "
+                "edit lands from the clean one's, beside noise's. The <b>mimicry check</b> fine-tunes a LoRA on the "
+                "clean, the protected and same-budget noise copies and reports how much of the style it still "
+                "learns (1 = all of it), with pictures each LoRA draws. Slow: seeds x 3 fine-tunes.</p>")
         with gr.Row():
             with gr.Column(scale=1):
                 clean = gr.File(label="Clean images (the originals)", elem_id="advdm_check_clean", **file_kw)
@@ -102,6 +138,19 @@ def section(prompt):
                                     elem_id="advdm_check_protected", **file_kw)
                 held = gr.File(label="Held-out clean images (optional: same style, not in the clean images; without "
                                "them each image is cut in two)", elem_id="advdm_check_held_out", **file_kw)
+                with gr.Accordion("img2img check settings", open=False, elem_id="advdm_check_img2img_settings"):
+                    i2i = IMG2IMG
+                    strengths = gr.Textbox(value=", ".join(f"{v:g}" for v in i2i["strengths"].default),
+                                           label="Strengths", info=i2i["strengths"].help,
+                                           elem_id="advdm_check_img2img_strengths")
+                    with gr.Row():
+                        i2i_seeds = _knob_slider("seeds", "Seeds", i2i, "advdm_check_img2img_")
+                        i2i_steps = _knob_slider("steps", "Sampler steps", i2i, "advdm_check_img2img_")
+                    with gr.Row():
+                        i2i_seed = gr.Number(value=i2i["seed"].default, precision=0, label="Seed",
+                                             elem_id="advdm_check_img2img_seed")
+                        i2i_view = gr.Dropdown(list(i2i["view"].choices), value=i2i["view"].default, label="View",
+                                               info=i2i["view"].help, elem_id="advdm_check_img2img_view")
                 with gr.Accordion("Mimicry check settings", open=False, elem_id="advdm_check_mimicry_settings"):
                     with gr.Row():
                         seeds = _knob_slider("seeds", "Fine-tune seeds")
@@ -121,6 +170,7 @@ def section(prompt):
                         picture_size = _side_slider("picture_size", "Picture size (0 = the model's)")
                         resolution = _side_slider("resolution", "Training resolution (0 = the model's)")
                 with gr.Row():
+                    go_img2img = gr.Button("Run img2img check", variant="primary", elem_id="advdm_check_img2img")
                     go_mimicry = gr.Button("Run mimicry check", variant="primary", elem_id="advdm_check_mimicry")
                     stop = gr.Button("Interrupt", elem_id="advdm_check_interrupt")
                 id_task = gr.Textbox(visible=False)
@@ -129,10 +179,15 @@ def section(prompt):
                     gallery = gr.Gallery(label="What the mimic draws", elem_id="advdm_check_gallery", columns=1)
                 report = gr.HTML(elem_id="advdm_check_report")
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
+        progress_js = _js_kw(submit_js("advdm_check_gallery_container", "advdm_check_gallery"))
+        go_img2img.click(
+            fn=call_queue.wrap_gradio_gpu_call(run_img2img, extra_outputs=[None]),
+            inputs=[id_task, clean, source, protected, prompt, strengths, i2i_seeds, i2i_steps, i2i_seed, i2i_view],
+            outputs=[gallery, report], **progress_js,
+        )
         go_mimicry.click(
             fn=call_queue.wrap_gradio_gpu_call(run_mimicry, extra_outputs=[None]),
             inputs=[id_task, clean, source, protected, held, prompt, seeds, steps, rank, lr, draws, seed, pictures,
                     picture_steps, picture_size, resolution],
-            outputs=[gallery, report],
-            **_js_kw(submit_js("advdm_check_gallery_container", "advdm_check_gallery")),
+            outputs=[gallery, report], **progress_js,
         )

@@ -192,6 +192,29 @@ def mimicry(train: List[torch.Tensor], protected: List[torch.Tensor], held_out: 
                              held_out_note=note)
 
 
+def img2img(originals: List[torch.Tensor], protected: List[torch.Tensor], options: dict, *, prompt: str,
+            on_result: Optional[Callable[[int, dict], None]] = None) -> List[dict]:
+    """The img2img check (advdm.evaluation.img2img) of each (original, protected) pair on the
+    loaded checkpoint; options: img2img_check's keywords (advdm.settings.IMG2IMG). The caller
+    holds the queue lock and has called shared.state.begin(); on_result(index, result) after
+    each pair, so an interrupted run keeps what was finished. Raises Interrupted."""
+    from advdm.evaluation.img2img import img2img_check
+
+    shared.state.job_count = len(originals)
+    results = []
+    for i, (x, p) in enumerate(zip(originals, protected)):
+        cancel_point()
+        shared.state.job_no = i
+        h, w = x.shape[-2:]
+        with loaded_model(prompt, w, h) as model:
+            r = img2img_check(model, x, p, **options,
+                              progress=check_progress(f"img2img check, image {i + 1} of {len(originals)}"))
+        results.append(r)
+        if on_result is not None:
+            on_result(i, r)
+    return results
+
+
 def to_pil(x: torch.Tensor):
     from PIL import Image
 

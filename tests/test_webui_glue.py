@@ -381,3 +381,82 @@ def test_interrupt_stops_the_mimicry_check_and_leaves_the_model_as_it_was(mimicr
     assert d == {"interrupted": True}
     assert state.calls == 4 and state.jobs[-1] == ("end",)
     assert_as_before(tiny.denoiser_network, before)
+
+
+# --- POST /advdm/v1/img2img -----------------------------------------------------------------------
+
+QUICK_IMG2IMG = {"strengths": [0.5], "seeds": 3, "steps": 2}
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"seeds": 0}, "seeds"), ({"seeds": 65}, "seeds"), ({"steps": 0}, "steps"), ({"steps": 201}, "steps"),
+    ({"seed": -1}, "seed"), ({"view": "zoom"}, "view"), ({"resolution": 4}, "resolution"),
+    ({"strengths": "high"}, "strengths"), ({"strength": [0.3]}, "strength"), ({"original": "x"}, "original"),
+])
+def test_img2img_request_refuses_each_bad_field_by_name(api, bad, field):
+    with pytest.raises(api.ValidationError) as e:
+        api.Img2ImgRequest(**{"original": ["x"], "protected": ["x"], **bad})
+    detail = api._field_errors(e.value.errors())
+    assert detail.split(":")[0].split(".")[0] == field, detail
+
+
+def test_img2img_request_defaults_are_the_cores(api):
+    import inspect
+
+    from advdm.evaluation.img2img import img2img_check
+    from advdm.settings import IMG2IMG
+
+    core = inspect.signature(img2img_check).parameters
+    req = api.Img2ImgRequest(original=["x"], protected=["x"])
+    for name, k in IMG2IMG.items():
+        default = tuple(getattr(req, name)) if name == "strengths" else getattr(req, name)
+        assert default == k.default == core[name].default, name
+
+
+@pytest.mark.parametrize("body,detail", [
+    ({"strengths": [0.3, 0]}, "strengths[1] must be between 0.01 and 1"),
+    ({"strengths": []}, "strengths: give at least one value"),
+    ({"original": []}, "original: give at least one image"),
+    ({"protected": []}, "protected: 0 images for 1 in original"),
+    ({"protected": ["!!"]}, "protected[0]"),
+])
+def test_img2img_route_refuses_bad_values_and_images_by_field(mimicry_api, body, detail):
+    from sample_images import smooth_image
+
+    api, state, _ = mimicry_api
+    image = _png_b64(smooth_image(32, 32))
+    with pytest.raises(api.HTTPException) as e:
+        api.img2img_endpoint(api.Img2ImgRequest(**{"original": [image], "protected": [image], **QUICK_IMG2IMG, **body}))
+    assert e.value.status_code == 400 and e.value.detail.startswith(detail), e.value.detail
+    assert state.jobs == []
+
+
+def test_img2img_route_answers_rows_and_a_picture_per_pair_and_keeps_them_on_interrupt(mimicry_api):
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    from sample_images import smooth_image
+
+    api, state, tiny = mimicry_api
+    before = _weights(tiny.denoiser_network)
+    images = [_png_b64(smooth_image(32, 48, seed=s)) for s in range(2)]
+    d = api.img2img_endpoint(api.Img2ImgRequest(original=images, protected=images, **QUICK_IMG2IMG))
+    json.dumps(d, allow_nan=False)
+    assert d["interrupted"] is False and len(d["pairs"]) == 2
+    for pair in d["pairs"]:
+        (row,) = pair["img2img"]
+        assert row["strength"] == 0.5 and row["seeds"] == 3 and row["distance"] == 0  # clean as protected
+        assert row["protects"] is False and "strength 0.5" in pair["summary"]
+        picture = Image.open(io.BytesIO(base64.b64decode(pair["picture"])))
+        assert picture.format == "PNG" and picture.width >= 2 * 48 and picture.height >= 3 * 32  # inputs, edits
+    assert state.jobs == [("begin", "advdm_img2img", True), ("end",)] and state.job_count == 2
+    assert state.sampling_steps == 1 * 3 * 3 * 2  # strengths x seeds x 3 images x steps, per pair
+    after = _weights(tiny.denoiser_network)
+    assert all(torch_equal(before[k], after[k]) for k in before)
+
+    state.calls, state.interrupt_at = 0, 18 + 3  # during the second pair
+    d = api.img2img_endpoint(api.Img2ImgRequest(original=images, protected=images, **QUICK_IMG2IMG))
+    assert d["interrupted"] is True and len(d["pairs"]) == 1  # the first pair's figures kept
