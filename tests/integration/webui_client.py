@@ -3,6 +3,7 @@ test images as PNG/base64, and starting / stopping a web UI server (loopback onl
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -248,14 +249,13 @@ def _set_number(scope, elem_id: str, value) -> None:
     box.press("Enter")
 
 
-def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
-    """Headless Chromium on the Protect tab: open "Check the protection", upload two clean images
-    as clean and as protected and a held-out one, set the quick settings, Run mimicry check; the
-    report shows the learned fraction and the gallery the grid. Returns the report's text."""
+@contextlib.contextmanager
+def check_section(client: Client, folder: Path):
+    """Headless Chromium on the Protect tab with "Check the protection" open and two clean images
+    uploaded as the clean ones and as the protected ones, a third as held out: (page, tab)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-    artifacts.mkdir(parents=True, exist_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     train, held = mimicry_images()
     clean = [folder / f"clean{i}.png" for i in range(len(train))]
@@ -275,19 +275,83 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
                                    ("advdm_check_held_out", [held_path])):
                 tab.locator(f"#{elem_id} input[type=file]").first.set_input_files([str(f) for f in files])
                 tab.locator(f"#{elem_id}").get_by_text(files[-1].name).first.wait_for(timeout=60_000)  # uploaded
-            tab.locator("#advdm_check_mimicry_settings").get_by_text("Mimicry check settings").first.click()
-            tab.locator("#advdm_check_seeds input[type=number]").first.wait_for(state="visible", timeout=30_000)
-            for name in ("seeds", "steps", "rank", "draws", "pictures", "picture_steps", "picture_size"):
-                _set_number(tab, f"advdm_check_{name}", QUICK_MIMICRY[name])
-            _set_number(tab, "advdm_check_lr", QUICK_MIMICRY["lr"])
-            pg.wait_for_timeout(1000)
-            pg.screenshot(path=str(artifacts / f"{host}_check_settings.png"), full_page=True)
-            tab.locator("#advdm_check_mimicry").click()
-            report = tab.locator("#advdm_check_report")
-            report.get_by_text("learned fraction", exact=False).first.wait_for(timeout=1_200_000)
-            tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
-            pg.wait_for_timeout(1000)
-            pg.screenshot(path=str(artifacts / f"{host}_check_done.png"), full_page=True)
-            return report.inner_text()
+            yield pg, tab
         finally:
             browser.close()
+
+
+def _open(tab, elem_id: str, title: str, first_input: str) -> None:
+    tab.locator(f"#{elem_id}").get_by_text(title).first.click()
+    tab.locator(f"#{first_input} input").first.wait_for(state="visible", timeout=30_000)
+
+
+def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """The Check section in headless Chromium: the quick settings, Run mimicry check; the report
+    shows the learned fraction and the gallery the grid. Returns the report's text."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with check_section(client, folder) as (pg, tab):
+        _open(tab, "advdm_check_mimicry_settings", "Mimicry check settings", "advdm_check_seeds")
+        for name in ("seeds", "steps", "rank", "draws", "pictures", "picture_steps", "picture_size"):
+            _set_number(tab, f"advdm_check_{name}", QUICK_MIMICRY[name])
+        _set_number(tab, "advdm_check_lr", QUICK_MIMICRY["lr"])
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_settings.png"), full_page=True)
+        tab.locator("#advdm_check_mimicry").click()
+        report = tab.locator("#advdm_check_report")
+        report.get_by_text("learned fraction", exact=False).first.wait_for(timeout=1_200_000)
+        tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"), full_page=True)
+        return report.inner_text()
+
+
+def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """The Check section in headless Chromium: strengths 0.5, 3 seeds of 2 steps, Run img2img
+    check; the report has a row per image and the gallery a picture per image."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with check_section(client, folder) as (pg, tab):
+        _open(tab, "advdm_check_img2img_settings", "img2img check settings", "advdm_check_img2img_strengths")
+        box = tab.locator("#advdm_check_img2img_strengths textarea, #advdm_check_img2img_strengths input").first
+        box.fill("0.5")
+        _set_number(tab, "advdm_check_img2img_seeds", QUICK_IMG2IMG["seeds"])
+        _set_number(tab, "advdm_check_img2img_steps", QUICK_IMG2IMG["steps"])
+        pg.wait_for_timeout(1000)
+        tab.locator("#advdm_check_img2img").click()
+        report = tab.locator("#advdm_check_report")
+        report.get_by_text("Image 2", exact=True).first.wait_for(timeout=1_200_000)
+        assert tab.locator("#advdm_check_gallery img").count() >= 1
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"), full_page=True)
+        return report.inner_text()
+
+
+# --- POST /advdm/v1/img2img ------------------------------------------------------------------------
+
+QUICK_IMG2IMG = {"strengths": [0.5], "seeds": 3, "steps": 2}
+
+
+def img2img_clean_as_protected(client: Client) -> dict:
+    """A clean image passed as the protected one: its edits are the clean image's (distance 0),
+    no verdict of protection; a row per strength and the picture come back."""
+    a = image(64, 64, seed=31)
+    status, d = client.call("POST", "/advdm/v1/img2img", {"original": [png(a)], "protected": [png(a)], **QUICK_IMG2IMG})
+    assert status == 200, d
+    assert d["interrupted"] is False
+    (pair,) = d["pairs"]
+    print("img2img:", pair["summary"])
+    (row,) = pair["img2img"]
+    assert (row["strength"], row["seeds"], row["distance"], row["protects"]) == (0.5, 3, 0, False), row
+    assert row["distance_noise"] > 0 and row["distance_noise_low"] <= row["distance_noise_high"]
+    picture = decode(pair["picture"])
+    assert picture.shape[0] >= 3 * 64 and picture.shape[1] >= 2 * 64  # rows clean/protected/noise: input, edit
+    return d
+
+
+def img2img_bad_fields_are_400s(client: Client) -> None:
+    one = [png(image(64, 64))]
+    for bad, field in (({"strengths": [0.3, 2]}, "strengths[1]"), ({"seeds": 0}, "seeds"), ({"view": "zoom"}, "view"),
+                       ({"steps": 500}, "steps"), ({"strenghts": [0.3]}, "strenghts"), ({"protected": []}, "protected"),
+                       ({"original": ["not base64!"]}, "original[0]"),
+                       ({"protected": [png(image(32, 48))]}, "protected[0]")):
+        status, d = client.call("POST", "/advdm/v1/img2img", {"original": one, "protected": one, **QUICK_IMG2IMG, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
