@@ -460,3 +460,60 @@ def test_img2img_route_answers_rows_and_a_picture_per_pair_and_keeps_them_on_int
     state.calls, state.interrupt_at = 0, 18 + 3  # during the second pair
     d = api.img2img_endpoint(api.Img2ImgRequest(original=images, protected=images, **QUICK_IMG2IMG))
     assert d["interrupted"] is True and len(d["pairs"]) == 1  # the first pair's figures kept
+
+
+# --- the Check section's inputs (no Gradio needed for these) -------------------------------------
+
+@pytest.fixture
+def check_ui(webui, monkeypatch):
+    gradio = types.ModuleType("gradio")
+    gradio.__version__ = "3.41.2"
+    call_queue = types.ModuleType("modules.call_queue")
+    monkeypatch.setitem(sys.modules, "gradio", gradio)
+    monkeypatch.setitem(sys.modules, "modules.call_queue", call_queue)
+    webui.shared.opts = types.SimpleNamespace()
+    sys.modules["modules"].call_queue = call_queue
+    for name in ("advdm_webui.ui", "advdm_webui.check_ui"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    c = importlib.import_module("advdm_webui.check_ui")
+    yield c
+    for name in ("advdm_webui.ui", "advdm_webui.check_ui"):
+        sys.modules.pop(name, None)
+
+
+def test_check_section_reads_strengths_and_names_a_bad_one(check_ui):
+    assert check_ui.parse_strengths("0.3, 0.5") == (0.3, 0.5) == check_ui.parse_strengths(" 0.3 0.5 ")
+    with pytest.raises(ValueError, match="img2img strengths: numbers"):
+        check_ui.parse_strengths("0.3, half")
+    with pytest.raises(ValueError, match=r"img2img strengths\[1\] must be between 0.01 and 1"):
+        check_ui.parse_strengths("0.3, 1.5")
+    with pytest.raises(ValueError, match="at least one"):
+        check_ui.parse_strengths("")
+
+
+def test_check_section_pairs_uploads_or_the_images_just_protected(check_ui, tmp_path):
+    from advdm.images import save_png
+
+    from sample_images import smooth_image
+
+    files = []
+    for i, name in enumerate(("a.png", "a_protected.png", "b.png", "b_protected.png", "held.png")):
+        files.append(save_png(tmp_path / name, smooth_image(16, 24, seed=i)))
+    a, pa, b, pb, held = (str(f) for f in files)
+    just = check_ui.JUST_PROTECTED
+    with pytest.raises(ValueError, match="nothing was protected in this tab yet"):
+        check_ui.image_sets([a], just, None, None)
+    with pytest.raises(ValueError, match="upload the clean images"):
+        check_ui.image_sets(None, check_ui.UPLOADED, [pa], None)
+    with pytest.raises(ValueError, match="2 clean images but 1 protected copies"):
+        check_ui.image_sets([a, b], check_ui.UPLOADED, [pa], None)
+    clean, protected, held_out = check_ui.image_sets([a, b], check_ui.UPLOADED, [pa, pb], [held])
+    assert [len(clean), len(protected), len(held_out)] == [2, 2, 1]
+    assert torch_equal(protected[1], smooth_image(16, 24, seed=3).float())
+
+    check_ui.remember([(files[0], files[1])])  # the tab protected a.png into a_protected.png
+    clean, protected, _ = check_ui.image_sets(None, just, [pb], None)  # the upload box is not used
+    assert torch_equal(clean[0], smooth_image(16, 24, seed=0).float())  # the original stands in for the clean one
+    assert torch_equal(protected[0], smooth_image(16, 24, seed=1).float())
+    with pytest.raises(ValueError, match="2 clean images but 1 protected"):
+        check_ui.image_sets([a, b], just, None, None)

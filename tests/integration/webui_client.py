@@ -232,7 +232,7 @@ def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
             break
         time.sleep(0.5)
     else:
-        pytest.fail(f"the mimicry check never showed progress: {p}")
+        pytest.fail(f"the mimicry check never showed progress: {p}; its answer: {result.get('r')}")
     assert p["state"]["sampling_steps"] == 3 * 3 * 10000 + 2 * (1 + 3 * 3)  # fine-tune and sampler steps
     started = time.time()
     status, _ = client.call("POST", "/sdapi/v1/interrupt")
@@ -268,7 +268,9 @@ def check_section(client: Client, folder: Path):
         try:
             pg = browser.new_page(viewport={"width": 1500, "height": 2200})
             pg.goto(client.base, timeout=180_000)
-            pg.get_by_role("button", name="Protect", exact=True).first.click()  # the tab
+            # the tab: a button in Gradio 3, role "tab" in Gradio 4
+            pg.get_by_role("button", name="Protect", exact=True).or_(
+                pg.get_by_role("tab", name="Protect", exact=True)).first.click(timeout=120_000)
             tab = pg.locator("#tab_advdm_protect_tab")
             tab.locator("#advdm_check").get_by_text("Check the protection").first.click()  # open the section
             for elem_id, files in (("advdm_check_clean", clean), ("advdm_check_protected", clean),
