@@ -203,6 +203,8 @@ def mimicry_clean_as_protected(client: Client) -> dict:
 
 def mimicry_bad_fields_are_400s(client: Client) -> None:
     one = [png(image(64, 64))]
+    status, d = client.call("POST", "/advdm/v1/mimicry", {"train": one, "protected": one, **QUICK_MIMICRY})
+    assert status == 400 and "too narrow to split" in json.dumps(d), d  # no held-out images and no halves
     for bad, field in (({"seeds": 0}, "seeds"), ({"lr": 0}, "lr"), ({"draws": 1}, "draws"),
                        ({"picture_size": 4}, "picture_size"), ({"stepz": 2}, "stepz"),
                        ({"protected": []}, "protected"), ({"train": ["not base64!"]}, "train[0]"),
@@ -216,12 +218,12 @@ def mimicry_bad_fields_are_400s(client: Client) -> None:
 def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
     """10000 fine-tuning steps a LoRA: progress shows through /sdapi/v1/progress as the job
     advdm_mimicry; /sdapi/v1/interrupt stops it soon, answering interrupted."""
-    train, _ = mimicry_images()
+    wide = png(image(64, 128, seed=24))  # no held-out images: its halves (SD1.5 takes multiples of 64 px)
     result = {}
 
     def run():
-        result["r"] = client.call("POST", "/advdm/v1/mimicry", {"train": [png(train[0])], "protected": [png(train[0])],
-                                                                **QUICK_MIMICRY, "steps": 10000})
+        result["r"] = client.call("POST", "/advdm/v1/mimicry", {"train": [wide], "protected": [wide], **QUICK_MIMICRY,
+                                                                "steps": 10000})
 
     t = threading.Thread(target=run)
     t.start()
