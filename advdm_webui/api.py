@@ -43,8 +43,11 @@ def _choices(name: str):
     return Literal[tuple(PROTECT[name].choices)]
 
 
+IMAGES = "base64 image files (a data: URL prefix is allowed)"
+
+
 class ProtectRequest(BaseModel):
-    images: List[str] = Field(default_factory=list, description="base64 image files (a data: URL prefix is allowed)")
+    images: List[str] = Field(default_factory=list, description=IMAGES)
     names: List[str] = Field(default_factory=list, description="optional file names, one per image; the outputs "
                              "are <name>_protected.png")
     input_folder: Optional[str] = Field(None, description="folder mode: a subfolder of the configured input folder")
@@ -75,9 +78,6 @@ class ProtectRequest(BaseModel):
 
     class Config:  # a misspelt field is an error, not silently the default
         extra = "forbid"
-
-
-IMAGES = "base64 image files (a data: URL prefix is allowed)"
 
 
 class MimicryRequest(BaseModel):
