@@ -131,40 +131,47 @@ def surrogate_protection_holds(client: Client, method: str, h: int = 64, w: int 
     return out
 
 
-def interrupt_stops_a_long_protection(client: Client, **extra) -> None:
-    """A protection of 2000 steps (the most the API takes) shows progress through /sdapi/v1/progress and stops soon
-    after /sdapi/v1/interrupt, answering interrupted with no images. With LONG_SURROGATE as extra, the bar
-    counts the fine-tuning steps and the interrupt lands in the first fine-tuning phase."""
+def interrupt_while_running(client: Client, route: str, body: dict, job: str):
+    """POST body to route in a thread; once /sdapi/v1/progress shows `job` past its second step,
+    /sdapi/v1/interrupt. Returns (the progress state seen before the interrupt, the route's
+    (status, answer)); fails unless progress shows within 300 s and the route stops within 120 s."""
     result = {}
-    total = 2000
-    if extra.get("method") in ("anti-dreambooth", "mist-v2"):
-        total += -(-2000 // extra["surrogate_every"]) * extra["surrogate_steps"]
 
     def run():
-        result["r"] = client.call("POST", "/advdm/v1/protect", {"images": [png(image(64, 64))], "steps": 2000,
-                                                                "view": "full", "measure": False, **extra})
+        result["r"] = client.call("POST", route, body)
 
     t = threading.Thread(target=run)
     t.start()
     deadline = time.time() + 300
     while time.time() < deadline:
         status, p = client.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
+        if p["state"]["job"] == job and p["state"]["sampling_step"] >= 2:
             break
         time.sleep(0.5)
     else:
-        pytest.fail(f"protection never showed progress: {p}")
-    assert p["state"]["sampling_steps"] == total
-    if total > 2000:
-        assert p["state"]["sampling_step"] < extra["surrogate_steps"], p  # still fine-tuning
+        pytest.fail(f"{job} never showed progress: {p}; its answer: {result.get('r')}")
     started = time.time()
     status, _ = client.call("POST", "/sdapi/v1/interrupt")
     assert status == 200
     t.join(120)
-    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
-    status, d = result["r"]
-    assert status == 200 and d["interrupted"] and d["images"] == []
+    assert not t.is_alive(), f"{job} did not stop after /sdapi/v1/interrupt"
     assert time.time() - started < 120
+    return p["state"], result["r"]
+
+
+def interrupt_stops_a_long_protection(client: Client, **extra) -> None:
+    """A protection of 2000 steps (the most the API takes) shows progress through /sdapi/v1/progress and stops soon
+    after /sdapi/v1/interrupt, answering interrupted with no images. With LONG_SURROGATE as extra, the bar
+    counts the fine-tuning steps and the interrupt lands in the first fine-tuning phase."""
+    total = 2000
+    if extra.get("method") in ("anti-dreambooth", "mist-v2"):
+        total += -(-2000 // extra["surrogate_every"]) * extra["surrogate_steps"]
+    state, (status, d) = interrupt_while_running(client, "/advdm/v1/protect", {
+        "images": [png(image(64, 64))], "steps": 2000, "view": "full", "measure": False, **extra}, "advdm_protect")
+    assert state["sampling_steps"] == total
+    if total > 2000:
+        assert state["sampling_step"] < extra["surrogate_steps"], state  # still fine-tuning
+    assert status == 200 and d["interrupted"] and d["images"] == []
 
 
 # --- the checks: POST /advdm/v1/mimicry and the Protect tab's Check section --------------------------
@@ -217,32 +224,13 @@ def mimicry_bad_fields_are_400s(client: Client) -> None:
 
 def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
     """10000 fine-tuning steps a LoRA: progress shows through /sdapi/v1/progress as the job
-    advdm_mimicry; /sdapi/v1/interrupt stops it soon, answering interrupted."""
+    advdm_mimicry, counting the fine-tuning and sampler steps; /sdapi/v1/interrupt stops it soon,
+    answering interrupted."""
     wide = png(image(64, 128, seed=24))  # no held-out images: its halves (SD1.5 takes multiples of 64 px)
-    result = {}
-
-    def run():
-        result["r"] = client.call("POST", "/advdm/v1/mimicry", {"train": [wide], "protected": [wide], **QUICK_MIMICRY,
-                                                                "steps": 10000})
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status, p = client.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-        if p["state"]["job"] == "advdm_mimicry" and p["state"]["sampling_step"] >= 2:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the mimicry check never showed progress: {p}; its answer: {result.get('r')}")
-    assert p["state"]["sampling_steps"] == 3 * 3 * 10000 + 2 * (1 + 3 * 3)  # fine-tune and sampler steps
-    started = time.time()
-    status, _ = client.call("POST", "/sdapi/v1/interrupt")
-    assert status == 200
-    t.join(120)
-    assert not t.is_alive(), "the mimicry check did not stop after /sdapi/v1/interrupt"
-    assert result["r"] == (200, {"interrupted": True})
-    assert time.time() - started < 120
+    state, answer = interrupt_while_running(client, "/advdm/v1/mimicry", {
+        "train": [wide], "protected": [wide], **QUICK_MIMICRY, "steps": 10000}, "advdm_mimicry")
+    assert state["sampling_steps"] == 3 * 3 * 10000 + 2 * (1 + 3 * 3)
+    assert answer == (200, {"interrupted": True})
 
 
 def _set_number(scope, elem_id: str, value) -> None:
