@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .models import builtin
 from .attack.pgd import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
-from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, PROTECT, parse_strengths
+from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, MIMICRY, PROTECT, parse_strengths
 from .models.checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .batch import manifest
 from .batch.resume import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
@@ -47,10 +47,12 @@ GRID_NAME = "mimicry_grid.png"
 
 
 def _mimicry_args(sub) -> None:
-    from .evaluation.mimicry import MimicryConfig
-    from .mimic.finetune import FinetuneConfig
+    def knob(parser, name, kind=int, text=None, **kw):
+        k = MIMICRY[name]
+        default = f" (default {k.default:g})" if k.default is not None else ""
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=k.default,
+                            help=(text or k.help) + default, **kw)
 
-    d, f = MimicryConfig(), FinetuneConfig()
     p = sub.add_parser("mimicry", help="fine-tune a LoRA on the clean, protected and noise-control training images and "
                        "report how much of the style it still learns (the learned fraction on held-out images)")
     p.add_argument("--train", type=Path, nargs="+", required=True, help="the artist's clean training images")
@@ -59,24 +61,21 @@ def _mimicry_args(sub) -> None:
                    "mimic should learn). Without them each training image is cut in two: the left halves train, "
                    "the right halves are held out")
     _model_args(p)
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"fine-tune seeds, the interval's units (default {d.seeds}; "
-                   "each runs three fine-tunes)")
-    p.add_argument("--seed", type=int, default=d.seed, help="the first seed")
-    p.add_argument("--steps", type=int, default=f.steps, help=f"fine-tuning steps (default {f.steps})")
-    p.add_argument("--rank", type=int, default=f.rank, help=f"LoRA rank (default {f.rank})")
-    p.add_argument("--lr", type=float, default=f.lr, help=f"learning rate (default {f.lr:g})")
-    p.add_argument("--batch", type=int, default=f.batch, help=f"images per step (default {f.batch})")
-    p.add_argument("--convs", action="store_true", help="also adapt the convolutions (LoCon), not only the linear layers")
-    p.add_argument("--resolution", type=int, help="larger images are resized to about this side (default: the model's)")
-    p.add_argument("--draws", type=int, default=d.draws, help=f"fixed (t, noise) draws per evaluated image (default {d.draws})")
-    p.add_argument("--view", choices=MEASURE["view"].choices, default=d.view,
-                   help="how the evaluated images are scored, as in measure: " + MEASURE["view"].help)
+    knob(p, "seeds")
+    knob(p, "seed", text="the first seed")
+    for name in ("steps", "rank"):
+        knob(p, name)
+    knob(p, "lr", float)
+    knob(p, "batch")
+    p.add_argument("--convs", action="store_true", help=MIMICRY["convs"].help)
+    knob(p, "resolution")
+    knob(p, "draws")
+    p.add_argument("--view", choices=MIMICRY["view"].choices, default=MIMICRY["view"].default,
+                   help=MIMICRY["view"].help + f" (default {MIMICRY['view'].default})")
     g = p.add_argument_group("pictures", "after every fine-tune the model draws pictures from fixed seeds; the grid "
                              f"(rows base model, clean, protected and noise LoRA) is written as {GRID_NAME}")
-    g.add_argument("--pictures", type=int, default=d.pictures, help=f"pictures per row (default {d.pictures}; 0 = none)")
-    g.add_argument("--picture-steps", type=int, default=d.picture_steps,
-                   help=f"sampler steps per picture (default {d.picture_steps})")
-    g.add_argument("--picture-size", type=int, help="side of the pictures in px (default: the model's training side)")
+    for name in ("pictures", "picture_steps", "picture_size"):
+        knob(g, name)
     g.add_argument("-o", "--output-dir", type=Path, help="folder for the grid (default: the current folder)")
     g.add_argument("--overwrite", action="store_true", help=f"replace an existing {GRID_NAME}")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (key grid: the grid's path)")
@@ -423,9 +422,10 @@ def cmd_measure(args) -> int:
 
 
 def cmd_mimicry(args) -> int:
-    from .evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, split_for_held_out
-    from .mimic.finetune import FinetuneConfig
+    from .evaluation.mimicry import config_from_options, format_mimicry, mimicry_check, split_for_held_out
 
+    config = config_from_options({name: getattr(args, name) for name in MIMICRY},
+                                 label=lambda name: "--" + name.replace("_", "-"))
     if len(args.protected) != len(args.train):
         raise ValueError(f"--train has {len(args.train)} images but --protected {len(args.protected)}: give one "
                          "protected copy per training image, in the same order")
@@ -434,12 +434,6 @@ def cmd_mimicry(args) -> int:
     for a, b, x, y in zip(args.train, args.protected, train, protected):
         if x.shape != y.shape:
             raise ImageError(f"{b}: size {y.shape[-1]}x{y.shape[-2]} differs from {a} ({x.shape[-1]}x{x.shape[-2]})")
-    config = MimicryConfig(seeds=args.seeds, seed=args.seed, draws=args.draws, view=args.view, pictures=args.pictures,
-                           picture_steps=args.picture_steps, picture_size=args.picture_size,
-                           finetune=FinetuneConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch,
-                                                   convs=args.convs, resolution=args.resolution))
-    if args.pictures < 0 or args.picture_steps < 1:
-        raise ValueError(f"--pictures must be >= 0 and --picture-steps >= 1, got {args.pictures} and {args.picture_steps}")
     grid_path = (args.output_dir or Path.cwd()) / GRID_NAME if args.pictures else None
     if grid_path is not None and grid_path.exists() and not args.overwrite:  # before hours of fine-tuning, not after
         raise ImageError(f"{grid_path}: already exists (pass --overwrite to replace it, or choose --output-dir)")

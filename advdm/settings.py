@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 from .attack.objectives import METHODS
+from .mimic.finetune import FinetuneConfig
 from .mimic.views import MODES as VIEWS
 
 # Protection strength presets: the knobs that trade time for strength.
@@ -97,6 +98,61 @@ def parse_strengths(text: str, field: str = "strengths") -> tuple:
     if not values or not all(0 < v <= 1 for v in values):
         raise ValueError(f"{field}: each strength must be in (0, 1], got {text!r}")
     return values
+
+
+# The mimicry check (advdm.evaluation.mimicry), by the command line's option names with
+# underscores (the web API's field names). The fine-tune's recipe is FinetuneConfig's;
+# None: the model's own side.
+_F = FinetuneConfig()
+MIMICRY = {
+    "seeds": Knob(3, "fine-tune seeds; the interval is across them (3 or more for an honest one; each runs three "
+                  "fine-tunes)", 1, 32, 1),
+    "seed": Knob(0, "the first fine-tune seed; the same seed gives the same report", 0, 0xFFFFFFFF, 1),
+    "steps": Knob(_F.steps, "LoRA fine-tuning steps per fine-tune", 1, 10000, 1),
+    "rank": Knob(_F.rank, "LoRA rank", 1, 128, 1),
+    "lr": Knob(_F.lr, "learning rate of the LoRA (AdamW)", 1e-7, 1.0, 1e-5),
+    "batch": Knob(_F.batch, "images per fine-tuning step", 1, 64, 1),
+    "convs": Knob(_F.convs, "also adapt the convolutions (LoCon), not only the linear layers"),
+    "resolution": Knob(_F.resolution, "larger images are resized to about this side, as a training script does "
+                       "(default: the model's)", 8, 4096, 8),
+    "draws": Knob(64, "fixed (timestep, noise) draws per evaluated image", 2, 4096, 1),
+    "view": Knob("auto", "how the evaluated images are scored: the measurement's view rule (auto, full, train, "
+                 "tiled) at the fine-tune's resolution", choices=tuple(VIEWS)),
+    "pictures": Knob(4, "pictures per row of the grid, drawn from fixed seeds after every fine-tune (0 = none)",
+                     0, 16, 1),
+    "picture_steps": Knob(20, "Euler sampler steps per picture", 1, 200, 1),
+    "picture_size": Knob(None, "side of the pictures in px (default: the model's training side)", 8, 4096, 8),
+}
+
+
+# The img2img (SDEdit) check (advdm.evaluation.img2img), by the web API's field names.
+IMG2IMG = {
+    "strengths": Knob((0.3, 0.5), "img2img strengths, each the part of the schedule that is re-drawn", 0.01, 1.0, 0.01),
+    "seeds": Knob(5, "seeds, the intervals' units (a verdict needs 3 or more)", 1, 64, 1),
+    "steps": Knob(10, "Euler steps over the edited part of the schedule", 1, 200, 1),
+    "seed": Knob(0, "the first seed; the same seed gives the same figures", 0, 0xFFFFFFFF, 1),
+    "view": Knob("auto", "what is edited: auto (the image at its own size up to 1.5x the training size, else "
+                 "resized as a training run sees it), full (its own size) or train (resized)", choices=tuple(VIEWS)),
+    "resolution": Knob(None, "training resolution the train view resizes to (default: the model's)", 8, 4096, 8),
+}
+
+
+def check(knobs: dict, values: dict, label=lambda name: name) -> None:
+    """Raise ValueError naming label(name) (label(name)[i] in a list) for the first value
+    outside its knob's bounds or choices (None passes: the default)."""
+    for name, value in values.items():
+        k = knobs[name]
+        if value is None or isinstance(value, bool):
+            continue
+        items = [(f"{label(name)}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) else [
+            (label(name), value)]
+        if not items:
+            raise ValueError(f"{label(name)}: give at least one value")
+        for where, v in items:
+            if k.choices and v not in k.choices:
+                raise ValueError(f"{where} must be one of {', '.join(k.choices)}, got {v!r}")
+            if k.low is not None and not k.low <= v <= k.high:
+                raise ValueError(f"{where} must be between {k.low:g} and {k.high:g}, got {v:g}")
 
 
 def default(name: str) -> Any:

@@ -1,11 +1,15 @@
 """POST /advdm/v1/protect: images (base64) or a folder inside the configured input folder
--> protected PNGs (base64) + measurements. Registered only with --api (like /sdapi) and
-guarded by --api-auth exactly as modules/api/api.py does it. Only imported inside the web UI."""
+-> protected PNGs (base64) + measurements. POST /advdm/v1/mimicry: the mimicry check on the
+loaded checkpoint -> its figures (the command line's --json) + the picture grid (base64 PNG).
+POST /advdm/v1/img2img: the img2img (SDEdit) check of original / protected pairs -> a row of
+figures per strength + the side-by-side picture (base64 PNG) for each pair.
+Registered only with --api (like /sdapi) and guarded by --api-auth exactly as
+modules/api/api.py does it. Only imported inside the web UI."""
 from __future__ import annotations
 
 import base64
 import binascii
-import io
+import math
 import secrets
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
@@ -19,11 +23,13 @@ from pydantic import BaseModel, Field
 import advdm
 from advdm import images as advdm_images
 from advdm.attack.pgd import SURROGATE_FIELDS
-from advdm.settings import MEASURE, PRESETS, PROTECT
+from advdm.settings import IMG2IMG, MEASURE, MIMICRY, PRESETS, PROTECT, check
 
 from modules import shared  # noqa: E402
 
 ROUTE = "/advdm/v1/protect"
+MIMICRY_ROUTE = "/advdm/v1/mimicry"
+IMG2IMG_ROUTE = "/advdm/v1/img2img"
 
 
 def _knob(name: str, knobs=PROTECT, **kw):
@@ -37,8 +43,11 @@ def _choices(name: str):
     return Literal[tuple(PROTECT[name].choices)]
 
 
+IMAGES = "base64 image files (a data: URL prefix is allowed)"
+
+
 class ProtectRequest(BaseModel):
-    images: List[str] = Field(default_factory=list, description="base64 image files (a data: URL prefix is allowed)")
+    images: List[str] = Field(default_factory=list, description=IMAGES)
     names: List[str] = Field(default_factory=list, description="optional file names, one per image; the outputs "
                              "are <name>_protected.png")
     input_folder: Optional[str] = Field(None, description="folder mode: a subfolder of the configured input folder")
@@ -68,6 +77,47 @@ class ProtectRequest(BaseModel):
     measure_max_samples: int = _knob("max_samples", MEASURE)
 
     class Config:  # a misspelt field is an error, not silently the default
+        extra = "forbid"
+
+
+class MimicryRequest(BaseModel):
+    train: List[str] = Field(default_factory=list, description="the artist's clean training images: " + IMAGES)
+    protected: List[str] = Field(default_factory=list, description="their protected copies, in the order of train")
+    held_out: List[str] = Field(default_factory=list, description=(
+        "clean images of the same style NOT in train (what the mimic should learn); without them each training "
+        "image is cut in two: the left halves train, the right halves are held out"))
+    seeds: int = _knob("seeds", MIMICRY)
+    seed: int = _knob("seed", MIMICRY)
+    steps: int = _knob("steps", MIMICRY)
+    rank: int = _knob("rank", MIMICRY)
+    lr: float = _knob("lr", MIMICRY)
+    batch: int = _knob("batch", MIMICRY)
+    convs: bool = _knob("convs", MIMICRY)
+    resolution: Optional[int] = _knob("resolution", MIMICRY)
+    draws: int = _knob("draws", MIMICRY)
+    view: Literal[tuple(MIMICRY["view"].choices)] = _knob("view", MIMICRY)
+    pictures: int = _knob("pictures", MIMICRY)
+    picture_steps: int = _knob("picture_steps", MIMICRY)
+    picture_size: Optional[int] = _knob("picture_size", MIMICRY)
+    prompt: str = _knob("prompt")
+
+    class Config:
+        extra = "forbid"
+
+
+class Img2ImgRequest(BaseModel):
+    original: List[str] = Field(default_factory=list, description="the clean images: " + IMAGES)
+    protected: List[str] = Field(default_factory=list, description="their protected copies, in the order of original")
+    strengths: List[float] = Field(list(IMG2IMG["strengths"].default), description=(
+        f"{IMG2IMG['strengths'].help}; each {IMG2IMG['strengths'].low:g} to {IMG2IMG['strengths'].high:g}"))
+    seeds: int = _knob("seeds", IMG2IMG)
+    steps: int = _knob("steps", IMG2IMG)
+    seed: int = _knob("seed", IMG2IMG)
+    view: Literal[tuple(IMG2IMG["view"].choices)] = _knob("view", IMG2IMG)
+    resolution: Optional[int] = _knob("resolution", IMG2IMG)
+    prompt: str = _knob("prompt")
+
+    class Config:
         extra = "forbid"
 
 
@@ -236,6 +286,112 @@ def protect_endpoint(req: ProtectRequest) -> ProtectResponse:
     return ProtectResponse(images=items, config=config_dict(config, req.prompt), interrupted=interrupted)
 
 
+def decode_set(req: BaseModel, field: str) -> List[Any]:
+    """The images of a list field, each named field[i] in a refusal."""
+    return [_decode(d, f"{field}[{i}]") for i, d in enumerate(getattr(req, field))]
+
+
+def paired_images(req: BaseModel, first: str, second: str) -> tuple:
+    """Two lists of images paired by order, same count and sizes; a 400 naming the field otherwise."""
+    if not getattr(req, first):
+        raise HTTPException(status_code=400, detail=f"{first}: give at least one image")
+    a, b = decode_set(req, first), decode_set(req, second)
+    if len(a) != len(b):
+        raise HTTPException(status_code=400, detail=f"{second}: {len(b)} images for {len(a)} in {first}: give one "
+                            f"per image of {first}, in the same order")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.size != y.size:
+            raise HTTPException(status_code=400, detail=f"{second}[{i}]: size {y.size[0]}x{y.size[1]} differs from "
+                                f"{first}[{i}] ({x.size[0]}x{x.size[1]})")
+    return a, b
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def png_base64(rgb) -> str:
+    return base64.b64encode(advdm_images.png_bytes(rgb)).decode("ascii")
+
+
+def run_check(job: str, check) -> Optional[dict]:
+    """check() under the queue lock as job `job` (the web UI's progress and Interrupt); None when
+    interrupted. A setting the model cannot run with is a 400, an unsupported model a 409."""
+    from modules.call_queue import queue_lock
+
+    from advdm_webui import webui
+
+    with queue_lock:
+        shared.state.begin(job=job)
+        try:
+            return check()
+        except webui.Interrupted:
+            return None
+        except webui.UnsupportedModel as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        finally:
+            shared.state.end()
+
+
+def mimicry_endpoint(req: MimicryRequest) -> dict:
+    """The command line's `mimicry --json` figures, `summary` (its text report), `grid` (the
+    pictures, base64 PNG, or null with pictures 0) and `interrupted`."""
+    from advdm.evaluation.mimicry import config_from_options, format_mimicry
+
+    from advdm_webui import webui
+
+    try:
+        config = config_from_options({name: getattr(req, name) for name in MIMICRY})
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    train, protected = paired_images(req, "train", "protected")
+    held = decode_set(req, "held_out")
+    result = run_check("advdm_mimicry", lambda: webui.mimicry(
+        [x.rgb for x in train], [x.rgb for x in protected], [x.rgb for x in held], config, prompt=req.prompt))
+    if result is None:
+        return {"interrupted": True}
+    grid = result.pop("grid")
+    result["summary"] = format_mimicry(result)
+    result["grid"] = None if grid is None else png_base64(grid)
+    result["interrupted"] = False
+    return json_safe(result)
+
+
+def img2img_endpoint(req: Img2ImgRequest) -> dict:
+    """`pairs`: for each (original, protected) pair its rows (`img2img`, one per strength), `summary`
+    (the text report), `scored`, and `picture` (base64 PNG); `interrupted` (then `pairs` holds the
+    pairs finished before)."""
+    from advdm.evaluation.img2img import format_img2img
+
+    from advdm_webui import webui
+
+    options = {name: getattr(req, name) for name in IMG2IMG}
+    options["strengths"] = tuple(options["strengths"])
+    try:
+        check(IMG2IMG, options)
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    originals, protected = paired_images(req, "original", "protected")
+    pairs = []
+
+    def on_result(i, r):
+        picture = r.pop("picture")
+        pairs.append({**r, "summary": format_img2img(r), "picture": png_base64(picture)})
+
+    done = run_check("advdm_img2img", lambda: webui.img2img([x.rgb for x in originals], [x.rgb for x in protected],
+                                                            options, prompt=req.prompt, on_result=on_result))
+    return json_safe({"pairs": pairs, "interrupted": done is None})
+
+
 def _free_name(folder: Path, stem: str) -> Path:
     p = folder / f"{stem}_protected.png"
     n = 1
@@ -249,4 +405,8 @@ def register(app: FastAPI) -> None:
     if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
         return
     app.router.add_api_route(ROUTE, protect_endpoint, methods=["POST"], response_model=ProtectResponse,
+                             dependencies=_auth_dependency(), route_class_override=BadFieldIs400)
+    app.router.add_api_route(MIMICRY_ROUTE, mimicry_endpoint, methods=["POST"], response_model=None,
+                             dependencies=_auth_dependency(), route_class_override=BadFieldIs400)
+    app.router.add_api_route(IMG2IMG_ROUTE, img2img_endpoint, methods=["POST"], response_model=None,
                              dependencies=_auth_dependency(), route_class_override=BadFieldIs400)

@@ -21,16 +21,16 @@ UPLOAD, FOLDER = "Upload", "Batch folder"
 # Progress bar + task id, like A1111's own submit(): the first input is the hidden task id. The
 # bar goes above the results and the live preview over the gallery, as in txt2img, so neither
 # covers a control.
-SUBMIT_JS = """
+def submit_js(container_id: str, gallery_id: str) -> str:
+    return """
 function() {
     var id = randomId();
-    requestProgress(id, gradioApp().getElementById('advdm_gallery_container'),
-                    gradioApp().getElementById('advdm_gallery'), function() {});
+    requestProgress(id, gradioApp().getElementById('%s'), gradioApp().getElementById('%s'), function() {});
     var args = Array.from(arguments);
     args[0] = id;
     return args;
 }
-"""
+""" % (container_id, gallery_id)
 
 
 def _js_kw(js: str) -> dict:
@@ -62,7 +62,7 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
     """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun.
     (The surrogate's sliders come last, so a caller of the event's positional API from before
     them keeps working.)"""
-    from advdm_webui import webui
+    from advdm_webui import check_ui, webui
 
     config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
                      surrogate_every, surrogate_steps)
@@ -92,7 +92,7 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
     except webui.UnsupportedModel as e:
         return [], f"<div class='error'>{html.escape(str(e))}</div>"
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved, gallery, reports = [], [], []
+    saved, gallery, reports, pairs = [], [], [], []
 
     def on_result(i, im, r):
         path = out_dir / f"{names[i]}_protected.png"
@@ -102,6 +102,7 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
             n += 1
         im.save(path, r["protected"], metadata=metadata)
         saved.append(str(path))
+        pairs.append((im.path, path))
         if len(gallery) < 30:
             gallery.extend([(webui.to_pil(im.rgb), f"{names[i]}: before"),
                             (webui.to_pil(r["protected"]), f"{names[i]}: after"),
@@ -118,6 +119,8 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
         status = f"<p>Interrupted: {len(saved)} of {len(items)} image(s) finished and saved.</p>"
     except webui.UnsupportedModel as e:
         return gallery, f"<div class='error'>{html.escape(str(e))}</div>"
+    finally:
+        check_ui.remember(pairs)  # for the Check section's "The ones just protected above"
     tuned = config.progress_steps - config.steps
     tuning = f", {tuned} surrogate fine-tuning step{'s' if tuned != 1 else ''}" if config.surrogate else ""
     summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
@@ -138,7 +141,7 @@ def _dropdown(name: str, label: str):
 
 
 def on_ui_tabs():
-    from advdm_webui import webui
+    from advdm_webui import check_ui, webui
 
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
@@ -182,6 +185,7 @@ def on_ui_tabs():
                 with gr.Group(elem_id="advdm_gallery_container"):
                     gallery = gr.Gallery(label="Before / after / difference", elem_id="advdm_gallery", columns=3)
                 info = gr.HTML(elem_id="advdm_info")
+        check_ui.section(prompt)
 
         def apply_preset(name):
             if name not in PRESETS:
@@ -198,7 +202,7 @@ def on_ui_tabs():
                     t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples,
                     surrogate_every, surrogate_steps],
             outputs=[gallery, info],
-            **_js_kw(SUBMIT_JS),
+            **_js_kw(submit_js("advdm_gallery_container", "advdm_gallery")),
         )
     return [(tab, "Protect", "advdm_protect_tab")]
 

@@ -146,8 +146,7 @@ def progress_callback(job_no: int, preview: bool = True) -> Callable[[int, int, 
     state = shared.state
 
     def progress(step: int, total: int, current: torch.Tensor) -> None:
-        if state.interrupted or getattr(state, "stopping_generation", False):
-            raise Interrupted("interrupted")
+        cancel_point()
         state.job_no = job_no
         state.sampling_steps = total
         state.sampling_step = step
@@ -155,6 +154,65 @@ def progress_callback(job_no: int, preview: bool = True) -> Callable[[int, int, 
             state.assign_current_image(to_pil(current))
 
     return progress
+
+
+def cancel_point() -> None:
+    """Raise Interrupted once the user pressed Interrupt (or Skip's stop in Forge)."""
+    if shared.state.interrupted or getattr(shared.state, "stopping_generation", False):
+        raise Interrupted("interrupted")
+
+
+def check_progress(label: str) -> Callable[[int, int], None]:
+    """A check's progress(done, total) into the web UI's bar and text; a cancel point every step."""
+    state = shared.state
+
+    def progress(done: int, total: int) -> None:
+        cancel_point()
+        state.sampling_steps = total
+        state.sampling_step = done
+        state.textinfo = f"{label}: step {done} of {total}"
+
+    return progress
+
+
+def mimicry(train: List[torch.Tensor], protected: List[torch.Tensor], held_out: List[torch.Tensor], config,
+            *, prompt: str) -> dict:
+    """The mimicry check (advdm.evaluation.mimicry) on the loaded checkpoint, images (1, 3, H, W)
+    in [0, 1]; without held-out images the training images are cut in two and the report says
+    so. The caller holds the queue lock and has called shared.state.begin(). Raises Interrupted."""
+    from advdm.evaluation.mimicry import mimicry_check, split_for_held_out
+
+    shared.state.job_count = 1
+    h, w = train[0].shape[-2:]
+    with loaded_model(prompt, w, h) as model:
+        note = ""
+        if not held_out:
+            train, held_out, protected, note = split_for_held_out(train, protected, model.pixel_multiple)
+        return mimicry_check(model, train, held_out, protected, config, progress=check_progress("Mimicry check"),
+                             held_out_note=note)
+
+
+def img2img(originals: List[torch.Tensor], protected: List[torch.Tensor], options: dict, *, prompt: str,
+            on_result: Optional[Callable[[int, dict], None]] = None) -> List[dict]:
+    """The img2img check (advdm.evaluation.img2img) of each (original, protected) pair on the
+    loaded checkpoint; options: img2img_check's keywords (advdm.settings.IMG2IMG). The caller
+    holds the queue lock and has called shared.state.begin(); on_result(index, result) after
+    each pair, so an interrupted run keeps what was finished. Raises Interrupted."""
+    from advdm.evaluation.img2img import img2img_check
+
+    shared.state.job_count = len(originals)
+    results = []
+    for i, (x, p) in enumerate(zip(originals, protected)):
+        cancel_point()
+        shared.state.job_no = i
+        h, w = x.shape[-2:]
+        with loaded_model(prompt, w, h) as model:
+            r = img2img_check(model, x, p, **options,
+                              progress=check_progress(f"img2img check, image {i + 1} of {len(originals)}"))
+        results.append(r)
+        if on_result is not None:
+            on_result(i, r)
+    return results
 
 
 def to_pil(x: torch.Tensor):
@@ -197,16 +255,15 @@ def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.Pr
     out = advdm.protect(model, rgb, config, progress=progress_callback(job_no), levels=levels)
     result = {"protected": out, "measurement": None}
     if measure:
-        if shared.state.interrupted:
-            raise Interrupted("interrupted")
+        cancel_point()
         shared.state.textinfo = f"Measuring image {job_no + 1}"
-        def cancel_point(draws, most):
+
+        def draws_progress(draws, most):
             shared.state.textinfo = f"Measuring image {job_no + 1}: {draws} of at most {most} draws"
-            if shared.state.interrupted:
-                raise Interrupted("interrupted")
+            cancel_point()
 
         result["measurement"] = advdm.measure(model, rgb, out, samples=measure_samples, max_samples=measure_max_samples,
-                                              seed=config.seed, progress=cancel_point)
+                                              seed=config.seed, progress=draws_progress)
     return result
 
 
@@ -236,8 +293,7 @@ def protect_images(images: List[Any], config: advdm.ProtectConfig, *, prompt: st
     shared.state.job_count = len(images)
     results = []
     for i, im in enumerate(images):
-        if shared.state.interrupted:
-            raise Interrupted("interrupted")
+        cancel_point()
         shared.state.job_no = i
         w, h = im.size
         with loaded_model(prompt, w, h) as model:

@@ -9,12 +9,18 @@ from comfy_api.latest import IO, UI
 
 from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, progress_total, split_for_held_out
 from advdm.mimic.finetune import FinetuneConfig
+from advdm.settings import MIMICRY
 
 from .comfy_model import ComfyModel, UnsupportedModel
 from .image_ops import split_images, to_8bit_grid
 
 CATEGORY = "image/protection"
 _D, _F = MimicryConfig(), FinetuneConfig()
+
+
+def _bounds(name: str) -> dict:
+    """min / max of an input from the core's knob (advdm.settings.MIMICRY)."""
+    return {"min": MIMICRY[name].low, "max": MIMICRY[name].high}
 
 
 class AdvDMMimicry(IO.ComfyNode):
@@ -40,16 +46,16 @@ class AdvDMMimicry(IO.ComfyNode):
                 IO.Vae.Input("vae", tooltip="The VAE of that model (the mimic trains on its latents)."),
                 IO.Image.Input("train", tooltip="The artist's clean training images (a batch)."),
                 IO.Image.Input("protected", tooltip="Their protected copies, same count and order (e.g. from Protect Image)."),
-                IO.Int.Input("seeds", default=_D.seeds, min=1, max=32,
+                IO.Int.Input("seeds", default=_D.seeds, **_bounds("seeds"),
                              tooltip=("Fine-tune seeds; the interval is across them (at least 3 for an honest one: with "
                                       "1 it covers only the loss's sampling noise).")),
-                IO.Int.Input("steps", default=_F.steps, min=1, max=10000, tooltip="LoRA training steps per fine-tune."),
-                IO.Int.Input("rank", default=_F.rank, min=1, max=128, tooltip="LoRA rank."),
-                IO.Float.Input("learning_rate", default=_F.lr, min=1e-7, max=1.0, step=1e-5,
+                IO.Int.Input("steps", default=_F.steps, **_bounds("steps"), tooltip="LoRA training steps per fine-tune."),
+                IO.Int.Input("rank", default=_F.rank, **_bounds("rank"), tooltip="LoRA rank."),
+                IO.Float.Input("learning_rate", default=_F.lr, **_bounds("lr"), step=MIMICRY["lr"].step,
                                tooltip="AdamW learning rate of the LoRA."),
-                IO.Int.Input("draws", default=_D.draws, min=2, max=4096,
+                IO.Int.Input("draws", default=_D.draws, **_bounds("draws"),
                              tooltip="Fixed (timestep, noise) draws per evaluated image."),
-                IO.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=IO.ControlAfterGenerate.fixed,
+                IO.Int.Input("seed", default=_D.seed, **_bounds("seed"), control_after_generate=IO.ControlAfterGenerate.fixed,
                              tooltip="The first fine-tune seed; the same seed gives the same report."),
                 IO.Image.Input("held_out", optional=True,
                                tooltip=("Clean images of the same style that are NOT in train: what the mimic should "
@@ -59,10 +65,10 @@ class AdvDMMimicry(IO.ComfyNode):
                                       tooltip="The mimic's prompt (e.g. 'a painting in style sks'); without it a zero embedding."),
                 IO.Int.Input("resolution", default=0, min=0, max=4096, step=8, optional=True,
                              tooltip="Larger images are resized to about this side, as a training script does. 0 = the model's."),
-                IO.Int.Input("pictures", default=_D.pictures, min=0, max=16, optional=True,
+                IO.Int.Input("pictures", default=_D.pictures, **_bounds("pictures"), optional=True,
                              tooltip=("Pictures per row of the grid, drawn from fixed seeds after every fine-tune "
                                       "(the same starting noise in every row). 0 = none.")),
-                IO.Int.Input("picture_steps", default=_D.picture_steps, min=1, max=200, optional=True,
+                IO.Int.Input("picture_steps", default=_D.picture_steps, **_bounds("picture_steps"), optional=True,
                              tooltip="Euler sampler steps per picture (from pure noise, with the conditioning above)."),
                 IO.Int.Input("picture_size", default=0, min=0, max=4096, step=8, optional=True,
                              tooltip="Side of the pictures in px. 0 = the model's training side (512 for SD1.x, 1024 for SDXL)."),

@@ -240,3 +240,280 @@ def test_interrupt_stops_the_surrogate_fine_tuning_and_leaves_the_model_as_it_wa
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert [p.requires_grad for p in net.parameters()] == flags
     assert not any(m._forward_hooks for m in net.modules())  # the LoRA is gone
+
+
+# --- POST /advdm/v1/mimicry: the request model, its refusals, and the job with the tiny model ------
+
+def _png_b64(image) -> str:
+    import base64
+
+    from advdm.images import png_bytes
+
+    return base64.b64encode(png_bytes(image)).decode()
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"seeds": 0}, "seeds"), ({"seeds": 33}, "seeds"), ({"steps": 0}, "steps"), ({"steps": "many"}, "steps"),
+    ({"rank": 129}, "rank"), ({"lr": 0}, "lr"), ({"lr": 2}, "lr"), ({"batch": 0}, "batch"), ({"draws": 1}, "draws"),
+    ({"seed": -1}, "seed"), ({"pictures": 17}, "pictures"), ({"picture_steps": 0}, "picture_steps"),
+    ({"picture_size": 4}, "picture_size"), ({"resolution": 5000}, "resolution"), ({"convs": "maybe"}, "convs"),
+    ({"train": "x"}, "train"), ({"held_out": [1, [2]]}, "held_out"), ({"draw": 8}, "draw"),
+])
+def test_mimicry_request_refuses_each_bad_field_by_name(api, bad, field):
+    with pytest.raises(api.ValidationError) as e:
+        api.MimicryRequest(**{"train": ["x"], "protected": ["x"], **bad})
+    detail = api._field_errors(e.value.errors())
+    assert detail.split(":")[0].split(".")[0] == field, detail
+
+
+def test_mimicry_request_has_the_clis_names_defaults_and_bounds(api):
+    from advdm.cli import build_parser
+    from advdm.settings import MIMICRY
+
+    model = api.MimicryRequest
+    props = (model.model_json_schema() if hasattr(model, "model_json_schema") else model.schema())["properties"]
+    args = build_parser().parse_args(["mimicry", "--train", "a.png", "--protected", "b.png", "--checkpoint", "x"])
+    for name, k in MIMICRY.items():
+        assert props[name].get("default") == k.default == getattr(args, name), name
+        if k.low is not None:
+            p = props[name].get("anyOf", [props[name]])[0]  # Optional[int] under pydantic 2
+            assert (p["minimum"], p["maximum"]) == (k.low, k.high), name
+    req = model(train=["x"], protected=["x"])
+    assert req.held_out == [] and req.prompt == "a painting"
+
+
+@pytest.fixture
+def mimicry_api(api, webui, monkeypatch, tiny):
+    """The route with a queue lock, the web UI's job state and its loaded model stood in by the
+    tiny model: (api, state, model)."""
+    import contextlib
+    import threading
+
+    call_queue = types.ModuleType("modules.call_queue")
+    call_queue.queue_lock = threading.Lock()
+    monkeypatch.setitem(sys.modules, "modules.call_queue", call_queue)
+    monkeypatch.setitem(sys.modules, "advdm_webui.webui", webui)
+    state = _State()
+    state.jobs = []
+    state.begin = lambda job: state.jobs.append(("begin", job, call_queue.queue_lock.locked()))
+    state.end = lambda: state.jobs.append(("end",))
+    monkeypatch.setattr(webui.shared, "state", state, raising=False)
+    used = []
+
+    @contextlib.contextmanager
+    def loaded_model(prompt, width, height):
+        used.append((prompt, width, height))
+        yield tiny
+
+    monkeypatch.setattr(webui, "loaded_model", loaded_model)
+    state.used = used
+    return api, state, tiny
+
+
+QUICK_MIMICRY = {"seeds": 3, "steps": 3, "lr": 1e-2, "rank": 4, "draws": 8, "pictures": 2, "picture_steps": 2,
+                 "picture_size": 32}
+
+
+@pytest.mark.parametrize("body,detail", [
+    ({"train": [], "protected": []}, "train: give at least one image"),
+    ({"protected": []}, "protected: 0 images for 1 in train"),
+    ({"train": ["bm90IGFuIGltYWdl"]}, "train[0]"),
+    ({"held_out": ["!!"]}, "held_out[0]"),
+    ({"protected": ["small"]}, "protected[0]: size 24x16 differs from train[0] (32x32)"),
+])
+def test_mimicry_route_refuses_bad_images_by_field_before_taking_the_lock(mimicry_api, body, detail):
+    from sample_images import smooth_image
+
+    api, state, _ = mimicry_api
+    image = _png_b64(smooth_image(32, 32))
+    fields = {"train": [image], "protected": [image], **body}
+    if fields["protected"] == ["small"]:
+        fields["protected"] = [_png_b64(smooth_image(16, 24))]
+    with pytest.raises(api.HTTPException) as e:
+        api.mimicry_endpoint(api.MimicryRequest(**fields, **QUICK_MIMICRY))
+    assert e.value.status_code == 400 and e.value.detail.startswith(detail), e.value.detail
+    assert state.jobs == []
+
+
+def test_mimicry_route_answers_the_clis_figures_and_the_grid_under_the_lock(mimicry_api):
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    from sample_images import smooth_image
+
+    api, state, tiny = mimicry_api
+    train = [_png_b64(smooth_image(32, 32, seed=s)) for s in range(2)]
+    before = _weights(tiny.denoiser_network)
+    d = api.mimicry_endpoint(api.MimicryRequest(train=train, protected=train, held_out=[_png_b64(smooth_image(32, 32, 9))],
+                                                **QUICK_MIMICRY))
+    json.dumps(d, allow_nan=False)  # what the web server sends
+    assert d["interrupted"] is False and d["learned"], d["summary"]
+    assert d["learned_fraction_low"] <= 1 <= d["learned_fraction_high"]  # clean as protected: it learned all
+    assert (d["seeds"], d["draws"], d["finetune"]["steps"], d["pictures"]) == (3, 8, 3, 2)
+    assert "learned fraction" in d["summary"]
+    grid = Image.open(io.BytesIO(base64.b64decode(d["grid"])))
+    assert grid.format == "PNG" and grid.width > 2 * 32 and grid.height > 4 * 32  # four rows of two pictures
+    assert state.jobs == [("begin", "advdm_mimicry", True), ("end",)]
+    assert state.sampling_step == state.sampling_steps == 3 * 3 * 3 + 2 * (1 + 3 * 3)  # fine-tune + sampler steps
+    assert state.used == [("a painting", 32, 32)]
+    after = _weights(tiny.denoiser_network)
+    assert all(torch_equal(before[k], after[k]) for k in before)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_interrupt_stops_the_mimicry_check_and_leaves_the_model_as_it_was(mimicry_api):
+    from sample_images import smooth_image
+    from test_lora import assert_as_before, snapshot
+
+    api, state, tiny = mimicry_api
+    state.interrupt_at = 4  # during the first fine-tune
+    before = snapshot(tiny.denoiser_network)
+    image = _png_b64(smooth_image(32, 64))
+    d = api.mimicry_endpoint(api.MimicryRequest(train=[image], protected=[image], **QUICK_MIMICRY))
+    assert d == {"interrupted": True}
+    assert state.calls == 4 and state.jobs[-1] == ("end",)
+    assert_as_before(tiny.denoiser_network, before)
+
+
+# --- POST /advdm/v1/img2img -----------------------------------------------------------------------
+
+QUICK_IMG2IMG = {"strengths": [0.5], "seeds": 3, "steps": 2}
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"seeds": 0}, "seeds"), ({"seeds": 65}, "seeds"), ({"steps": 0}, "steps"), ({"steps": 201}, "steps"),
+    ({"seed": -1}, "seed"), ({"view": "zoom"}, "view"), ({"resolution": 4}, "resolution"),
+    ({"strengths": "high"}, "strengths"), ({"strength": [0.3]}, "strength"), ({"original": "x"}, "original"),
+])
+def test_img2img_request_refuses_each_bad_field_by_name(api, bad, field):
+    with pytest.raises(api.ValidationError) as e:
+        api.Img2ImgRequest(**{"original": ["x"], "protected": ["x"], **bad})
+    detail = api._field_errors(e.value.errors())
+    assert detail.split(":")[0].split(".")[0] == field, detail
+
+
+def test_img2img_request_defaults_are_the_cores(api):
+    import inspect
+
+    from advdm.evaluation.img2img import img2img_check
+    from advdm.settings import IMG2IMG
+
+    core = inspect.signature(img2img_check).parameters
+    req = api.Img2ImgRequest(original=["x"], protected=["x"])
+    for name, k in IMG2IMG.items():
+        default = tuple(getattr(req, name)) if name == "strengths" else getattr(req, name)
+        assert default == k.default == core[name].default, name
+
+
+@pytest.mark.parametrize("body,detail", [
+    ({"strengths": [0.3, 0]}, "strengths[1] must be between 0.01 and 1"),
+    ({"strengths": []}, "strengths: give at least one value"),
+    ({"original": []}, "original: give at least one image"),
+    ({"protected": []}, "protected: 0 images for 1 in original"),
+    ({"protected": ["!!"]}, "protected[0]"),
+])
+def test_img2img_route_refuses_bad_values_and_images_by_field(mimicry_api, body, detail):
+    from sample_images import smooth_image
+
+    api, state, _ = mimicry_api
+    image = _png_b64(smooth_image(32, 32))
+    with pytest.raises(api.HTTPException) as e:
+        api.img2img_endpoint(api.Img2ImgRequest(**{"original": [image], "protected": [image], **QUICK_IMG2IMG, **body}))
+    assert e.value.status_code == 400 and e.value.detail.startswith(detail), e.value.detail
+    assert state.jobs == []
+
+
+def test_img2img_route_answers_rows_and_a_picture_per_pair_and_keeps_them_on_interrupt(mimicry_api):
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    from sample_images import smooth_image
+
+    api, state, tiny = mimicry_api
+    before = _weights(tiny.denoiser_network)
+    images = [_png_b64(smooth_image(32, 48, seed=s)) for s in range(2)]
+    d = api.img2img_endpoint(api.Img2ImgRequest(original=images, protected=images, **QUICK_IMG2IMG))
+    json.dumps(d, allow_nan=False)
+    assert d["interrupted"] is False and len(d["pairs"]) == 2
+    for pair in d["pairs"]:
+        (row,) = pair["img2img"]
+        assert row["strength"] == 0.5 and row["seeds"] == 3 and row["distance"] == 0  # clean as protected
+        assert row["protects"] is False and "strength 0.5" in pair["summary"]
+        picture = Image.open(io.BytesIO(base64.b64decode(pair["picture"])))
+        assert picture.format == "PNG" and picture.width >= 2 * 48 and picture.height >= 3 * 32  # inputs, edits
+    assert state.jobs == [("begin", "advdm_img2img", True), ("end",)] and state.job_count == 2
+    assert state.sampling_steps == 1 * 3 * 3 * 2  # strengths x seeds x 3 images x steps, per pair
+    after = _weights(tiny.denoiser_network)
+    assert all(torch_equal(before[k], after[k]) for k in before)
+
+    state.calls, state.interrupt_at = 0, 18 + 3  # during the second pair
+    d = api.img2img_endpoint(api.Img2ImgRequest(original=images, protected=images, **QUICK_IMG2IMG))
+    assert d["interrupted"] is True and len(d["pairs"]) == 1  # the first pair's figures kept
+
+
+# --- the Check section's inputs (no Gradio needed for these) -------------------------------------
+
+@pytest.fixture
+def check_ui(webui, monkeypatch):
+    gradio = types.ModuleType("gradio")
+    gradio.__version__ = "3.41.2"
+    call_queue = types.ModuleType("modules.call_queue")
+    monkeypatch.setitem(sys.modules, "gradio", gradio)
+    monkeypatch.setitem(sys.modules, "modules.call_queue", call_queue)
+    webui.shared.opts = types.SimpleNamespace()
+    sys.modules["modules"].call_queue = call_queue
+    for name in ("advdm_webui.ui", "advdm_webui.check_ui"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    c = importlib.import_module("advdm_webui.check_ui")
+    yield c
+    for name in ("advdm_webui.ui", "advdm_webui.check_ui"):
+        sys.modules.pop(name, None)
+
+
+def test_check_section_reads_strengths_and_names_a_bad_one(check_ui):
+    assert check_ui.parse_strengths("0.3, 0.5") == (0.3, 0.5) == check_ui.parse_strengths(" 0.3 0.5 ")
+    with pytest.raises(ValueError, match="img2img strengths: numbers"):
+        check_ui.parse_strengths("0.3, half")
+    with pytest.raises(ValueError, match=r"img2img strengths\[1\] must be between 0.01 and 1"):
+        check_ui.parse_strengths("0.3, 1.5")
+    with pytest.raises(ValueError, match="at least one"):
+        check_ui.parse_strengths("")
+
+
+def test_check_section_pairs_uploads_or_the_images_just_protected(check_ui, tmp_path):
+    from advdm.images import save_png
+
+    from sample_images import smooth_image
+
+    files = []
+    for i, name in enumerate(("a.png", "a_protected.png", "b.png", "b_protected.png", "held.png")):
+        files.append(save_png(tmp_path / name, smooth_image(16, 24, seed=i)))
+    a, pa, b, pb, held = (str(f) for f in files)
+    just = check_ui.JUST_PROTECTED
+    with pytest.raises(ValueError, match="nothing was protected in this tab yet"):
+        check_ui.image_sets([a], just, None, None)
+    with pytest.raises(ValueError, match="upload the clean images"):
+        check_ui.image_sets(None, check_ui.UPLOADED, [pa], None)
+    with pytest.raises(ValueError, match="2 clean images but 1 protected copies"):
+        check_ui.image_sets([a, b], check_ui.UPLOADED, [pa], None)
+    clean, protected, held_out = check_ui.image_sets([a, b], check_ui.UPLOADED, [pa, pb], [held])
+    assert [len(clean), len(protected), len(held_out)] == [2, 2, 1]
+    assert torch_equal(protected[1], smooth_image(16, 24, seed=3).float())
+
+    check_ui.remember([(files[0], files[1])])  # the tab protected a.png into a_protected.png
+    clean, protected, _ = check_ui.image_sets(None, just, [pb], None)  # the upload box is not used
+    assert torch_equal(clean[0], smooth_image(16, 24, seed=0).float())  # the original stands in for the clean one
+    assert torch_equal(protected[0], smooth_image(16, 24, seed=1).float())
+    with pytest.raises(ValueError, match="2 clean images but 1 protected"):
+        check_ui.image_sets([a, b], just, None, None)

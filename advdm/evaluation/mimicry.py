@@ -34,6 +34,7 @@ from torch import Tensor
 from ..mimic.finetune import FinetuneConfig, lora_finetuned
 from ..mimic.views import judged_views
 from ..models.interface import DiffusionModel
+from ..settings import MIMICRY, check
 from .measure import ViewedLosses, budget_of, noise_control
 from .pictures import Pictures, format_pictures, grid, picture_figures, seed_distances
 from .stats import LEVEL, Interval, ratio_across_units, ratio_of_means
@@ -42,15 +43,28 @@ CONDITIONS = ("clean", "protected", "noise")
 
 
 @dataclass
-class MimicryConfig:
+class MimicryConfig:  # defaults, bounds and help: advdm.settings.MIMICRY
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    seeds: int = 3  # fine-tune seeds; the interval's units
-    seed: int = 0  # the first of them
-    draws: int = 64  # fixed (t, noise) draws per evaluated image
-    view: str = "auto"  # how evaluated images are scored: measure's view rule at the fine-tune's resolution
-    pictures: int = 4  # pictures per row of the grid, drawn after every fine-tune; 0 = none
-    picture_steps: int = 20  # Euler steps per picture
-    picture_size: Optional[int] = None  # side in px (default: the model's training side)
+    seeds: int = MIMICRY["seeds"].default  # fine-tune seeds; the interval's units
+    seed: int = MIMICRY["seed"].default  # the first of them
+    draws: int = MIMICRY["draws"].default  # fixed (t, noise) draws per evaluated image
+    view: str = MIMICRY["view"].default  # how evaluated images are scored: measure's view rule at the fine-tune's resolution
+    pictures: int = MIMICRY["pictures"].default  # pictures per row of the grid, drawn after every fine-tune; 0 = none
+    picture_steps: int = MIMICRY["picture_steps"].default  # Euler steps per picture
+    picture_size: Optional[int] = MIMICRY["picture_size"].default  # side in px (default: the model's training side)
+
+
+FINETUNE_OPTIONS = ("steps", "rank", "lr", "batch", "convs", "resolution")
+
+
+def config_from_options(options: dict, label=lambda name: name) -> MimicryConfig:
+    """The config from the flat options the command line and the web API take (the names of
+    advdm.settings.MIMICRY; a missing one is its default), each checked against its bounds:
+    a ValueError names label(name)."""
+    values = {name: options.get(name, k.default) for name, k in MIMICRY.items()}
+    check(MIMICRY, values, label)
+    tune = {name: values.pop(name) for name in FINETUNE_OPTIONS}
+    return MimicryConfig(finetune=FinetuneConfig(**tune), **values)
 
 
 def progress_total(config: MimicryConfig) -> int:

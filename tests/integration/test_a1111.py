@@ -32,6 +32,9 @@ import numpy as np
 import pytest
 from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
 from webui_client import surrogate_protection_holds, wait_for_route
+from webui_client import (check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
+                          img2img_bad_fields_are_400s, img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
+                          mimicry_bad_fields_are_400s, mimicry_clean_as_protected)
 from webui_client import decode as _decode, image as _image, png as _png
 
 A1111_DIR = os.environ.get("A1111_DIR")
@@ -355,6 +358,44 @@ def test_interrupt_stops_a_fine_tune_aware_protection_while_it_fine_tunes(server
     before = _seeded_txt2img(server)
     interrupt_stops_a_long_protection(server, **LONG_SURROGATE)
     assert np.array_equal(before, _seeded_txt2img(server))  # the LoRA came off on the interrupt
+
+
+def test_mimicry_check_with_clean_as_protected_learns_all_and_leaves_txt2img_identical(server):
+    """POST /advdm/v1/mimicry fine-tunes LoRAs on the web UI's own UNet: the clean images passed as
+    the protected ones give a learned fraction whose interval contains 1, and the grid."""
+    before = _seeded_txt2img(server)
+    mimicry_clean_as_protected(server)
+    assert np.array_equal(before, _seeded_txt2img(server))
+
+
+def test_mimicry_bad_fields_are_400s_naming_them(server):
+    mimicry_bad_fields_are_400s(server)
+
+
+def test_interrupt_stops_a_long_mimicry_check(server):
+    before = _seeded_txt2img(server)
+    interrupt_stops_a_long_mimicry_check(server)
+    assert np.array_equal(before, _seeded_txt2img(server))  # the LoRA came off on the interrupt
+
+
+def test_img2img_check_with_clean_as_protected_gives_rows_and_leaves_txt2img_identical(server):
+    before = _seeded_txt2img(server)
+    img2img_clean_as_protected(server)
+    assert np.array_equal(before, _seeded_txt2img(server))
+
+
+def test_img2img_bad_fields_are_400s_naming_them(server):
+    img2img_bad_fields_are_400s(server)
+
+
+def test_check_section_runs_the_img2img_check_in_chromium(server, tmp_path):
+    text = check_section_runs_the_img2img_check(server, tmp_path / "check", ARTIFACTS, "a1111")
+    assert "strength 0.5: protected 0.00" in text, text
+
+
+def test_check_section_runs_the_mimicry_check_in_chromium(server, tmp_path):
+    text = check_section_runs_the_mimicry_check(server, tmp_path / "check", ARTIFACTS, "a1111")
+    assert "learned fraction (held out): protected 1.00" in text, text
 
 
 def _protect_with_checkpoint(server, name, src, label):

@@ -33,13 +33,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import (AUTH, LONG_SURROGATE, Client, decode, free_port, image, interrupt_stops_a_long_protection,
+from webui_client import (AUTH, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
+                          check_section_runs_the_mimicry_check, decode, free_port, image, img2img_bad_fields_are_400s,
+                          img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
+                          interrupt_stops_a_long_protection, mimicry_bad_fields_are_400s, mimicry_clean_as_protected,
                           png, stop, surrogate_protection_holds, wait_for_route)
 
 FORGE_DIR = os.environ.get("FORGE_DIR")
 FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, "venv", "bin", "python"))
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
 SD15_NAME, SDXL_NAME, LORA_NAME = "advdm_random_sd15", "advdm_random_sdxl", "advdm_random_lora"
 FAST = {"steps": 2, "epsilon": 8, "view": "full", "measure": False}
 TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler", "cfg_scale": 5,
@@ -173,6 +177,44 @@ def test_interrupt_stops_a_fine_tune_aware_protection_while_it_fine_tunes(server
     before = _txt2img(server)
     interrupt_stops_a_long_protection(server, **LONG_SURROGATE)
     assert np.array_equal(before, _txt2img(server))  # the LoRA came off on the interrupt
+
+
+def test_mimicry_check_with_clean_as_protected_learns_all_and_leaves_txt2img_identical(server):
+    """POST /advdm/v1/mimicry fine-tunes LoRAs on Forge's own UNet: the clean images passed as the
+    protected ones give a learned fraction whose interval contains 1, and the grid."""
+    before = _txt2img(server)
+    mimicry_clean_as_protected(server)
+    assert np.array_equal(before, _txt2img(server))
+
+
+def test_mimicry_bad_fields_are_400s_naming_them(server):
+    mimicry_bad_fields_are_400s(server)
+
+
+def test_interrupt_stops_a_long_mimicry_check(server):
+    before = _txt2img(server)
+    interrupt_stops_a_long_mimicry_check(server)
+    assert np.array_equal(before, _txt2img(server))  # the LoRA came off on the interrupt
+
+
+def test_img2img_check_with_clean_as_protected_gives_rows_and_leaves_txt2img_identical(server):
+    before = _txt2img(server)
+    img2img_clean_as_protected(server)
+    assert np.array_equal(before, _txt2img(server))
+
+
+def test_img2img_bad_fields_are_400s_naming_them(server):
+    img2img_bad_fields_are_400s(server)
+
+
+def test_check_section_runs_the_img2img_check_in_chromium(server, tmp_path):
+    text = check_section_runs_the_img2img_check(server, tmp_path / "check", ARTIFACTS, "forge")
+    assert "strength 0.5: protected 0.00" in text, text
+
+
+def test_check_section_runs_the_mimicry_check_in_chromium(server, tmp_path):
+    text = check_section_runs_the_mimicry_check(server, tmp_path / "check", ARTIFACTS, "forge")
+    assert "learned fraction (held out): protected 1.00" in text, text
 
 
 def _tab_protect(server, tmp_path, src, method="advdm"):

@@ -3,8 +3,10 @@ test images as PNG/base64, and starting / stopping a web UI server (loopback onl
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -129,37 +131,219 @@ def surrogate_protection_holds(client: Client, method: str, h: int = 64, w: int 
     return out
 
 
-def interrupt_stops_a_long_protection(client: Client, **extra) -> None:
-    """A protection of 2000 steps (the most the API takes) shows progress through /sdapi/v1/progress and stops soon
-    after /sdapi/v1/interrupt, answering interrupted with no images. With LONG_SURROGATE as extra, the bar
-    counts the fine-tuning steps and the interrupt lands in the first fine-tuning phase."""
+def interrupt_while_running(client: Client, route: str, body: dict, job: str):
+    """POST body to route in a thread; once /sdapi/v1/progress shows `job` past its second step,
+    /sdapi/v1/interrupt. Returns (the progress state seen before the interrupt, the route's
+    (status, answer)); fails unless progress shows within 300 s and the route stops within 120 s."""
     result = {}
-    total = 2000
-    if extra.get("method") in ("anti-dreambooth", "mist-v2"):
-        total += -(-2000 // extra["surrogate_every"]) * extra["surrogate_steps"]
 
     def run():
-        result["r"] = client.call("POST", "/advdm/v1/protect", {"images": [png(image(64, 64))], "steps": 2000,
-                                                                "view": "full", "measure": False, **extra})
+        result["r"] = client.call("POST", route, body)
 
     t = threading.Thread(target=run)
     t.start()
     deadline = time.time() + 300
     while time.time() < deadline:
         status, p = client.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-        if p["state"]["job"] == "advdm_protect" and p["state"]["sampling_step"] >= 2:
+        if p["state"]["job"] == job and p["state"]["sampling_step"] >= 2:
             break
         time.sleep(0.5)
     else:
-        pytest.fail(f"protection never showed progress: {p}")
-    assert p["state"]["sampling_steps"] == total
-    if total > 2000:
-        assert p["state"]["sampling_step"] < extra["surrogate_steps"], p  # still fine-tuning
+        pytest.fail(f"{job} never showed progress: {p}; its answer: {result.get('r')}")
     started = time.time()
     status, _ = client.call("POST", "/sdapi/v1/interrupt")
     assert status == 200
     t.join(120)
-    assert not t.is_alive(), "protection did not stop after /sdapi/v1/interrupt"
-    status, d = result["r"]
-    assert status == 200 and d["interrupted"] and d["images"] == []
+    assert not t.is_alive(), f"{job} did not stop after /sdapi/v1/interrupt"
     assert time.time() - started < 120
+    return p["state"], result["r"]
+
+
+def interrupt_stops_a_long_protection(client: Client, **extra) -> None:
+    """A protection of 2000 steps (the most the API takes) shows progress through /sdapi/v1/progress and stops soon
+    after /sdapi/v1/interrupt, answering interrupted with no images. With LONG_SURROGATE as extra, the bar
+    counts the fine-tuning steps and the interrupt lands in the first fine-tuning phase."""
+    total = 2000
+    if extra.get("method") in ("anti-dreambooth", "mist-v2"):
+        total += -(-2000 // extra["surrogate_every"]) * extra["surrogate_steps"]
+    state, (status, d) = interrupt_while_running(client, "/advdm/v1/protect", {
+        "images": [png(image(64, 64))], "steps": 2000, "view": "full", "measure": False, **extra}, "advdm_protect")
+    assert state["sampling_steps"] == total
+    if total > 2000:
+        assert state["sampling_step"] < extra["surrogate_steps"], state  # still fine-tuning
+    assert status == 200 and d["interrupted"] and d["images"] == []
+
+
+# --- the checks: POST /advdm/v1/mimicry and the Protect tab's Check section --------------------------
+
+# A mimicry check small enough for a CPU: 3 fine-tune seeds (the interval's units; with 2, Student's t
+# has one degree of freedom) x 3 fine-tunes of 3 steps on two 64 px images, one 2-step picture a row.
+QUICK_MIMICRY = {"seeds": 3, "steps": 3, "lr": 1e-3, "rank": 2, "batch": 2, "draws": 4, "pictures": 1,
+                 "picture_steps": 2, "picture_size": 64}
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def mimicry_images():
+    """Two 64 px training images and one held-out image, as PNG arrays."""
+    return [image(64, 64, seed=s) for s in (21, 22)], [image(64, 64, seed=23)]
+
+
+def mimicry_clean_as_protected(client: Client) -> dict:
+    """The clean images passed as the protected ones: the protected LoRA is the clean LoRA, so the
+    learned fraction's interval contains 1; the grid comes back as a PNG of four rows."""
+    train, held = mimicry_images()
+    body = {"train": [png(a) for a in train], "protected": [png(a) for a in train], "held_out": [png(a) for a in held],
+            **QUICK_MIMICRY}
+    status, d = client.call("POST", "/advdm/v1/mimicry", body)
+    assert status == 200, d
+    print("mimicry:", d.get("summary"))
+    assert d["interrupted"] is False and d["learned"], d["summary"]
+    assert d["learned_fraction_low"] <= 1 <= d["learned_fraction_high"], d["summary"]
+    assert (d["seeds"], d["finetune"]["steps"], d["train_images"], d["held_out_images"]) == (3, 3, 2, 1)
+    assert d["picture_rmse_protected"] == 0 and d["picture_size"] == [64, 64]
+    grid = decode(d["grid"])
+    assert grid.ndim == 3 and grid.shape[0] >= 4 * 64 and grid.shape[1] > 64  # four labelled rows of one picture
+    return d
+
+
+def mimicry_bad_fields_are_400s(client: Client) -> None:
+    one = [png(image(64, 64))]
+    status, d = client.call("POST", "/advdm/v1/mimicry", {"train": one, "protected": one, **QUICK_MIMICRY})
+    assert status == 400 and "too narrow to split" in json.dumps(d), d  # no held-out images and no halves
+    for bad, field in (({"seeds": 0}, "seeds"), ({"lr": 0}, "lr"), ({"draws": 1}, "draws"),
+                       ({"picture_size": 4}, "picture_size"), ({"stepz": 2}, "stepz"),
+                       ({"protected": []}, "protected"), ({"train": ["not base64!"]}, "train[0]"),
+                       ({"protected": [png(image(32, 48))]}, "protected[0]")):
+        status, d = client.call("POST", "/advdm/v1/mimicry", {"train": one, "protected": one, **QUICK_MIMICRY, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
+    status, _ = client.call("POST", "/advdm/v1/mimicry", {"train": one, "protected": one}, auth=None)
+    assert status == 401
+
+
+def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
+    """10000 fine-tuning steps a LoRA: progress shows through /sdapi/v1/progress as the job
+    advdm_mimicry, counting the fine-tuning and sampler steps; /sdapi/v1/interrupt stops it soon,
+    answering interrupted."""
+    wide = png(image(64, 128, seed=24))  # no held-out images: its halves (SD1.5 takes multiples of 64 px)
+    state, answer = interrupt_while_running(client, "/advdm/v1/mimicry", {
+        "train": [wide], "protected": [wide], **QUICK_MIMICRY, "steps": 10000}, "advdm_mimicry")
+    assert state["sampling_steps"] == 3 * 3 * 10000 + 2 * (1 + 3 * 3)
+    assert answer == (200, {"interrupted": True})
+
+
+def _set_number(scope, elem_id: str, value) -> None:
+    box = scope.locator(f"#{elem_id} input[type=number]").first  # a slider's number box, or a Number
+    box.fill(str(value))
+    box.press("Enter")
+
+
+@contextlib.contextmanager
+def check_section(client: Client, folder: Path):
+    """Headless Chromium on the Protect tab with "Check the protection" open and two clean images
+    uploaded as the clean ones and as the protected ones, a third as held out: (page, tab)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
+    folder.mkdir(parents=True, exist_ok=True)
+    train, held = mimicry_images()
+    clean = [folder / f"clean{i}.png" for i in range(len(train))]
+    for a, path in zip(train, clean):
+        png(a, path)
+    held_path = folder / "held.png"
+    png(held[0], held_path)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1500, "height": 2200})
+            pg.goto(client.base, timeout=180_000)
+            # the tab: a button in Gradio 3, role "tab" in Gradio 4
+            pg.get_by_role("button", name="Protect", exact=True).or_(
+                pg.get_by_role("tab", name="Protect", exact=True)).first.click(timeout=120_000)
+            tab = pg.locator("#tab_advdm_protect_tab")
+            tab.locator("#advdm_check").get_by_text("Check the protection").first.click()  # open the section
+            for elem_id, files in (("advdm_check_clean", clean), ("advdm_check_protected", clean),
+                                   ("advdm_check_held_out", [held_path])):
+                tab.locator(f"#{elem_id} input[type=file]").first.set_input_files([str(f) for f in files])
+                tab.locator(f"#{elem_id}").get_by_text(files[-1].name).first.wait_for(timeout=60_000)  # uploaded
+            yield pg, tab
+        finally:
+            browser.close()
+
+
+def _open(tab, elem_id: str, title: str, first_input: str) -> None:
+    tab.locator(f"#{elem_id}").get_by_text(title).first.click()
+    tab.locator(f"#{first_input} input").first.wait_for(state="visible", timeout=30_000)
+
+
+def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """The Check section in headless Chromium: the quick settings, Run mimicry check; the report
+    shows the learned fraction and the gallery the grid. Returns the report's text."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with check_section(client, folder) as (pg, tab):
+        _open(tab, "advdm_check_mimicry_settings", "Mimicry check settings", "advdm_check_seeds")
+        for name in ("seeds", "steps", "rank", "draws", "pictures", "picture_steps", "picture_size"):
+            _set_number(tab, f"advdm_check_{name}", QUICK_MIMICRY[name])
+        _set_number(tab, "advdm_check_lr", QUICK_MIMICRY["lr"])
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_settings.png"), full_page=True)
+        tab.locator("#advdm_check_mimicry").click()
+        report = tab.locator("#advdm_check_report")
+        report.get_by_text("learned fraction", exact=False).first.wait_for(timeout=1_200_000)
+        tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"), full_page=True)
+        return report.inner_text()
+
+
+def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """The Check section in headless Chromium: strengths 0.5, 3 seeds of 2 steps, Run img2img
+    check; the report has a row per image and the gallery a picture per image."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with check_section(client, folder) as (pg, tab):
+        _open(tab, "advdm_check_img2img_settings", "img2img check settings", "advdm_check_img2img_strengths")
+        box = tab.locator("#advdm_check_img2img_strengths textarea, #advdm_check_img2img_strengths input").first
+        box.fill("0.5")
+        _set_number(tab, "advdm_check_img2img_seeds", QUICK_IMG2IMG["seeds"])
+        _set_number(tab, "advdm_check_img2img_steps", QUICK_IMG2IMG["steps"])
+        pg.wait_for_timeout(1000)
+        tab.locator("#advdm_check_img2img").click()
+        report = tab.locator("#advdm_check_report")
+        report.get_by_text("Image 2", exact=True).first.wait_for(timeout=1_200_000)
+        assert tab.locator("#advdm_check_gallery img").count() >= 1
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"), full_page=True)
+        return report.inner_text()
+
+
+# --- POST /advdm/v1/img2img ------------------------------------------------------------------------
+
+QUICK_IMG2IMG = {"strengths": [0.5], "seeds": 3, "steps": 2}
+
+
+def img2img_clean_as_protected(client: Client) -> dict:
+    """A clean image passed as the protected one: its edits are the clean image's (distance 0),
+    no verdict of protection; a row per strength and the picture come back."""
+    a = image(64, 64, seed=31)
+    status, d = client.call("POST", "/advdm/v1/img2img", {"original": [png(a)], "protected": [png(a)], **QUICK_IMG2IMG})
+    assert status == 200, d
+    assert d["interrupted"] is False
+    (pair,) = d["pairs"]
+    print("img2img:", pair["summary"])
+    (row,) = pair["img2img"]
+    assert (row["strength"], row["seeds"], row["distance"], row["protects"]) == (0.5, 3, 0, False), row
+    assert row["distance_noise"] > 0 and row["distance_noise_low"] <= row["distance_noise_high"]
+    picture = decode(pair["picture"])
+    assert picture.shape[0] >= 3 * 64 and picture.shape[1] >= 2 * 64  # rows clean/protected/noise: input, edit
+    return d
+
+
+def img2img_bad_fields_are_400s(client: Client) -> None:
+    one = [png(image(64, 64))]
+    for bad, field in (({"strengths": [0.3, 2]}, "strengths[1]"), ({"seeds": 0}, "seeds"), ({"view": "zoom"}, "view"),
+                       ({"steps": 500}, "steps"), ({"strenghts": [0.3]}, "strenghts"), ({"protected": []}, "protected"),
+                       ({"original": ["not base64!"]}, "original[0]"),
+                       ({"protected": [png(image(32, 48))]}, "protected[0]")):
+        status, d = client.call("POST", "/advdm/v1/img2img", {"original": one, "protected": one, **QUICK_IMG2IMG, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
