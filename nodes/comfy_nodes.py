@@ -159,6 +159,39 @@ def _previewing_both(callback, original, epsilon):
     return progress
 
 
+class MeasureBar:
+    """The Measure node's bar: per image, `max_samples` units for the measurement (the core
+    reports the draws done after each doubling round) and as many per robustness row (the core
+    reports finished rows), so the bar follows the draws and a measurement that stops early
+    (its interval narrow enough) jumps to its share's end. Each report is a cancel point."""
+
+    def __init__(self, bar, images: int, max_samples: int, rows: int, interrupted):
+        self.bar, self.interrupted = bar, interrupted
+        self.unit, self.per_image = max_samples, max_samples * (1 + rows)
+        self.total = images * self.per_image
+        self._set(0)
+
+    def _set(self, value: int) -> None:
+        self.bar.update_absolute(value, self.total)
+
+    def draws(self, image: int):
+        def progress(draws, max_samples):
+            self.interrupted()
+            self._set(image * self.per_image + min(draws, self.unit))
+
+        return progress
+
+    def measured(self, image: int) -> None:
+        self._set(image * self.per_image + self.unit)
+
+    def rows(self, image: int):
+        def progress(done, rows):
+            self.interrupted()
+            self._set(image * self.per_image + self.unit * (1 + done))
+
+        return progress
+
+
 class AdvDMMeasure(IO.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -228,17 +261,17 @@ class AdvDMMeasure(IO.ComfyNode):
                 dm = cm.diffusion_model
                 r = int(resolution) or None
                 rows = len(default_transforms(dm, r)) if robustness else 0
-                bar = comfy.utils.ProgressBar(len(a) * (1 + rows))
-
-                for x, y in zip(a, b):
+                bar = MeasureBar(comfy.utils.ProgressBar(1), len(a), int(max_samples), rows,
+                                 comfy.model_management.throw_exception_if_processing_interrupted)
+                for i, (x, y) in enumerate(zip(a, b)):
                     if x.shape != y.shape:
                         raise ValueError(f"original {tuple(x.shape[-2:])} and protected {tuple(y.shape[-2:])} differ in size")
-                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    bar.interrupted()
                     x, y = to_8bit_grid(x), to_8bit_grid(y)
-                    results.append(measure(dm, x, y, **kw))
-                    bar.update(1)
+                    results.append(measure(dm, x, y, progress=bar.draws(i), **kw))
+                    bar.measured(i)
                     if robustness:
-                        tables.append(measure_robustness(dm, x, y, resolution=r, progress=lambda done, total: bar.update(1), **kw))
+                        tables.append(measure_robustness(dm, x, y, resolution=r, progress=bar.rows(i), **kw))
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         keys = ["gain", "gain_noise", "loss_clean", "loss_protected", "psnr", "ssim", "linf"]

@@ -679,3 +679,26 @@ def test_example_workflow_widgets_are_node_inputs():
                 widgets = {i["name"] for i in node["inputs"] if i.get("widget")}
                 assert widgets <= sigs[node["type"]], (path.name, widgets - sigs[node["type"]])
 
+
+
+def test_measure_bar_follows_the_draws_and_rows(comfy_nodes):
+    """The Measure node's bar moves with every doubling round of the real measure(), ends each
+    image's share when the measurement stops early, then moves per robustness row; each report
+    is a cancel point."""
+    from advdm.evaluation.measure import measure
+
+    bar, checks = Bar(), []
+    mb = comfy_nodes.MeasureBar(bar, images=2, max_samples=32, rows=2, interrupted=lambda: checks.append(1))
+    dm = fake_comfy_model().diffusion_model
+    x = torch.rand(1, 3, 16, 16)
+    y = image_ops.to_8bit_grid((x + 4 / 255 * torch.randn_like(x).sign()).clamp(0, 1))
+    measure(dm, image_ops.to_8bit_grid(x), y, samples=4, max_samples=32, precision=0.0, progress=mb.draws(0))
+    drawn = [c[0] for c in bar.calls[1:]]
+    assert drawn == [4, 8, 16, 32]  # one report per doubling round, in draws
+    mb.measured(0)
+    rows = mb.rows(0)
+    rows(1, 2), rows(2, 2)
+    mb.draws(1)(8, 32)
+    assert [c[0] for c in bar.calls[-4:]] == [32, 64, 96, 96 + 8]
+    assert {c[1] for c in bar.calls} == {2 * 32 * 3} and bar.calls[0][0] == 0
+    assert len(checks) == len(drawn) + 3
