@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "example_workflows"
 NOT_FOR_COMFYUI = ("tests/", "bench/", "testbed/", "advdm_webui/", "scripts/", "install.py", "metadata.ini")
 NEEDED_IN_COMFYUI = ("__init__.py", "nodes/comfy_nodes.py", "nodes/comfy_model.py", "nodes/image_ops.py",
-                     "web/advdm_measure_report.js", "advdm/__init__.py", "advdm/settings.py", "LICENSE", "icon.png")
+                     "web/advdm_report.js", "advdm/__init__.py", "advdm/settings.py", "LICENSE", "icon.png")
 
 
 def ignore_patterns() -> list:
