@@ -13,7 +13,7 @@ from advdm.evaluation.robustness import robustness as measure_robustness
 from advdm.settings import MEASURE, PROTECT
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
-from .image_ops import amplified, join_images, mask_for, side_by_side, split_images, to_8bit_grid
+from .image_ops import amplified, join_images, mask_for, split_images, to_8bit_grid
 
 log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
@@ -135,8 +135,7 @@ class AdvDMProtect(IO.ComfyNode):
                     log.info("advdm: protecting image %d/%d (%dx%d) with %s, eps %.0f/255, %d steps%s on %s",
                              i + 1, len(images), x.shape[-1], x.shape[-2], method, epsilon, steps,
                              _surrogate_text(config), dm.name)
-                    out.append(advdm.protect(dm, x, config, mask=m, progress=_previewing_both(
-                        progress.for_image(i, per_image), to_8bit_grid(x), epsilon)))
+                    out.append(advdm.protect(dm, x, config, mask=m, progress=progress.for_image(i, per_image)))
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         protected = join_images(out, image)
@@ -149,14 +148,6 @@ def _surrogate_text(config) -> str:
         return ""
     return (f" (+ {config.progress_steps - config.steps} LoRA surrogate fine-tuning steps: {config.surrogate_steps} "
             f"before every {config.surrogate_every})")
-
-
-def _previewing_both(callback, original, epsilon):
-    """The progress preview shows the image being protected beside its amplified perturbation."""
-    def progress(step, total, current):
-        callback(step, total, side_by_side(current, amplified(original, current, epsilon)))
-
-    return progress
 
 
 class MeasureBar:

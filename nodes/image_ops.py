@@ -69,9 +69,3 @@ def amplified(original: Tensor, protected: Tensor, epsilon: float) -> Tensor:
 def to_8bit_grid(x: Tensor) -> Tensor:
     """round(x * 255) / 255: what LoadImage gives for the same 8-bit file."""
     return (x.float() * 255).round().clamp(0, 255) / 255
-
-
-def side_by_side(left: Tensor, right: Tensor, gap: int = 8) -> Tensor:
-    """(1, 3, H, W) images next to each other with a white gap: (1, 3, H, W_left + gap + W_right)."""
-    spacer = torch.ones(left.shape[0], left.shape[1], left.shape[2], gap, dtype=left.dtype, device=left.device)
-    return torch.cat([left, spacer, right.to(left)], dim=-1)

@@ -459,6 +459,21 @@ def test_progress_counts_batch_and_throttles_previews():
     assert [c[2] for c in bar.calls] == [True, False, True, False, False, True]  # first, each image's last
 
 
+def test_progress_preview_is_at_the_images_size():
+    """ComfyUI shrinks a preview to the max size given and labels it with its size: the label
+    must read the image's size (a 96x64 image is not a 512 px preview)."""
+    seen = []
+
+    class PreviewBar:
+        def update_absolute(self, value, total=None, preview=None):
+            seen.append(preview)
+
+    p = cm.Progress(total=1, bar=PreviewBar(), interrupted=lambda: None)
+    p.for_image(0, 1)(1, 1, torch.rand(1, 3, 64, 96))
+    kind, image, max_size = seen[0]
+    assert image.size == (96, 64) and max_size == 96
+
+
 class Interrupted(BaseException):  # like comfy's InterruptProcessingException
     pass
 
@@ -656,13 +671,6 @@ CORE_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "SaveImag
               "VAEDecode", "KSampler", "ImageStitch", "ImageBatch", "EmptyLatentImage", "TrainLoraNode",
               "LoraModelLoader", "PreviewAny"}
 OUR_NODES = {"AdvDMProtect", "AdvDMMeasure", "AdvDMMimicry"}
-
-
-def test_side_by_side_puts_a_white_gap_between():
-    a, b = torch.zeros(1, 3, 4, 5), torch.full((1, 3, 4, 6), 0.5)
-    out = image_ops.side_by_side(a, b, gap=2)
-    assert out.shape == (1, 3, 4, 13)
-    assert (out[..., :5] == 0).all() and (out[..., 5:7] == 1).all() and (out[..., 7:] == 0.5).all()
 
 
 def test_example_workflow_widgets_are_node_inputs():
