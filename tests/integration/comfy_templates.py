@@ -128,7 +128,80 @@ MIMICRY_CHECK = {
     "view": (0.75, (60, 290)),
 }
 
-SPECS = {"protect_and_save": PROTECT_AND_SAVE, "mimicry_check": MIMICRY_CHECK}
+LORA = {
+    "nodes": [
+        node(1, "CheckpointLoaderSimple", (20, 120), (320, 100), "Model (attack, LoRA base, generation)", ckpt_name=CKPT),
+        node(2, "CLIPTextEncode", (20, 270), (320, 150), "Caption of the training set / AdvDM prompt",
+             text="a painting by sks artist"),
+        node(3, "LoadImage", (380, 120), (300, 330), "Artwork 1", image="example.png"),
+        node(4, "LoadImage", (380, 490), (300, 330), "Artwork 2 (here: artwork 1 mirrored)", image="example.png"),
+        node(8, "ImageFlip", (720, 490), (300, 82), "Mirror (delete with your own artwork 2)", flip_method="y-axis: horizontally"),
+        node(5, "BatchImagesNode", (720, 120), (300, 100), "The set (connect more images to grow it)"),
+        node(9, "ImageScaleToMaxDimension", (720, 270), (300, 110), "Trial size (delete on a GPU)",
+             upscale_method="area", largest_size=TRIAL),
+        node(6, "AdvDMProtect", (1060, 120), (340, 560), "Protect the whole set"),
+        node(7, "SaveImage", (1060, 720), (340, 300), "Save protected set (PNG)", filename_prefix="protected_set"),
+        node(10, "VAEEncode", (1440, 120), (300, 50), "Encode clean set"),
+        node(11, "VAEEncode", (1440, 220), (300, 50), "Encode protected set"),
+        node(12, "TrainLoraNode", (20, 1200), (340, 620), "LoRA on the clean set", steps=40, control_after_generate="fixed"),
+        node(13, "TrainLoraNode", (400, 1200), (340, 620), "LoRA on the protected set (same settings)", steps=40,
+             control_after_generate="fixed"),
+        node(14, "LoraModelLoader", (780, 1200), (300, 100), "Apply the clean LoRA"),
+        node(15, "LoraModelLoader", (780, 1350), (300, 100), "Apply the protected LoRA"),
+        node(16, "CLIPTextEncode", (1120, 1200), (400, 150), "Generation prompt", text="a painting by sks artist, a castle"),
+        node(17, "CLIPTextEncode", (1120, 1400), (400, 150), "Negative", text=""),
+        node(18, "EmptyLatentImage", (1120, 1600), (400, 110), None, width=256, height=256),
+        node(19, "KSampler", (1560, 1200), (320, 262), "Generate with the clean LoRA", seed=42,
+             control_after_generate="fixed", steps=12),
+        node(20, "KSampler", (1560, 1510), (320, 262), "Generate with the protected LoRA (same seed)", seed=42,
+             control_after_generate="fixed", steps=12),
+        node(21, "VAEDecode", (1920, 1200), (240, 50), None),
+        node(22, "VAEDecode", (1920, 1300), (240, 50), None),
+        node(23, "ImageStitch", (1920, 1400), (300, 150), "clean LoRA | protected LoRA"),
+        node(24, "SaveImage", (2240, 1200), (420, 420), "LoRA results: clean (left) vs protected (right)",
+             filename_prefix="lora_clean_vs_protected"),
+        note(25, (20, -120), (1000, 200),
+             "**Train one LoRA on your clean images and one on their protected copies, then compare what each "
+             "generates.** Load your artworks (here the example image and its mirror image; replace them with "
+             "yours, and connect more to **The set**). The caption is also AdvDM's prompt. " + TRIAL_NOTE),
+        note(26, (1060, -120), (680, 200),
+             "**Protect Image** protects each image of the set on its own; the set is saved as PNG. Against a LoRA "
+             "like this one, try *method* **anti-dreambooth** or **mist-v2**: they attack through a LoRA that keeps "
+             "fine-tuning on the image (slower by about *surrogate_steps* / *surrogate_every*)."),
+        note(27, (20, 960), (1060, 160),
+             "ComfyUI's own **Train LoRA** node, twice with identical settings and seed: only the training images "
+             "differ. Sized for a CPU (**steps 40**, a 256 px picture in 12 steps): on a GPU use a few hundred "
+             "steps and the model's size (512 for SD1.5)."),
+        note(28, (1120, 960), (1540, 160),
+             "Both LoRAs on the same base model, then the same prompt, latent and seed. Left: the LoRA trained on "
+             "the clean set; right: on the protected set. If the protection works, the right one imitates the style "
+             "worse. One picture is an impression, not a measurement: the *mimicry_check* template compares with "
+             "same-budget noise and gives intervals."),
+    ],
+    "links": [(1, "CLIP", 2, "clip"), (3, "IMAGE", 5, "images.image0"), (4, "IMAGE", 8, "image"),
+              (8, "IMAGE", 5, "images.image1"), (5, "IMAGE", 9, "image"), (1, "MODEL", 6, "model"),
+              (1, "VAE", 6, "vae"), (9, "IMAGE", 6, "image"), (2, "CONDITIONING", 6, "conditioning"),
+              (6, "protected", 7, "images"), (9, "IMAGE", 10, "pixels"), (1, "VAE", 10, "vae"),
+              (6, "protected", 11, "pixels"), (1, "VAE", 11, "vae"),
+              (1, "MODEL", 12, "model"), (10, "LATENT", 12, "latents"), (2, "CONDITIONING", 12, "positive"),
+              (1, "MODEL", 13, "model"), (11, "LATENT", 13, "latents"), (2, "CONDITIONING", 13, "positive"),
+              (1, "MODEL", 14, "model"), (12, 0, 14, "lora"), (1, "MODEL", 15, "model"), (13, 0, 15, "lora"),
+              (1, "CLIP", 16, "clip"), (1, "CLIP", 17, "clip"),
+              (14, "MODEL", 19, "model"), (16, "CONDITIONING", 19, "positive"), (17, "CONDITIONING", 19, "negative"),
+              (18, "LATENT", 19, "latent_image"),
+              (15, "MODEL", 20, "model"), (16, "CONDITIONING", 20, "positive"), (17, "CONDITIONING", 20, "negative"),
+              (18, "LATENT", 20, "latent_image"),
+              (19, "LATENT", 21, "samples"), (1, "VAE", 21, "vae"), (20, "LATENT", 22, "samples"),
+              (1, "VAE", 22, "vae"), (21, "IMAGE", 23, "image1"), (22, "IMAGE", 23, "image2"),
+              (23, "IMAGE", 24, "images")],
+    "groups": [group("1. Your artworks, protected", (0, -200, 1780, 1260), "#3f789e"),
+               group("2. Two LoRAs, identical but for their training images; the same prompt and seed",
+                     (0, 880, 2700, 960), "#2b7a4b")],
+    "view": (0.75, (60, 290)),
+}
+
+SPECS = {"protect_and_save": PROTECT_AND_SAVE, "mimicry_check": MIMICRY_CHECK,
+         "protect_lora_clean_vs_protected": LORA}
 
 BUILD = """async (spec) => {
   const app = %s;
@@ -224,8 +297,8 @@ def main(names) -> None:
         browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
                                     args=["--no-sandbox", "--disable-gpu"])
 
-        def fresh_page():
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        def fresh_page(size=(1600, 1000)):
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             page.goto(base)
             page.wait_for_function(f"window.LiteGraph?.registered_node_types?.AdvDMProtect && {APP}?.graph",
                                    timeout=180_000)
@@ -236,7 +309,7 @@ def main(names) -> None:
             page = fresh_page()
             build(page, name)
             page.close()
-            page = fresh_page()  # (the thumbnail hides the page's menus)
+            page = fresh_page((2880, 1800))  # (the thumbnail hides the page's menus; large, so text is drawn)
             print(name, "->", thumbnail(page, name))
             page.close()
         browser.close()
