@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .models import builtin
 from .attack.pgd import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
-from .settings import DEFAULT_PRESET, MEASURE, PROTECT
+from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, PROTECT, parse_strengths
 from .models.checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .batch import manifest
 from .batch.resume import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
@@ -28,6 +28,8 @@ from .batch.worklist import find_work
 from .evaluation.measure import MAX_SAMPLES, PRECISION, SAMPLES, format_measurement, measure
 from .attack.objectives import METHODS
 from .mimic.views import MODES as VIEWS
+
+IMG2IMG_PICTURE = "_img2img.png"  # the img2img check's edits, beside the protected image
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="single-file .safetensors/.ckpt (SD1.x, SD2.x, SDXL), "
@@ -67,6 +69,8 @@ def _mimicry_args(sub) -> None:
     p.add_argument("--convs", action="store_true", help="also adapt the convolutions (LoCon), not only the linear layers")
     p.add_argument("--resolution", type=int, help="larger images are resized to about this side (default: the model's)")
     p.add_argument("--draws", type=int, default=d.draws, help=f"fixed (t, noise) draws per evaluated image (default {d.draws})")
+    p.add_argument("--view", choices=MEASURE["view"].choices, default=d.view,
+                   help="how the evaluated images are scored, as in measure: " + MEASURE["view"].help)
     g = p.add_argument_group("pictures", "after every fine-tune the model draws pictures from fixed seeds; the grid "
                              f"(rows base model, clean, protected and noise LoRA) is written as {GRID_NAME}")
     g.add_argument("--pictures", type=int, default=d.pictures, help=f"pictures per row (default {d.pictures}; 0 = none)")
@@ -142,13 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--precision", type=float, default=PRECISION, help="stop drawing once the 95%% interval of "
                    "protected minus noise is at most this wide on each side (in units of the clean loss)")
     m.add_argument("--seed", type=int, default=MEASURE["seed"].default)
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print the figures as JSON")
+    m.add_argument("--view", choices=MEASURE["view"].choices, default=MEASURE["view"].default,
+                   help=MEASURE["view"].help + " (default %(default)s)")
+    m.add_argument("--resolution", type=int, help="the mimic's training resolution: what auto scores at, and where "
+                   "--robustness resizes and crops to (default: the model's)")
     m.add_argument("--robustness", action="store_true", help="also the gains after what a mimic does: "
                    "downscale to the training resolution and 512/1024, centre and random crops, JPEG 95/85/75, "
                    "light blur, and the cleanups known to strip protections (DiffPure with this model, noisy "
                    "upscale, bilateral + guided filtering)")
-    m.add_argument("--resolution", type=int, help="with --robustness: the mimic's training resolution the resizes "
-                   "and crops go to (default: the model's)")
+    i = m.add_argument_group("img2img", "the paper's style-transfer threat: the clean, protected and same-budget noise "
+                             "images edited with the same seeds; how far the protected edit lands from the clean one. "
+                             f"The edits are written side by side as <protected>{IMG2IMG_PICTURE}")
+    i.add_argument("--img2img", action="store_true", help="run the img2img (SDEdit) check")
+    i.add_argument("--img2img-strengths", default=IMG2IMG["strengths"].default,
+                   help=IMG2IMG["strengths"].help + " (default %(default)s)")
+    i.add_argument("--img2img-seeds", type=int, default=IMG2IMG["seeds"].default,
+                   help=IMG2IMG["seeds"].help + " (default %(default)s)")
+    i.add_argument("--img2img-steps", type=int, default=IMG2IMG["steps"].default,
+                   help=IMG2IMG["steps"].help + " (default %(default)s)")
+    m.add_argument("--overwrite", action="store_true", help="replace pictures this command wrote before (never an input)")
 
     _mimicry_args(sub)
     sub.add_parser("selftest", help="protect a generated image with builtin:tiny and check the result")
@@ -352,10 +369,20 @@ def cmd_measure(args) -> int:
     if original.shape != protected.shape:
         raise ImageError(f"{args.protected}: size {protected.shape[-1]}x{protected.shape[-2]} differs from "
                          f"{args.original} ({original.shape[-1]}x{original.shape[-2]})")
+    picture_path = None
+    if args.img2img:
+        strengths = parse_strengths(args.img2img_strengths, "--img2img-strengths")
+        if args.img2img_seeds < 1 or args.img2img_steps < 1:
+            raise ValueError(f"--img2img-seeds and --img2img-steps must be >= 1, got {args.img2img_seeds} and "
+                             f"{args.img2img_steps}")
+        picture_path = args.protected.with_name(args.protected.stem + IMG2IMG_PICTURE)
+        if picture_path.exists() and not args.overwrite:  # before the work, not after
+            raise ImageError(f"{picture_path}: already exists (pass --overwrite to replace it)")
     model = _load(args)
+    views = dict(view=args.view, resolution=args.resolution)
     draws = dict(samples=args.samples, max_samples=args.max_samples, precision=args.precision, seed=args.seed)
     with tqdm(desc=f"{args.protected.name}: measure", unit="draw", total=args.max_samples, file=sys.stderr) as bar:
-        result = measure(model, original, protected, progress=lambda n, most: bar.update(n - bar.n), **draws)
+        result = measure(model, original, protected, progress=lambda n, most: bar.update(n - bar.n), **draws, **views)
         bar.total = result["samples"]  # the interval was narrow before the cap: end the bar at what was used
         bar.refresh()
     if args.robustness:
@@ -366,14 +393,32 @@ def cmd_measure(args) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result["robustness"] = robustness(model, original, protected, resolution=args.resolution,
-                                              progress=progress, **draws)
+            result["robustness"] = robustness(model, original, protected, progress=progress, **draws, **views)
+    if args.img2img:
+        from .evaluation.img2img import format_img2img, img2img_check
+
+        with tqdm(desc=f"{args.protected.name}: img2img", unit="step", file=sys.stderr) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            check = img2img_check(model, original, protected, strengths=strengths, seeds=args.img2img_seeds,
+                                  steps=args.img2img_steps, seed=args.seed, progress=progress, **views)
+        saved = str(save_png(picture_path, check.pop("picture"), overwrite=args.overwrite,
+                             source=[args.original, args.protected]))
+        for row in check["img2img"]:
+            row["picture"] = saved
+        result["img2img"] = check.pop("img2img")
+        result["img2img_details"] = check
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(format_measurement(result))
         if args.robustness:
             print(format_robustness(result["robustness"]))
+        if args.img2img:
+            print(format_img2img({"img2img": result["img2img"], **result["img2img_details"]}))
+            print(f"img2img edits (rows clean, protected, noise; columns the input, then each strength): {saved}")
     return 0
 
 
@@ -389,7 +434,7 @@ def cmd_mimicry(args) -> int:
     for a, b, x, y in zip(args.train, args.protected, train, protected):
         if x.shape != y.shape:
             raise ImageError(f"{b}: size {y.shape[-1]}x{y.shape[-2]} differs from {a} ({x.shape[-1]}x{x.shape[-2]})")
-    config = MimicryConfig(seeds=args.seeds, seed=args.seed, draws=args.draws, pictures=args.pictures,
+    config = MimicryConfig(seeds=args.seeds, seed=args.seed, draws=args.draws, view=args.view, pictures=args.pictures,
                            picture_steps=args.picture_steps, picture_size=args.picture_size,
                            finetune=FinetuneConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch,
                                                    convs=args.convs, resolution=args.resolution))

@@ -73,7 +73,30 @@ MEASURE = {
                     "interval is narrow enough", 2, 4096, 1),
     "max_samples": Knob(MAX_SAMPLES, "at most this many draws", 2, 4096, 1),
     "seed": Knob(0, "seed fixing those draws", 0, 0xFFFFFFFF, 1),
+    "view": Knob("auto", "what is scored: auto = as the mimic sees it (the whole image up to 1.5x the training "
+                 "size, else its training views: aspect buckets and crops); full / tiled = the image at its own "
+                 "size (for images that will be used at that size)", choices=tuple(v for v in VIEWS if v != "train")),
 }
+
+# The img2img (SDEdit) check: the paper's style-transfer threat.
+IMG2IMG_STRENGTHS = (0.3, 0.5)
+IMG2IMG = {
+    "strengths": Knob(",".join(f"{s:g}" for s in IMG2IMG_STRENGTHS), "img2img strengths, comma-separated: the "
+                      "fraction of the schedule the image is noised to before the model redraws it"),
+    "seeds": Knob(5, "img2img seeds (each with its own noise image): the intervals' units; a verdict needs 3", 1, 64, 1),
+    "steps": Knob(10, "Euler sampler steps per edit", 1, 200, 1),
+}
+
+
+def parse_strengths(text: str, field: str = "strengths") -> tuple:
+    """'0.3,0.5' -> (0.3, 0.5); a clear error naming the field otherwise."""
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ValueError(f"{field}: expected numbers separated by commas, e.g. 0.3,0.5; got {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise ValueError(f"{field}: each strength must be in (0, 1], got {text!r}")
+    return values
 
 
 def default(name: str) -> Any:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from comfy_api.latest import IO, UI, ComfyExtension
 
 import advdm
@@ -10,10 +12,11 @@ from advdm.images import for_truncating_savers
 from advdm.evaluation.measure import MAX_SAMPLES, format_measurement, measure
 from advdm.evaluation.robustness import default_transforms, format_robustness
 from advdm.evaluation.robustness import robustness as measure_robustness
-from advdm.settings import MEASURE, PROTECT
+from advdm.evaluation.img2img import format_img2img, img2img_check
+from advdm.settings import IMG2IMG, MEASURE, PROTECT, parse_strengths
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
-from .image_ops import amplified, join_images, mask_for, split_images, to_8bit_grid
+from .image_ops import amplified, join_images, mask_for, same_size_batch, split_images, to_8bit_grid
 
 log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
@@ -152,13 +155,15 @@ def _surrogate_text(config) -> str:
 
 class MeasureBar:
     """The Measure node's bar: per image, `max_samples` units for the measurement (the core
-    reports the draws done after each doubling round) and as many per robustness row (the core
-    reports finished rows), so the bar follows the draws and a measurement that stops early
-    (its interval narrow enough) jumps to its share's end. Each report is a cancel point."""
+    reports the draws done after each doubling round), as many per robustness row (the core
+    reports finished rows) and one per img2img sampler step, so the bar follows the draws and a
+    measurement that stops early (its interval narrow enough) jumps to its share's end. Each
+    report is a cancel point."""
 
-    def __init__(self, bar, images: int, max_samples: int, rows: int, interrupted):
+    def __init__(self, bar, images: int, max_samples: int, rows: int, edits: int, interrupted):
         self.bar, self.interrupted = bar, interrupted
-        self.unit, self.per_image = max_samples, max_samples * (1 + rows)
+        self.unit, self.rows_end = max_samples, max_samples * (1 + rows)
+        self.per_image = self.rows_end + edits
         self.total = images * self.per_image
         self._set(0)
 
@@ -179,6 +184,13 @@ class MeasureBar:
         def progress(done, rows):
             self.interrupted()
             self._set(image * self.per_image + self.unit * (1 + done))
+
+        return progress
+
+    def edits(self, image: int):
+        def progress(done, steps):
+            self.interrupted()
+            self._set(image * self.per_image + self.rows_end + done)
 
         return progress
 
@@ -219,6 +231,18 @@ class AdvDMMeasure(IO.ComfyNode):
                                       "go to. 0 = the model's (512 for SD1.x, 1024 for SDXL).")),
                 IO.Int.Input("max_samples", default=MAX_SAMPLES, min=2, max=4096, optional=True,
                              tooltip="At most this many draws per comparison; more narrows the intervals and takes longer."),
+                _choice("view", MEASURE["view"], "What is scored. " + MEASURE["view"].help[0].upper()
+                        + MEASURE["view"].help[1:] + ". The report says what was scored.", optional=True),
+                IO.Boolean.Input("img2img", default=False, optional=True,
+                                 tooltip=("Also run the img2img (SDEdit) check, the paper's style-transfer threat: the "
+                                          "clean, protected and same-budget noise images are redrawn by this model "
+                                          "with the same seeds; the report says how far the protected image's edit "
+                                          "lands from the clean image's edit beside the noise image's, and the "
+                                          "img2img_picture output shows the edits side by side.")),
+                IO.String.Input("img2img_strengths", default=IMG2IMG["strengths"].default, optional=True,
+                                tooltip=IMG2IMG["strengths"].help[0].upper() + IMG2IMG["strengths"].help[1:] + "."),
+                _number(IO.Int, "img2img_seeds", IMG2IMG["seeds"], IMG2IMG["seeds"].help[0].upper()
+                        + IMG2IMG["seeds"].help[1:] + ".", optional=True),
             ],
             outputs=[
                 IO.String.Output("report", tooltip="The figures as text."),
@@ -231,12 +255,17 @@ class AdvDMMeasure(IO.ComfyNode):
                 IO.Float.Output("linf", tooltip="Largest change of any pixel channel, in 1/255 units."),
                 IO.Boolean.Output("protects", tooltip=("True only if every image's loss rise beyond the same-budget "
                                                        "noise control is clearly (95%) above 2% of the clean loss.")),
+                IO.Image.Output("img2img_picture", tooltip=("With img2img on: per image, rows clean / protected / noise; "
+                                                            "columns the input, then its edit at each strength. Off: "
+                                                            "a blank square.")),
             ],
         )
 
     @classmethod
     def execute(cls, model, vae, original, protected, samples, seed, conditioning=None,
-                robustness=False, resolution=0, max_samples=MAX_SAMPLES) -> IO.NodeOutput:
+                robustness=False, resolution=0, max_samples=MAX_SAMPLES, view=MEASURE["view"].default,
+                img2img=False, img2img_strengths=IMG2IMG["strengths"].default,
+                img2img_seeds=IMG2IMG["seeds"].default) -> IO.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -246,13 +275,16 @@ class AdvDMMeasure(IO.ComfyNode):
         results, tables = [], []
         if int(samples) > int(max_samples):
             raise ValueError(f"samples ({samples}) must not exceed max_samples ({max_samples})")
-        kw = dict(samples=int(samples), max_samples=int(max_samples), seed=int(seed))
+        strengths = parse_strengths(img2img_strengths, "img2img_strengths") if img2img else ()
+        edits = len(strengths) * int(img2img_seeds) * 3 * IMG2IMG["steps"].default  # sampler steps per image
+        r = int(resolution) or None
+        kw = dict(samples=int(samples), max_samples=int(max_samples), seed=int(seed), view=view, resolution=r)
+        checks, pictures = [], []
         try:
             with ComfyModel(model, vae, conditioning) as cm:
                 dm = cm.diffusion_model
-                r = int(resolution) or None
                 rows = len(default_transforms(dm, r)) if robustness else 0
-                bar = MeasureBar(comfy.utils.ProgressBar(1), len(a), int(max_samples), rows,
+                bar = MeasureBar(comfy.utils.ProgressBar(1), len(a), int(max_samples), rows, edits,
                                  comfy.model_management.throw_exception_if_processing_interrupted)
                 for i, (x, y) in enumerate(zip(a, b)):
                     if x.shape != y.shape:
@@ -262,7 +294,12 @@ class AdvDMMeasure(IO.ComfyNode):
                     results.append(measure(dm, x, y, progress=bar.draws(i), **kw))
                     bar.measured(i)
                     if robustness:
-                        tables.append(measure_robustness(dm, x, y, resolution=r, progress=bar.rows(i), **kw))
+                        tables.append(measure_robustness(dm, x, y, progress=bar.rows(i), **kw))
+                    if img2img:
+                        check = img2img_check(dm, x, y, strengths=strengths, seeds=int(img2img_seeds), seed=int(seed),
+                                              view=view, resolution=r, progress=bar.edits(i))
+                        pictures.append(check.pop("picture"))
+                        checks.append(check)
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         keys = ["gain", "gain_noise", "loss_clean", "loss_protected", "psnr", "ssim", "linf"]
@@ -275,13 +312,21 @@ class AdvDMMeasure(IO.ComfyNode):
             if tables:
                 lines.append("after what a mimic does (loss gain over clean; noise = same-budget control):\n"
                              + format_robustness(tables[i]))
+            if checks:
+                lines.append(format_img2img(checks[i]))
         protects = all(r["protects"] for r in results)
         if len(results) > 1:
             lines.append(f"{sum(r['protects'] for r in results)} of {len(results)} images: the loss rises clearly "
                          "beyond same-budget noise (each image's figures and intervals above)")
         lines.append(f"model {dm.name}")
         text = "\n".join(lines)
-        return IO.NodeOutput(text, *(mean[k] for k in keys), protects, ui=UI.PreviewText(text))
+        ui = UI.PreviewText(text).as_dict()
+        if pictures:
+            picture = same_size_batch(pictures)
+            ui.update(UI.PreviewImage(picture, cls=cls).as_dict())
+        else:
+            picture = torch.ones(1, 64, 64, 3)
+        return IO.NodeOutput(text, *(mean[k] for k in keys), protects, picture, ui=ui)
 
 
 class AdvDMExtension(ComfyExtension):

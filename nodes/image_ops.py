@@ -69,3 +69,14 @@ def amplified(original: Tensor, protected: Tensor, epsilon: float) -> Tensor:
 def to_8bit_grid(x: Tensor) -> Tensor:
     """round(x * 255) / 255: what LoadImage gives for the same 8-bit file."""
     return (x.float() * 255).round().clamp(0, 255) / 255
+
+
+def same_size_batch(images: List[Tensor]) -> Tensor:
+    """list of (1, 3, h, w) of any sizes -> IMAGE (B, H, W, 3), each padded with white at the
+    bottom and right to the largest size (a batch must share one size)."""
+    h = max(x.shape[-2] for x in images)
+    w = max(x.shape[-1] for x in images)
+    out = torch.ones(len(images), h, w, 3)
+    for i, x in enumerate(images):
+        out[i, : x.shape[-2], : x.shape[-1]] = x[0].permute(1, 2, 0).float().cpu()
+    return out

@@ -500,6 +500,19 @@ class _Kind:
     Input = Output = _Spec
 
 
+class _UIText(str):
+    def as_dict(self):
+        return {"text": [str(self)]}
+
+
+class _UIImages:
+    def __init__(self, image, cls=None):
+        self.image = image
+
+    def as_dict(self):
+        return {"images": self.image}
+
+
 class _NodeOutput:
     def __init__(self, *values, ui=None):
         self.values, self.ui = values, ui
@@ -527,7 +540,7 @@ def comfy_nodes(monkeypatch):
     latest = types.ModuleType("comfy_api.latest")
     latest.IO = types.SimpleNamespace(ComfyNode=object, Schema=_Spec, NodeOutput=_NodeOutput, **{
         k: _Kind for k in ("Model", "Vae", "Image", "Combo", "Float", "Int", "Conditioning", "Mask", "Boolean", "String")})
-    latest.UI = types.SimpleNamespace(PreviewText=lambda text: text)
+    latest.UI = types.SimpleNamespace(PreviewText=_UIText, PreviewImage=_UIImages)
     latest.ComfyExtension = object
     api = types.ModuleType("comfy_api")
     api.latest = latest
@@ -696,7 +709,7 @@ def test_measure_bar_follows_the_draws_and_rows(comfy_nodes):
     from advdm.evaluation.measure import measure
 
     bar, checks = Bar(), []
-    mb = comfy_nodes.MeasureBar(bar, images=2, max_samples=32, rows=2, interrupted=lambda: checks.append(1))
+    mb = comfy_nodes.MeasureBar(bar, images=2, max_samples=32, rows=2, edits=0, interrupted=lambda: checks.append(1))
     dm = fake_comfy_model().diffusion_model
     x = torch.rand(1, 3, 16, 16)
     y = image_ops.to_8bit_grid((x + 4 / 255 * torch.randn_like(x).sign()).clamp(0, 1))
@@ -710,3 +723,46 @@ def test_measure_bar_follows_the_draws_and_rows(comfy_nodes):
     assert [c[0] for c in bar.calls[-4:]] == [32, 64, 96, 96 + 8]
     assert {c[1] for c in bar.calls} == {2 * 32 * 3} and bar.calls[0][0] == 0
     assert len(checks) == len(drawn) + 3
+
+
+def test_measure_node_runs_the_img2img_check_and_outputs_the_edits(comfy_nodes, monkeypatch):
+    """Measure with img2img on: the report gains the img2img lines, the picture comes out as
+    an IMAGE and on the node, and the bar counts every sampler step."""
+    m = fake_comfy_model(net=UNetLike())
+    updates = []
+
+    class FakeComfyModel:
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return m
+
+        def __exit__(self, *exc):
+            pass
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(
+        update_absolute=lambda value, total=None, preview=None: updates.append((value, total))))
+    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
+    monkeypatch.setattr(comfy_nodes, "ComfyModel", FakeComfyModel)
+    clean = image_ops.to_8bit_grid(torch.rand(1, 16, 24, 3))
+    protected = image_ops.to_8bit_grid((clean + 4 / 255 * torch.randn_like(clean).sign()).clamp(0, 1))
+    with torch.inference_mode():
+        out = comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, max_samples=4, img2img=True,
+                                               img2img_strengths="0.5", img2img_seeds=3)
+    text, picture = out.values[0], out.values[-1]
+    assert "img2img (SDEdit" in text and "strength 0.5" in text and "scored the whole image" in text
+    assert picture.dim() == 4 and picture.shape[-1] == 3 and picture.shape[2] > 2 * 24  # input + one edit
+    assert torch.equal(out.ui["images"], picture) and out.ui["text"] == [text]
+    steps = 1 * 3 * 3 * 10  # strengths x seeds x (clean, protected, noise) x sampler steps
+    assert updates[-1] == (4 + steps, 4 + steps) and {t for _, t in updates} == {4 + steps}  # max_samples + steps
+    assert [v for v, _ in updates] == sorted(v for v, _ in updates) and len(updates) > steps  # one move per step
+    with torch.inference_mode():
+        plain = comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, max_samples=4)
+    assert "img2img" not in plain.values[0] and plain.values[-1].shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match="img2img_strengths"):
+        comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, img2img=True, img2img_strengths="2")

@@ -113,3 +113,58 @@ def test_bad_draw_counts_are_refused(tiny):
         measure(tiny, image, image, samples=1)
     with pytest.raises(ValueError, match="samples"):
         measure(tiny, image, image, samples=32, max_samples=16)
+
+
+def _spied(model):
+    """The model, recording the pixel size of everything it encodes."""
+    seen = []
+
+    def spy(pixels):
+        seen.append(tuple(pixels.shape[-2:]))
+        return model.encode(pixels)
+
+    return type(model)(**{**model.__dict__, "encode": spy}), seen
+
+
+def test_auto_scores_a_large_image_as_the_mimic_sees_it_and_says_so(tiny):
+    """4x the training side: training views at R (buckets and crops), one per draw in turn;
+    the encoder never sees the native image, and the report names what was scored."""
+    r = tiny.train_resolution
+    image = smooth_image(4 * r, 3 * r, seed=5)
+    model, seen = _spied(tiny)
+    m = measure(model, image, noise_control(image, 8, seed=1), samples=8, max_samples=8)
+    assert m["view"] == "train" and m["views"] == 8 and m["resolution"] == r
+    assert max(h * w for h, w in seen) <= 1.3 * r * r  # buckets of about R^2, crops of R^2
+    assert f"as a {r} px fine-tune sees it: 8 aspect buckets and crops" in format_measurement(m)
+    again = measure(model, image, noise_control(image, 8, seed=1), samples=8, max_samples=8)
+    assert again["gain_over_noise"] == m["gain_over_noise"]  # the same views and draws
+
+
+def test_full_scores_the_native_image_exactly_as_before(tiny):
+    """view full (and auto up to 1.5 R) is the native image on plain per-draw losses."""
+    r = tiny.train_resolution
+    image = smooth_image(4 * r, 3 * r, seed=5)
+    protected = noise_control(image, 8, seed=1)
+    model, seen = _spied(tiny)
+    m = measure(model, image, protected, samples=8, max_samples=8, view="full")
+    assert m["view"] == "full" and set(seen) == {(4 * r, 3 * r)}
+    assert m["loss_clean"] == DrawLosses(tiny, image, seed=0).losses(8).mean().item()
+    small = smooth_image(r, r)
+    assert measure(tiny, small, noise_control(small, 8), samples=8, max_samples=8)["view"] == "full"
+    wide = smooth_image(r, 2 * r, seed=6)
+    tiled = measure(tiny, wide, noise_control(wide, 8, seed=1), samples=8, max_samples=8, view="tiled")
+    assert tiled["view"] == "tiled" and tiled["views"] == 3 and f"3 tiles of {r} px" in tiled["scored"]
+
+
+def test_training_views_extend_without_changing_and_refuse_unknown_rules(tiny):
+    from advdm.evaluation.measure import ViewedLosses
+    from advdm.mimic.views import judged_views
+    r = tiny.train_resolution
+    image = smooth_image(4 * r, 4 * r, seed=2)
+    views = judged_views(tiny, image.shape[-2:], "auto", None, seed=3)
+    assert [v.box for v in views.views] == [v.box for v in judged_views(tiny, image.shape[-2:], "auto", None, 3).views]
+    few = ViewedLosses(tiny, image, views, seed=3).losses(5)
+    many = ViewedLosses(tiny, image, views, seed=3).losses(19)
+    assert torch.equal(few, many[:5])
+    with pytest.raises(ValueError, match="view must be one of"):
+        measure(tiny, image, image, view="crops")

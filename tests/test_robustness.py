@@ -7,9 +7,7 @@ import torch
 from advdm import ProtectConfig, protect
 from advdm.evaluation.robustness import (
     default_transforms,
-    evaluation_tiles,
     format_robustness,
-    losses_of,
     protect_upsampled,
     robustness,
 )
@@ -40,11 +38,11 @@ def test_table_rows_skips_and_tiles(tiny):
         robustness(tiny, image, protected, transforms=["sharpen"])
 
 
-def test_large_images_are_evaluated_on_fixed_tiles(tiny):
-    tiles = evaluation_tiles(300, 200, 32)
-    assert len(tiles) == 9 and all(t[2:] == (32, 32) for t in tiles)
-    assert evaluation_tiles(300, 200, 32) == tiles
-    image = smooth_image(300, 200)
+def test_large_images_are_scored_as_the_mimic_sees_them(tiny):
+    """Above 1.5x the training resolution every row scores training views at R, not the
+    native image: the encoder never sees more than a bucket of about R^2 pixels."""
+    image = smooth_image(300, 200, seed=3)
+    protected = protect(tiny, image, ProtectConfig(view="full", steps=1, epsilon=4))
     seen = []
     encode = tiny.encode
 
@@ -53,9 +51,14 @@ def test_large_images_are_evaluated_on_fixed_tiles(tiny):
         return encode(pixels)
 
     model = type(tiny)(**{**tiny.__dict__, "encode": spy})
-    a = losses_of(model, image, resolution=32)(2)
-    assert torch.equal(a, losses_of(model, image, resolution=32)(2))
-    assert set(seen) == {(32, 32)}
+    rows = robustness(model, image, protected, samples=2, max_samples=2, resolution=32, transforms=["none", "jpeg 85"])
+    assert seen and max(h * w for h, w in seen) <= 40 * 32  # a 40x24 bucket or a 32x32 crop
+    assert rows["none"]["view"] == "train" and rows["none"]["views"] == 8
+    assert "32 px fine-tune" in rows["none"]["scored"]
+    again = robustness(model, image, protected, samples=2, max_samples=2, resolution=32, transforms=["none"])
+    assert again["none"]["gain"] == rows["none"]["gain"]  # fixed views and draws
+    full = robustness(model, image, protected, samples=2, max_samples=2, resolution=32, view="full", transforms=["none"])
+    assert full["none"]["view"] == "full" and max(h for h, w in seen) >= 300  # native (padded to the multiple)
 
 
 # The strength comparisons of issue 7 (training views vs native and upsampled PGD after a

@@ -19,7 +19,7 @@ from ..attack.pgd import quantize
 from ..models.draws import Draws, posterior_sample
 from ..models.interface import DiffusionModel, diffusion_loss
 from ..settings import MAX_SAMPLES, PRECISION, SAMPLES  # noqa: F401  (the defaults live in settings)
-from ..mimic.views import pad_to_multiple
+from ..mimic.views import JudgedViews, judged_views, pad_to_multiple
 from .stats import LEVEL, difference_of_ratios, ratio_of_means, realisation_spread, widened
 
 DRAW_BLOCK = 4  # draws are made (and batched) in blocks, so n draws are the same whatever the total
@@ -64,8 +64,9 @@ class DrawLosses:
     encoder noise): the same draws for every image of the same size. `losses(n)` returns
     the first n, computing only those not yet computed."""
 
-    def __init__(self, model: DiffusionModel, image: Tensor, seed: int = 0):
+    def __init__(self, model: DiffusionModel, image: Tensor, seed: int = 0, block: int = DRAW_BLOCK):
         self.model = model
+        self.block = block
         self.draws = Draws(model, seed)
         with torch.inference_mode(False), torch.no_grad():
             latent = model.encode(pad_to_multiple(image, model.pixel_multiple).to(model.device, model.dtype))
@@ -75,13 +76,39 @@ class DrawLosses:
     def losses(self, n: int) -> Tensor:
         with torch.inference_mode(False), torch.no_grad():
             while sum(len(d) for d in self.done) < n:
-                sigma = self.draws.sigmas(DRAW_BLOCK)
-                noise = self.draws.normal((DRAW_BLOCK, *self.z.shape[1:])).to(self.z.dtype)
+                sigma = self.draws.sigmas(self.block)
+                noise = self.draws.normal((self.block, *self.z.shape[1:])).to(self.z.dtype)
                 self.done.append(diffusion_loss(self.model, self.z, sigma, noise).float().cpu())
         return torch.cat(self.done)[:n]
 
 
 Losses = Callable[[int], Tensor]  # n -> per-draw losses of the first n fixed draws
+
+
+class ViewedLosses:
+    """Per-draw losses of one image as the mimic sees it (`views`, the same for every image
+    of the pair): training views take turns, draw j scoring view j mod K, so a draw costs one
+    view at the training size whatever the image size; tiles are all scored each draw and
+    averaged; the full view is plain DrawLosses."""
+
+    def __init__(self, model: DiffusionModel, image: Tensor, views: JudgedViews, seed: int = 0):
+        self.cycled = views.cycled
+        block = 1 if self.cycled and len(views.views) > 1 else DRAW_BLOCK
+        self.parts = [DrawLosses(model, view(image), seed + 1009 * k, block) for k, view in enumerate(views.views)]
+
+    def losses(self, n: int) -> Tensor:
+        if not self.cycled:
+            return torch.stack([part.losses(n) for part in self.parts]).mean(0)
+        k = len(self.parts)
+        out = torch.empty(n)
+        for i, part in enumerate(self.parts[:n]):
+            out[i::k] = part.losses(len(range(i, n, k)))
+        return out
+
+
+def scored_losses(model: DiffusionModel, images: Sequence[Tensor], views: JudgedViews, seed: int = 0) -> List[Losses]:
+    """The Losses of each image of a comparison, over the same views and draws."""
+    return [ViewedLosses(model, x, views, seed).losses for x in images]
 
 
 def fixed_loss(model: DiffusionModel, image: Tensor, samples: int = SAMPLES, seed: int = 0) -> float:
@@ -179,18 +206,32 @@ def budget_of(original: Tensor, protected: Tensor) -> float:
     return round((protected.float() - original.float()).abs().max().item() * 255, 4)
 
 
-def measure(model: DiffusionModel, original: Tensor, protected: Tensor, *, samples: int = SAMPLES,
-            max_samples: int = MAX_SAMPLES, precision: float = PRECISION, seed: int = 0,
-            progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Figures for one image pair (1, 3, H, W) in [0, 1]."""
+def check_pair(original: Tensor, protected: Tensor):
     if original.shape != protected.shape:
         raise ValueError(f"original {tuple(original.shape)} and protected {tuple(protected.shape)} differ in size")
-    original, protected = original.float().cpu(), protected.float().cpu()
-    scored = [DrawLosses(model, x, seed).losses for x in (original, protected, *noise_controls(original, protected, seed))]
+    return original.float().cpu(), protected.float().cpu()
+
+
+def view_report(views: JudgedViews, size) -> dict:
+    """What a judge scored, for its report."""
+    return {"scored": views.describe(tuple(size)), "view": views.mode, "views": len(views.views),
+            "resolution": views.resolution}
+
+
+def measure(model: DiffusionModel, original: Tensor, protected: Tensor, *, samples: int = SAMPLES,
+            max_samples: int = MAX_SAMPLES, precision: float = PRECISION, seed: int = 0,
+            view: str = "auto", resolution: Optional[int] = None,
+            progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Figures for one image pair (1, 3, H, W) in [0, 1], scored as the mimic sees it (`view`,
+    `resolution`: the rule `protect` attacks with; see mimic.views.judged_views)."""
+    original, protected = check_pair(original, protected)
+    views = judged_views(model, original.shape[-2:], view, resolution, seed)
+    scored = scored_losses(model, (original, protected, *noise_controls(original, protected, seed)), views, seed)
     figures = paired_figures(scored[0], scored[1], scored[2:], samples=samples, max_samples=max_samples,
                              precision=precision, progress=progress)
     return {
         **figures,
+        **view_report(views, original.shape[-2:]),
         "linf": budget_of(original, protected),
         "psnr": psnr(original, protected),
         "ssim": ssim(original, protected),
@@ -210,5 +251,6 @@ def format_measurement(m: dict) -> str:
         f"protected minus noise: {m['gain_over_noise']:+.3f} of the clean loss ({pct:.0f}% CI "
         f"{m['gain_over_noise_low']:+.3f} to {m['gain_over_noise_high']:+.3f}): {m['verdict']}\n"
         f"L_inf {m['linf']:.1f}/255, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} "
-        f"({m['samples']} paired draws of at most {m['max_samples']}, seed {m['seed']})"
+        f"({m['samples']} paired draws of at most {m['max_samples']}, seed {m['seed']})\n"
+        f"scored {m['scored']}"
     )

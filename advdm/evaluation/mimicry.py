@@ -31,9 +31,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..mimic.finetune import FinetuneConfig, lora_finetuned, mimic_view
+from ..mimic.finetune import FinetuneConfig, lora_finetuned
+from ..mimic.views import judged_views
 from ..models.interface import DiffusionModel
-from .measure import DrawLosses, budget_of, noise_control
+from .measure import ViewedLosses, budget_of, noise_control
 from .pictures import Pictures, format_pictures, grid, picture_figures, seed_distances
 from .stats import LEVEL, Interval, ratio_across_units, ratio_of_means
 
@@ -46,6 +47,7 @@ class MimicryConfig:
     seeds: int = 3  # fine-tune seeds; the interval's units
     seed: int = 0  # the first of them
     draws: int = 64  # fixed (t, noise) draws per evaluated image
+    view: str = "auto"  # how evaluated images are scored: measure's view rule at the fine-tune's resolution
     pictures: int = 4  # pictures per row of the grid, drawn after every fine-tune; 0 = none
     picture_steps: int = 20  # Euler steps per picture
     picture_size: Optional[int] = None  # side in px (default: the model's training side)
@@ -89,8 +91,12 @@ def noise_set(train: Sequence[Tensor], protected: Sequence[Tensor], seed: int) -
             for i, (x, p) in enumerate(zip(train, protected))]
 
 
-def _losses(model: DiffusionModel, images: Sequence[Tensor], seed: int, draws: int) -> Tensor:
-    return torch.cat([DrawLosses(model, x, seed).losses(draws) for x in images])
+def _losses(model: DiffusionModel, images: Sequence[Tensor], seed: int, config: MimicryConfig) -> Tensor:
+    """Per-draw losses of each image as the mimic sees it (measure's view rule), concatenated."""
+    def scored(x):
+        views = judged_views(model, x.shape[-2:], config.view, config.finetune.resolution, seed)
+        return ViewedLosses(model, x.float().cpu(), views, seed).losses(config.draws)
+    return torch.cat([scored(x) for x in images])
 
 
 def seed_losses(model: DiffusionModel, sets: Dict[str, Sequence[Tensor]], held_out: Sequence[Tensor],
@@ -100,16 +106,13 @@ def seed_losses(model: DiffusionModel, sets: Dict[str, Sequence[Tensor]], held_o
     """Per-draw losses on the held-out and in-sample images for the base model ("base") and
     after a LoRA fine-tune on each named set (same seed, same steps, same draws);
     look(name, model) is called with each fine-tuned model (to draw its pictures)."""
-    res = config.finetune.resolution
-    held = [mimic_view(model, x, res) for x in held_out]
-    inside = [mimic_view(model, x, res) for x in in_sample]
-    out = {"base": {"held_out": _losses(model, held, seed, config.draws),
-                    "in_sample": _losses(model, inside, seed, config.draws)}}
+    out = {"base": {"held_out": _losses(model, held_out, seed, config),
+                    "in_sample": _losses(model, in_sample, seed, config)}}
     for name, images in sets.items():
         step = (lambda done, total: progress(1)) if progress else None
         with lora_finetuned(model, images, config.finetune, seed, step) as tuned:
-            out[name] = {"held_out": _losses(tuned, held, seed, config.draws),
-                         "in_sample": _losses(tuned, inside, seed, config.draws)}
+            out[name] = {"held_out": _losses(tuned, held_out, seed, config),
+                         "in_sample": _losses(tuned, in_sample, seed, config)}
             if look is not None:
                 look(name, tuned)
     return out
@@ -224,6 +227,9 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
         "interval": ("across fine-tune seeds (Student's t, seeds - 1 dof)" if config.seeds > 1 else
                      "over the draws of one fine-tune seed only: the fine-tune's own randomness is NOT covered"),
         "finetune": asdict(config.finetune), "model": model.name,
+        "scored": "held-out and training images " + judged_views(
+            model, held_out[0].shape[-2:], config.view, config.finetune.resolution, config.seed).describe(
+            tuple(held_out[0].shape[-2:])) + ("" if len({tuple(x.shape) for x in held_out}) == 1 else " (first image)"),
     })
     return result
 
@@ -267,4 +273,5 @@ def format_mimicry(m: dict) -> str:
     lines.append(f"{m['train_images']} training, {m['held_out_images']} held-out images; L_inf {m['linf']:.1f}/255; "
                  f"LoRA rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']:g}, {m['seeds']} seed(s), "
                  f"{m['draws']} draws per image; model {m['model']}")
+    lines.append(f"scored: {m['scored']}")
     return "\n".join(lines)

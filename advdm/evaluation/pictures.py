@@ -30,7 +30,6 @@ from ..mimic.sampler import sample
 from ..models.interface import DiffusionModel
 from .stats import Interval, ratio_across_units, ratio_of_means
 
-ROWS = ("base", "clean", "protected", "noise")
 LABELS = {"base": "base model", "clean": "clean LoRA", "protected": "protected LoRA", "noise": "noise LoRA"}
 # Farther than noise by less than this fraction of the noise LoRA's distance is not called a
 # protection: a change of what the mimic draws that noise nearly matches is not visible as one.
@@ -172,26 +171,28 @@ def label_strip(text: str, height: int, width: int) -> Tensor:
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255
 
 
-def label_width(height: int) -> int:
+def label_width(height: int, labels: Sequence[str] = tuple(LABELS.values())) -> int:
     """Pixels the widest label needs at this row height."""
     from PIL import Image, ImageDraw
 
     font = _font(max(8, min(12, height - 2)))
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return max(draw.textbbox((0, 0), t, font=font)[2] for t in LABELS.values()) + 2 * PAD
+    return max(draw.textbbox((0, 0), t, font=font)[2] for t in labels) + 2 * PAD
 
 
-def grid(rows: Dict[str, Tensor]) -> Tensor:
-    """The four rows (each (n, 3, h, w)) as one labelled picture (1, 3, H, W) in [0, 1]:
+def grid(rows: Dict[str, Tensor], labels: Optional[Dict[str, str]] = None) -> Tensor:
+    """Rows of pictures (each (n, 3, h, w)) as one labelled picture (1, 3, H, W) in [0, 1],
+    in the order of `labels` (name -> label; default the mimicry check's four rows):
     row r, picture c at top GAP + r (h' + GAP), left L + GAP + c (w + GAP), where
     h' = max(h, 12) is the row height and L = label_width(h')."""
-    n, _, h, w = rows["base"].shape
+    labels = labels or LABELS
+    n, _, h, w = rows[next(iter(labels))].shape
     row_h = max(h, 12)
-    left = label_width(row_h)
-    out = torch.ones(3, GAP + len(ROWS) * (row_h + GAP), left + GAP + n * (w + GAP))
-    for r, name in enumerate(ROWS):
+    left = label_width(row_h, tuple(labels.values()))
+    out = torch.ones(3, GAP + len(labels) * (row_h + GAP), left + GAP + n * (w + GAP))
+    for r, name in enumerate(labels):
         top = GAP + r * (row_h + GAP)
-        out[:, top:top + row_h, :left] = label_strip(LABELS[name], row_h, left)
+        out[:, top:top + row_h, :left] = label_strip(labels[name], row_h, left)
         for c in range(n):
             x0 = left + GAP + c * (w + GAP)
             out[:, top:top + h, x0:x0 + w] = rows[name][c].float().cpu().clamp(0, 1)

@@ -4,9 +4,9 @@ For each transform a mimic's pipeline applies (downscale to the training resolut
 centre / random crops, real JPEG re-encoding, a light blur) and each cleanup a mimic runs
 to strip protections (purification.py), the transformed clean, protected and same-budget
 noise images are scored on the same fixed (t, noise) draws and compared draw by draw, with
-the intervals and verdict of ``measure``. Images larger than twice the training resolution
-are evaluated tile-wise: the mean per-draw loss over a fixed set of R x R tiles, so memory
-stays bounded.
+the intervals and verdict of ``measure``, and by the same view rule: each transformed image
+as the mimic sees it (the whole image up to 1.5x the training resolution, else its training
+views), so memory stays bounded.
 
 Transforms work on 8-bit images (through PIL, as a training pipeline loads them, or rounded
 to 8 bits after a cleanup), not on the attack's differentiable approximations.
@@ -24,17 +24,16 @@ from torch import Tensor
 
 from ..attack.pgd import ProtectConfig, protect, quantize
 from ..models.interface import DiffusionModel
-from ..mimic.views import round_to_multiple, tile_starts
+from ..mimic.views import judged_views, round_to_multiple
 from ..mimic import purification
-from .measure import MAX_SAMPLES, PRECISION, SAMPLES, DrawLosses, Losses, noise_controls, paired_figures, verdict
+from .measure import (MAX_SAMPLES, PRECISION, SAMPLES, check_pair, noise_controls, paired_figures, scored_losses,
+                      verdict, view_report)
 
 Transform = Callable[[Tensor], Optional[Tensor]]  # None: not applicable to this image
 NOT_APPLICABLE = "image smaller"  # why a row returning None is skipped
 JPEG_QUALITIES = (95, 85, 75)
 COMMON_RESOLUTIONS = (512, 1024)  # SD1.x and SDXL training resolutions
 BLUR_RADIUS = 1.0
-TILE_LIMIT = 2  # tile-wise evaluation above this multiple of R
-TILES_PER_AXIS = 3
 
 
 def to_pil(x: Tensor) -> Image.Image:
@@ -131,29 +130,6 @@ def purifications(model: DiffusionModel, seed: int = 0) -> List[Tuple[str, Trans
     return out
 
 
-def evaluation_tiles(height: int, width: int, resolution: int) -> List[Tuple[int, int, int, int]]:
-    """The fixed R x R tiles of an image too large to evaluate whole (None: evaluate whole)."""
-    def starts(length):
-        all_starts = tile_starts(length, resolution, overlap=0.0)
-        if len(all_starts) <= TILES_PER_AXIS:
-            return all_starts
-        idx = np.linspace(0, len(all_starts) - 1, TILES_PER_AXIS).round().astype(int)
-        return [all_starts[i] for i in idx]
-
-    return [(t, l, min(resolution, height), min(resolution, width)) for t in starts(height) for l in starts(width)]
-
-
-def losses_of(model: DiffusionModel, image: Tensor, *, seed: int = 0, resolution: Optional[int] = None) -> Losses:
-    """Per-draw losses of the whole image, or their mean over fixed R x R tiles above 2 R."""
-    r = round_to_multiple(resolution or model.train_resolution, model.pixel_multiple)
-    h, w = image.shape[-2:]
-    if max(h, w) <= TILE_LIMIT * r:
-        return DrawLosses(model, image, seed).losses
-    tiles = [DrawLosses(model, image[..., t:t + th, l:l + tw], seed + i)
-             for i, (t, l, th, tw) in enumerate(evaluation_tiles(h, w, r))]
-    return lambda n: torch.stack([tile.losses(n) for tile in tiles]).mean(0)
-
-
 def robustness(
     model: DiffusionModel,
     original: Tensor,
@@ -164,16 +140,16 @@ def robustness(
     precision: float = PRECISION,
     seed: int = 0,
     resolution: Optional[int] = None,
+    view: str = "auto",
     transforms: Optional[Sequence[str]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, dict]:
     """Per transform: ``measure``'s paired figures (gains with intervals, verdict) for the
-    transformed clean / protected / same-budget noise images, or {"skipped": reason}.
+    transformed clean / protected / same-budget noise images, scored by the view rule of
+    ``measure`` (`view`, `resolution`), or {"skipped": reason}.
     `transforms` picks rows by name (default: all). `progress(done, total)` is called after
     each row (a host's progress bar and cancel point)."""
-    if original.shape != protected.shape:
-        raise ValueError(f"original {tuple(original.shape)} and protected {tuple(protected.shape)} differ in size")
-    original, protected = original.float().cpu(), protected.float().cpu()
+    original, protected = check_pair(original, protected)
     controls = noise_controls(original, protected, seed)
     table = default_transforms(model, resolution, seed)
     if transforms is not None:
@@ -190,9 +166,10 @@ def robustness(
             return {"skipped": str(exc)}
         if clean_t is None:
             return {"skipped": NOT_APPLICABLE}
-        scored = [losses_of(model, x, seed=seed, resolution=resolution)
-                  for x in (clean_t, fn(protected), *(fn(c) for c in controls))]
-        return {"size": tuple(clean_t.shape[-2:]), **paired_figures(
+        size = clean_t.shape[-2:]
+        views = judged_views(model, size, view, resolution, seed)
+        scored = scored_losses(model, (clean_t, fn(protected), *(fn(c) for c in controls)), views, seed)
+        return {"size": tuple(size), **view_report(views, size), **paired_figures(
             scored[0], scored[1], scored[2:], samples=samples, max_samples=max_samples, precision=precision)}
 
     results: Dict[str, dict] = {}

@@ -49,26 +49,33 @@ def euler(model: DiffusionModel, x: Tensor, sigmas: Tensor,
     return x
 
 
-def _decode(model: DiffusionModel, z: Tensor) -> Tensor:
+def decode(model: DiffusionModel, z: Tensor) -> Tensor:
+    """Latent to pixels (float32 on the CPU, clamped to [0, 1])."""
     if model.decode is None:
         raise ValueError(f"{model.name} has no decoder, so it cannot make pictures")
     return model.decode(z.to(model.dtype)).float().cpu().clamp(0, 1)
 
 
-def img2img(model: DiffusionModel, image: Tensor, strength: float, steps: int, seed: int = 0,
-            progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
-    """SDEdit: noise the image's latent (the posterior mean) to `strength` and denoise it back
-    in `steps` Euler steps; pixels (1, 3, H, W) in [0, 1] in and out, same size. The noise
-    comes from the seed alone, so images of one size get the same noise."""
-    if model.decode is None:
-        raise ValueError(f"{model.name} has no decoder, so it cannot run img2img")
-    h, w = image.shape[-2:]
+def edit_latent(model: DiffusionModel, image: Tensor, strength: float, steps: int, seed: int = 0,
+                progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
+    """SDEdit in latent space: the image's latent (the posterior mean) noised to `strength`
+    and denoised back in `steps` Euler steps. The noise comes from the seed alone, so images
+    of one size get the same noise."""
     with torch.inference_mode(False), torch.no_grad():
         z = model.encode(pad_to_multiple(image, model.pixel_multiple).to(model.device, model.dtype)).mean.float()
         sigmas = torch.cat([sigma_at(model, timesteps_from(model, strength, steps)), torch.zeros(1)]).to(z.device)
         noise = torch.randn(z.shape, generator=generator(seed)).to(z.device)
-        x = euler(model, noised(model.prediction, z, sigmas[:1], noise), sigmas, progress)
-        return _decode(model, x)[..., :h, :w]
+        return euler(model, noised(model.prediction, z, sigmas[:1], noise), sigmas, progress)
+
+
+def img2img(model: DiffusionModel, image: Tensor, strength: float, steps: int, seed: int = 0,
+            progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
+    """SDEdit: pixels (1, 3, H, W) in [0, 1] in and out, same size (edit_latent, decoded)."""
+    if model.decode is None:
+        raise ValueError(f"{model.name} has no decoder, so it cannot run img2img")
+    h, w = image.shape[-2:]
+    with torch.inference_mode(False), torch.no_grad():
+        return decode(model, edit_latent(model, image, strength, steps, seed, progress))[..., :h, :w]
 
 
 def sample(model: DiffusionModel, size: Sequence[int], seeds: Sequence[int], steps: int = SAMPLE_STEPS,
@@ -87,7 +94,7 @@ def sample(model: DiffusionModel, size: Sequence[int], seeds: Sequence[int], ste
         sigmas = torch.cat([sigma_at(model, timesteps), torch.zeros(1)]).to(model.device)
         # flow: pure noise at t = 1; eps / v: the variance-exploding start sigma_max * n
         x = noise if model.prediction == "flow" else noise * sigmas[0]
-        return _decode(model, euler(model, x, sigmas, progress))
+        return decode(model, euler(model, x, sigmas, progress))
 
 
 def _latent_factor(model: DiffusionModel) -> int:

@@ -160,3 +160,51 @@ class Views:
         flip = bool(self.flip and torch.rand(1, generator=gen).item() < 0.5)
         eot = self.eot.draw(gen, size) if self.eot else None
         return CropView(box, size, flip, eot, self.multiple)
+
+
+# The judges score this many training views of a large image, one per draw in turn: enough to
+# cover buckets and crops, and the cost of a draw stays that of one view at the training size.
+JUDGED_VIEWS = 8
+
+
+@dataclass
+class JudgedViews:
+    """The fixed views a judge scores an image by, the same for every image of that size and
+    seed (clean, protected and controls line up): `mode` is the view rule as resolved
+    ("full", "train" or "tiled"), `views` the crops, `cycled` whether draw j scores view
+    j mod len(views) (training views) rather than all of them (tiles, averaged)."""
+
+    mode: str
+    resolution: int
+    views: List[CropView]
+
+    @property
+    def cycled(self) -> bool:
+        return self.mode == "train"
+
+    def describe(self, size: Tuple[int, int]) -> str:
+        """What was scored, in words (the reports' "scored")."""
+        if self.mode == "full":
+            return f"the whole image at its own size ({size[1]}x{size[0]} px)"
+        if self.mode == "tiled":
+            return f"the image at its own size in {len(self.views)} tiles of {self.resolution} px"
+        return f"as a {self.resolution} px fine-tune sees it: {len(self.views)} aspect buckets and crops"
+
+
+def judged_views(model: DiffusionModel, size: Tuple[int, int], mode: str = "auto",
+                 resolution: Optional[int] = None, seed: int = 0, count: int = JUDGED_VIEWS) -> JudgedViews:
+    """The view rule `protect` attacks with, fixed for judging: `auto` is the whole image up
+    to 1.5x the training resolution and otherwise `count` training views (buckets and crops
+    drawn from the seed); `full` and `tiled` for images used at their own size."""
+    if mode not in MODES:
+        raise ValueError(f"view must be one of {', '.join(MODES)}, got {mode!r}")
+    config = _ViewConfig(view=mode, resolution=resolution, views_per_step=count)
+    views = Views(model, config, size)
+    return JudgedViews(views.mode, views.resolution, views.sample(Draws(model, seed + 31337)))
+
+
+@dataclass
+class _ViewConfig:
+    view: str
+    resolution: Optional[int]
+    views_per_step: int

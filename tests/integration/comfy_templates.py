@@ -98,7 +98,7 @@ MIMICRY_CHECK = {
         node(6, "BatchImagesNode", (720, 120), (300, 100), "Training images"),
         node(13, "ImageScaleToMaxDimension", (720, 270), (300, 110), "Trial size (delete on a GPU)",
              upscale_method="area", largest_size=TRIAL),
-        node(7, "AdvDMProtect", (1060, 120), (340, 560), None, steps=30),
+        node(7, "AdvDMProtect", (1060, 120), (340, 560), None),
         node(8, "SaveImage", (1060, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
         node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=30, draws=16, pictures=2,
              picture_steps=8, picture_size=TRIAL),

@@ -166,6 +166,26 @@ def test_measure_verdict_on_random_weights(comfy):
     assert "not distinguishable from same-budget noise" in entry["outputs"]["21"]["text"][0]
 
 
+def test_measure_runs_the_img2img_check_and_shows_the_edits(comfy):
+    """Measure with img2img on, in the real server: the report's img2img lines, the edits on
+    the node (ui images) and the img2img_picture output saved by a SaveImage after it."""
+    src = artwork(64, 48, 7)
+    name = comfy.upload("advdm_sdedit.png", src)
+    graph = quick(comfy.example("protect_and_save"), [name])
+    graph["7"]["inputs"].update(img2img=True, img2img_strengths="0.3,0.5", img2img_seeds=3)
+    graph["30"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 9], "filename_prefix": "advdm_sdedit"}}
+    entry = comfy.run(graph, timeout=1800)
+    out = entry["outputs"]["7"]
+    text = out["text"][0]
+    print(text)
+    assert "img2img (SDEdit, 10 Euler steps, 3 seeds" in text
+    assert re.search(r"strength 0\.3: protected \d+\.\d+ \(95% CI", text) and "strength 0.5:" in text
+    assert "scored the whole image at its own size (48x64 px)" in text
+    assert out["images"], "the edits are shown on the node"
+    picture = load_png(comfy.output_file(entry, "30"))
+    assert picture.shape[0] > 3 * 64 and picture.shape[1] > 3 * 48  # 3 rows; the input and 2 edits
+
+
 def test_img2img_side_by_side(comfy):
     src = artwork(64, 64, 1)
     name = comfy.upload("advdm_in2.png", src)

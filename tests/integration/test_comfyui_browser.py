@@ -220,7 +220,7 @@ def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_def
             node["inputs"] = [i for i in node["inputs"] if i["name"] not in SURROGATE_INPUTS]
             node["widgets_values"] = node["widgets_values"][:-2]
             for name in SURROGATE_INPUTS:
-                node["widgets_values_named"].pop(name)
+                node.get("widgets_values_named", {}).pop(name, None)
             node["widgets_values"][2] = 7  # steps: a saved value must survive the load
     page.evaluate(f"(wf) => {APP}.loadGraphData(wf)", old)
     page.wait_for_timeout(1500)
