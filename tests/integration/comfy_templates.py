@@ -143,22 +143,22 @@ LORA = {
         node(7, "SaveImage", (1060, 720), (340, 300), "Save protected set (PNG)", filename_prefix="protected_set"),
         node(10, "VAEEncode", (1440, 120), (300, 50), "Encode clean set"),
         node(11, "VAEEncode", (1440, 220), (300, 50), "Encode protected set"),
-        node(12, "TrainLoraNode", (20, 1200), (340, 620), "LoRA on the clean set", steps=40, control_after_generate="fixed"),
-        node(13, "TrainLoraNode", (400, 1200), (340, 620), "LoRA on the protected set (same settings)", steps=40,
+        node(12, "TrainLoraNode", (20, 1300), (340, 620), "LoRA on the clean set", steps=40, control_after_generate="fixed"),
+        node(13, "TrainLoraNode", (400, 1300), (340, 620), "LoRA on the protected set (same settings)", steps=40,
              control_after_generate="fixed"),
-        node(14, "LoraModelLoader", (780, 1200), (300, 100), "Apply the clean LoRA"),
-        node(15, "LoraModelLoader", (780, 1350), (300, 100), "Apply the protected LoRA"),
-        node(16, "CLIPTextEncode", (1120, 1200), (400, 150), "Generation prompt", text="a painting by sks artist, a castle"),
-        node(17, "CLIPTextEncode", (1120, 1400), (400, 150), "Negative", text=""),
-        node(18, "EmptyLatentImage", (1120, 1600), (400, 110), None, width=256, height=256),
-        node(19, "KSampler", (1560, 1200), (320, 262), "Generate with the clean LoRA", seed=42,
+        node(14, "LoraModelLoader", (780, 1300), (300, 100), "Apply the clean LoRA"),
+        node(15, "LoraModelLoader", (780, 1450), (300, 100), "Apply the protected LoRA"),
+        node(16, "CLIPTextEncode", (1120, 1300), (400, 150), "Generation prompt", text="a painting by sks artist, a castle"),
+        node(17, "CLIPTextEncode", (1120, 1500), (400, 150), "Negative", text=""),
+        node(18, "EmptyLatentImage", (1120, 1700), (400, 110), None, width=256, height=256),
+        node(19, "KSampler", (1560, 1300), (320, 262), "Generate with the clean LoRA", seed=42,
              control_after_generate="fixed", steps=12),
-        node(20, "KSampler", (1560, 1510), (320, 262), "Generate with the protected LoRA (same seed)", seed=42,
+        node(20, "KSampler", (1560, 1610), (320, 262), "Generate with the protected LoRA (same seed)", seed=42,
              control_after_generate="fixed", steps=12),
-        node(21, "VAEDecode", (1920, 1200), (240, 50), None),
-        node(22, "VAEDecode", (1920, 1300), (240, 50), None),
-        node(23, "ImageStitch", (1920, 1400), (300, 150), "clean LoRA | protected LoRA"),
-        node(24, "SaveImage", (2240, 1200), (420, 420), "LoRA results: clean (left) vs protected (right)",
+        node(21, "VAEDecode", (1920, 1300), (240, 50), None),
+        node(22, "VAEDecode", (1920, 1400), (240, 50), None),
+        node(23, "ImageStitch", (1920, 1500), (300, 150), "clean LoRA | protected LoRA"),
+        node(24, "SaveImage", (2240, 1300), (420, 420), "LoRA results: clean (left) vs protected (right)",
              filename_prefix="lora_clean_vs_protected"),
         note(25, (20, -120), (1000, 200),
              "**Train one LoRA on your clean images and one on their protected copies, then compare what each "
@@ -168,11 +168,11 @@ LORA = {
              "**Protect Image** protects each image of the set on its own; the set is saved as PNG. Against a LoRA "
              "like this one, try *method* **anti-dreambooth** or **mist-v2**: they attack through a LoRA that keeps "
              "fine-tuning on the image (slower by about *surrogate_steps* / *surrogate_every*)."),
-        note(27, (20, 960), (1060, 160),
+        note(27, (20, 1080), (1060, 160),
              "ComfyUI's own **Train LoRA** node, twice with identical settings and seed: only the training images "
              "differ. Sized for a CPU (**steps 40**, a 256 px picture in 12 steps): on a GPU use a few hundred "
              "steps and the model's size (512 for SD1.5)."),
-        note(28, (1120, 960), (1540, 160),
+        note(28, (1120, 1080), (1540, 160),
              "Both LoRAs on the same base model, then the same prompt, latent and seed. Left: the LoRA trained on "
              "the clean set; right: on the protected set. If the protection works, the right one imitates the style "
              "worse. One picture is an impression, not a measurement: the *mimicry_check* template compares with "
@@ -194,13 +194,45 @@ LORA = {
               (19, "LATENT", 21, "samples"), (1, "VAE", 21, "vae"), (20, "LATENT", 22, "samples"),
               (1, "VAE", 22, "vae"), (21, "IMAGE", 23, "image1"), (22, "IMAGE", 23, "image2"),
               (23, "IMAGE", 24, "images")],
-    "groups": [group("1. Your artworks, protected", (0, -200, 1780, 1260), "#3f789e"),
+    "groups": [group("1. Your artworks, protected", (0, -200, 1780, 1240), "#3f789e"),
                group("2. Two LoRAs, identical but for their training images; the same prompt and seed",
-                     (0, 880, 2700, 960), "#2b7a4b")],
+                     (0, 1000, 2700, 960), "#2b7a4b")],
     "view": (0.75, (60, 290)),
 }
 
-SPECS = {"protect_and_save": PROTECT_AND_SAVE, "mimicry_check": MIMICRY_CHECK,
+IMG2IMG_CHECK = {
+    "nodes": [
+        *model_nodes(),
+        node(3, "LoadImage", (380, 120), (300, 330), "Your artwork", image="example.png"),
+        node(11, "ImageScaleToMaxDimension", (380, 490), (300, 110), "Trial size (delete on a GPU)",
+             upscale_method="area", largest_size=TRIAL),
+        node(4, "AdvDMProtect", (720, 120), (340, 560), None),
+        node(5, "SaveImage", (720, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
+        node(7, "AdvDMMeasure", (1100, 120), (460, 860), "Measure Protection, with the img2img check", img2img=True),
+        node(8, "PreviewImage", (1600, 120), (420, 520), "The edits: rows clean / protected / noise"),
+        note(9, (20, -100), (1040, 180),
+             "**Does the protection change what img2img makes of the image?** img2img (SDEdit) is the paper's "
+             "style-transfer threat: the model noises the image part-way (the *strength*) and redraws it. "
+             "**Protect Image** protects your artwork; **Measure Protection** with *img2img* on then redraws the "
+             "clean, the protected and a same-budget noise image with the same seeds. " + TRIAL_NOTE),
+        note(10, (1100, -100), (920, 180),
+             "The report's *img2img* lines give, per strength, how far the protected image's edit lands from the "
+             "clean image's edit (RMSE in /255) beside *same-budget noise*, with 95% intervals over the seeds. Only "
+             "*moves the img2img edit farther from the clean image's edit than same-budget noise does* counts as "
+             "protection. The picture: rows clean / protected / noise, columns the input, then its edit at each "
+             "strength. Above them, the diffusion-loss figures (*protected minus noise*)."),
+    ],
+    "links": [(1, "CLIP", 2, "clip"), (1, "MODEL", 4, "model"), (1, "VAE", 4, "vae"), (3, "IMAGE", 11, "image"),
+              (11, "IMAGE", 4, "image"), (2, "CONDITIONING", 4, "conditioning"), (4, "protected", 5, "images"),
+              (1, "MODEL", 7, "model"), (1, "VAE", 7, "vae"), (11, "IMAGE", 7, "original"),
+              (4, "protected", 7, "protected"), (2, "CONDITIONING", 7, "conditioning"),
+              (7, "img2img_picture", 8, "images")],
+    "groups": [group("1. Your artwork, protected", (0, -160, 1080, 1200), "#3f789e"),
+               group("2. What img2img makes of it, beside same-budget noise", (1080, -160, 960, 1200), "#2b7a4b")],
+    "view": (0.8, (60, 240)),
+}
+
+SPECS = {"protect_and_save": PROTECT_AND_SAVE, "img2img_check": IMG2IMG_CHECK, "mimicry_check": MIMICRY_CHECK,
          "protect_lora_clean_vs_protected": LORA}
 
 BUILD = """async (spec) => {
