@@ -173,13 +173,14 @@ def section(prompt):
                     go_img2img = gr.Button("Run img2img check", variant="primary", elem_id="advdm_check_img2img")
                     go_mimicry = gr.Button("Run mimicry check", variant="primary", elem_id="advdm_check_mimicry")
                     stop = gr.Button("Interrupt", elem_id="advdm_check_interrupt")
+                gr.HTML(elem_id="advdm_check_progress")  # the progress bar appears here, under the buttons
                 id_task = gr.Textbox(visible=False)
             with gr.Column(scale=1):
                 with gr.Group(elem_id="advdm_check_gallery_container"):
                     gallery = gr.Gallery(label="What the mimic draws", elem_id="advdm_check_gallery", columns=1)
                 report = gr.HTML(elem_id="advdm_check_report")
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
-        progress_js = _js_kw(submit_js("advdm_check_gallery_container", "advdm_check_gallery"))
+        progress_js = _js_kw(submit_js("advdm_check_progress", "advdm_check_gallery"))
         go_img2img.click(
             fn=call_queue.wrap_gradio_gpu_call(run_img2img, extra_outputs=[None]),
             inputs=[id_task, clean, source, protected, prompt, strengths, i2i_seeds, i2i_steps, i2i_seed, i2i_view],

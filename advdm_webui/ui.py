@@ -19,8 +19,9 @@ GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
 UPLOAD, FOLDER = "Upload", "Batch folder"
 
 # Progress bar + task id, like A1111's own submit(): the first input is the hidden task id. The
-# bar goes above the results and the live preview over the gallery, as in txt2img, so neither
-# covers a control.
+# bar appears right above the element given (requestProgress puts it before that element: for the
+# Protect button, an empty element just under it, where the user is looking when they press it) and
+# the live preview goes over the gallery.
 def submit_js(container_id: str, gallery_id: str) -> str:
     return """
 function() {
@@ -124,8 +125,32 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
     tuned = config.progress_steps - config.steps
     tuning = f", {tuned} surrogate fine-tuning step{'s' if tuned != 1 else ''}" if config.surrogate else ""
     summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
-               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps{tuning}).</p>")
+               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps{tuning}).<br>"
+               f"Protected against {html.escape(loaded_model_text())}: strongest against that model family.</p>")
     return gallery, status + summary + "".join(reports)
+
+
+def loaded_model_text() -> str:
+    """'<checkpoint> (<family>)' of the web UI's loaded model: what the protection was computed with."""
+    from advdm_webui import forge_model, ldm_model, webui
+
+    sd_model = shared.sd_model
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    name = getattr(info, "name_for_extra", None) or getattr(info, "title", None) or "the loaded checkpoint"
+    try:
+        family = (forge_model if webui.is_forge() else ldm_model).family(sd_model)
+    except webui.UnsupportedModel:  # (refused before a run starts; kept safe for the summary)
+        family = "unknown family"
+    return f"{name} ({family})"
+
+
+def preset_of(epsilon, step_size, steps, samples) -> str:
+    """The preset these values are, or "custom" once one differs from every preset."""
+    values = dict(epsilon=float(epsilon), step_size=float(step_size), steps=int(steps), samples=int(samples))
+    for name, p in PRESETS.items():
+        if all(float(p[k]) == v for k, v in values.items()):
+            return name
+    return "custom"
 
 
 def _slider(name: str, label: str, knobs=PROTECT, elem_id: str = ""):
@@ -146,13 +171,16 @@ def on_ui_tabs():
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
             with gr.Column(scale=1):
-                mode = gr.Radio([UPLOAD, FOLDER], value=UPLOAD, label="Mode")
+                mode = gr.Radio([UPLOAD, FOLDER], value=UPLOAD, label="Mode", elem_id="advdm_mode")
                 uploads = gr.File(label="Images (saved as <name>_protected.png)", file_count="multiple",
                                   file_types=["image"], type="filepath" if GRADIO4 else "file", elem_id="advdm_image")
-                input_dir = gr.Textbox(label="Input folder (batch)", placeholder="/path/to/artworks")
+                # batch mode only: hidden while the mode is Upload
+                input_dir = gr.Textbox(label="Input folder (batch)", placeholder="/path/to/artworks",
+                                       visible=False, elem_id="advdm_input_dir")
                 output_dir = gr.Textbox(label="Output folder", placeholder=str(webui.default_output_dir()))
                 with gr.Row():
-                    preset = gr.Dropdown(PRESET_NAMES, value=PROTECT["preset"].default, label="Preset")
+                    preset = gr.Dropdown(PRESET_NAMES, value=PROTECT["preset"].default, label="Preset",
+                                         elem_id="advdm_preset")
                     method = _dropdown("method", "Method")
                 epsilon = _slider("epsilon", "Budget epsilon (/255)")
                 step_size = _slider("step_size", "Step size (/255)")
@@ -180,6 +208,7 @@ def on_ui_tabs():
                 with gr.Row():
                     go = gr.Button("Protect", variant="primary", elem_id="advdm_protect")
                     stop = gr.Button("Interrupt", elem_id="advdm_interrupt")
+                gr.HTML(elem_id="advdm_progress")  # the progress bar appears right above this, under the button
                 id_task = gr.Textbox(visible=False)
             with gr.Column(scale=1, elem_id="advdm_results"):
                 with gr.Group(elem_id="advdm_gallery_container"):
@@ -195,6 +224,11 @@ def on_ui_tabs():
                     gr.update(value=p["steps"]), gr.update(value=p["samples"])]
 
         preset.change(apply_preset, inputs=[preset], outputs=[epsilon, step_size, steps, samples])
+        # a value the user changes by hand: the preset says which one these values are, or custom
+        # (.input fires for the user's edits only, not for apply_preset's updates)
+        for knob in (epsilon, step_size, steps, samples):
+            knob.input(preset_of, inputs=[epsilon, step_size, steps, samples], outputs=[preset])
+        mode.change(lambda m: gr.update(visible=m == FOLDER), inputs=[mode], outputs=[input_dir])
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
         go.click(
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
@@ -202,7 +236,7 @@ def on_ui_tabs():
                     t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples,
                     surrogate_every, surrogate_steps],
             outputs=[gallery, info],
-            **_js_kw(submit_js("advdm_gallery_container", "advdm_gallery")),
+            **_js_kw(submit_js("advdm_progress", "advdm_gallery")),
         )
     return [(tab, "Protect", "advdm_protect_tab")]
 

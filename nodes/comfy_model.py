@@ -357,6 +357,9 @@ class ComfyModel:
 # Progress and cancellation
 
 
+PREVIEW_MAX = 4096  # px: larger images preview shrunk
+
+
 class Progress:
     """advdm progress callback -> ComfyUI ProgressBar (+ a throttled preview image), with a
     cancel point at every step. InterruptProcessingException propagates untouched."""
@@ -387,7 +390,9 @@ class Progress:
             now = self.clock()
             preview = None
             if self._last_preview is None or now - self._last_preview >= self.preview_every or step == total:
-                preview = ("JPEG", to_pil(current), 512)
+                # at the image's own size (ComfyUI shrinks a preview to the size given): the node
+                # labels the preview with its size, which then is the image's
+                preview = ("JPEG", to_pil(current), min(max(current.shape[-2:]), PREVIEW_MAX))
                 self._last_preview = now
             self.bar.update_absolute(index * steps + step, self.total, preview)
 

@@ -16,7 +16,7 @@ from advdm.evaluation.img2img import format_img2img, img2img_check
 from advdm.settings import IMG2IMG, MEASURE, PROTECT, parse_strengths
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
-from .image_ops import amplified, join_images, mask_for, same_size_batch, side_by_side, split_images, to_8bit_grid
+from .image_ops import amplified, join_images, mask_for, same_size_batch, split_images, to_8bit_grid
 
 log = logging.getLogger("advdm")
 CATEGORY = "image/protection"
@@ -138,8 +138,7 @@ class AdvDMProtect(IO.ComfyNode):
                     log.info("advdm: protecting image %d/%d (%dx%d) with %s, eps %.0f/255, %d steps%s on %s",
                              i + 1, len(images), x.shape[-1], x.shape[-2], method, epsilon, steps,
                              _surrogate_text(config), dm.name)
-                    out.append(advdm.protect(dm, x, config, mask=m, progress=_previewing_both(
-                        progress.for_image(i, per_image), to_8bit_grid(x), epsilon)))
+                    out.append(advdm.protect(dm, x, config, mask=m, progress=progress.for_image(i, per_image)))
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None
         protected = join_images(out, image)
@@ -154,12 +153,46 @@ def _surrogate_text(config) -> str:
             f"before every {config.surrogate_every})")
 
 
-def _previewing_both(callback, original, epsilon):
-    """The progress preview shows the image being protected beside its amplified perturbation."""
-    def progress(step, total, current):
-        callback(step, total, side_by_side(current, amplified(original, current, epsilon)))
+class MeasureBar:
+    """The Measure node's bar: per image, `max_samples` units for the measurement (the core
+    reports the draws done after each doubling round), as many per robustness row (the core
+    reports finished rows) and one per img2img sampler step, so the bar follows the draws and a
+    measurement that stops early (its interval narrow enough) jumps to its share's end. Each
+    report is a cancel point."""
 
-    return progress
+    def __init__(self, bar, images: int, max_samples: int, rows: int, edits: int, interrupted):
+        self.bar, self.interrupted = bar, interrupted
+        self.unit, self.rows_end = max_samples, max_samples * (1 + rows)
+        self.per_image = self.rows_end + edits
+        self.total = images * self.per_image
+        self._set(0)
+
+    def _set(self, value: int) -> None:
+        self.bar.update_absolute(value, self.total)
+
+    def draws(self, image: int):
+        def progress(draws, max_samples):
+            self.interrupted()
+            self._set(image * self.per_image + min(draws, self.unit))
+
+        return progress
+
+    def measured(self, image: int) -> None:
+        self._set(image * self.per_image + self.unit)
+
+    def rows(self, image: int):
+        def progress(done, rows):
+            self.interrupted()
+            self._set(image * self.per_image + self.unit * (1 + done))
+
+        return progress
+
+    def edits(self, image: int):
+        def progress(done, steps):
+            self.interrupted()
+            self._set(image * self.per_image + self.rows_end + done)
+
+        return progress
 
 
 class AdvDMMeasure(IO.ComfyNode):
@@ -251,20 +284,20 @@ class AdvDMMeasure(IO.ComfyNode):
             with ComfyModel(model, vae, conditioning) as cm:
                 dm = cm.diffusion_model
                 rows = len(default_transforms(dm, r)) if robustness else 0
-                bar = comfy.utils.ProgressBar(len(a) * (1 + rows + edits))
-
-                for x, y in zip(a, b):
+                bar = MeasureBar(comfy.utils.ProgressBar(1), len(a), int(max_samples), rows, edits,
+                                 comfy.model_management.throw_exception_if_processing_interrupted)
+                for i, (x, y) in enumerate(zip(a, b)):
                     if x.shape != y.shape:
                         raise ValueError(f"original {tuple(x.shape[-2:])} and protected {tuple(y.shape[-2:])} differ in size")
-                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    bar.interrupted()
                     x, y = to_8bit_grid(x), to_8bit_grid(y)
-                    results.append(measure(dm, x, y, **kw))
-                    bar.update(1)
+                    results.append(measure(dm, x, y, progress=bar.draws(i), **kw))
+                    bar.measured(i)
                     if robustness:
-                        tables.append(measure_robustness(dm, x, y, progress=lambda done, total: bar.update(1), **kw))
+                        tables.append(measure_robustness(dm, x, y, progress=bar.rows(i), **kw))
                     if img2img:
                         check = img2img_check(dm, x, y, strengths=strengths, seeds=int(img2img_seeds), seed=int(seed),
-                                              view=view, resolution=r, progress=_stepping(bar))
+                                              view=view, resolution=r, progress=bar.edits(i))
                         pictures.append(check.pop("picture"))
                         checks.append(check)
         except UnsupportedModel as e:
@@ -294,21 +327,6 @@ class AdvDMMeasure(IO.ComfyNode):
         else:
             picture = torch.ones(1, 64, 64, 3)
         return IO.NodeOutput(text, *(mean[k] for k in keys), protects, picture, ui=ui)
-
-
-def _stepping(bar):
-    """A core progress(done, total) callback that moves a ComfyUI bar one unit per step and
-    stops the work when the user cancels."""
-    import comfy.model_management
-
-    seen = [0]
-
-    def progress(done, total):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update(done - seen[0])
-        seen[0] = done
-
-    return progress
 
 
 class AdvDMExtension(ComfyExtension):

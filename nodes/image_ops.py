@@ -71,12 +71,6 @@ def to_8bit_grid(x: Tensor) -> Tensor:
     return (x.float() * 255).round().clamp(0, 255) / 255
 
 
-def side_by_side(left: Tensor, right: Tensor, gap: int = 8) -> Tensor:
-    """(1, 3, H, W) images next to each other with a white gap: (1, 3, H, W_left + gap + W_right)."""
-    spacer = torch.ones(left.shape[0], left.shape[1], left.shape[2], gap, dtype=left.dtype, device=left.device)
-    return torch.cat([left, spacer, right.to(left)], dim=-1)
-
-
 def same_size_batch(images: List[Tensor]) -> Tensor:
     """list of (1, 3, h, w) of any sizes -> IMAGE (B, H, W, 3), each padded with white at the
     bottom and right to the largest size (a batch must share one size)."""

@@ -459,6 +459,21 @@ def test_progress_counts_batch_and_throttles_previews():
     assert [c[2] for c in bar.calls] == [True, False, True, False, False, True]  # first, each image's last
 
 
+def test_progress_preview_is_at_the_images_size():
+    """ComfyUI shrinks a preview to the max size given and labels it with its size: the label
+    must read the image's size (a 96x64 image is not a 512 px preview)."""
+    seen = []
+
+    class PreviewBar:
+        def update_absolute(self, value, total=None, preview=None):
+            seen.append(preview)
+
+    p = cm.Progress(total=1, bar=PreviewBar(), interrupted=lambda: None)
+    p.for_image(0, 1)(1, 1, torch.rand(1, 3, 64, 96))
+    kind, image, max_size = seen[0]
+    assert image.size == (96, 64) and max_size == 96
+
+
 class Interrupted(BaseException):  # like comfy's InterruptProcessingException
     pass
 
@@ -671,13 +686,6 @@ CORE_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "SaveImag
 OUR_NODES = {"AdvDMProtect", "AdvDMMeasure", "AdvDMMimicry"}
 
 
-def test_side_by_side_puts_a_white_gap_between():
-    a, b = torch.zeros(1, 3, 4, 5), torch.full((1, 3, 4, 6), 0.5)
-    out = image_ops.side_by_side(a, b, gap=2)
-    assert out.shape == (1, 3, 4, 13)
-    assert (out[..., :5] == 0).all() and (out[..., 5:7] == 1).all() and (out[..., 7:] == 0.5).all()
-
-
 def test_example_workflow_widgets_are_node_inputs():
     comfy_nodes = pytest.importorskip("nodes.comfy_nodes", reason="needs ComfyUI (comfy_api)")
     sigs = {c: set(inspect.signature(getattr(comfy_nodes, c).execute).parameters) for c in ("AdvDMProtect", "AdvDMMeasure")}
@@ -692,6 +700,29 @@ def test_example_workflow_widgets_are_node_inputs():
                 widgets = {i["name"] for i in node["inputs"] if i.get("widget")}
                 assert widgets <= sigs[node["type"]], (path.name, widgets - sigs[node["type"]])
 
+
+
+def test_measure_bar_follows_the_draws_and_rows(comfy_nodes):
+    """The Measure node's bar moves with every doubling round of the real measure(), ends each
+    image's share when the measurement stops early, then moves per robustness row; each report
+    is a cancel point."""
+    from advdm.evaluation.measure import measure
+
+    bar, checks = Bar(), []
+    mb = comfy_nodes.MeasureBar(bar, images=2, max_samples=32, rows=2, edits=0, interrupted=lambda: checks.append(1))
+    dm = fake_comfy_model().diffusion_model
+    x = torch.rand(1, 3, 16, 16)
+    y = image_ops.to_8bit_grid((x + 4 / 255 * torch.randn_like(x).sign()).clamp(0, 1))
+    measure(dm, image_ops.to_8bit_grid(x), y, samples=4, max_samples=32, precision=0.0, progress=mb.draws(0))
+    drawn = [c[0] for c in bar.calls[1:]]
+    assert drawn == [4, 8, 16, 32]  # one report per doubling round, in draws
+    mb.measured(0)
+    rows = mb.rows(0)
+    rows(1, 2), rows(2, 2)
+    mb.draws(1)(8, 32)
+    assert [c[0] for c in bar.calls[-4:]] == [32, 64, 96, 96 + 8]
+    assert {c[1] for c in bar.calls} == {2 * 32 * 3} and bar.calls[0][0] == 0
+    assert len(checks) == len(drawn) + 3
 
 
 def test_measure_node_runs_the_img2img_check_and_outputs_the_edits(comfy_nodes, monkeypatch):
@@ -712,7 +743,7 @@ def test_measure_node_runs_the_img2img_check_and_outputs_the_edits(comfy_nodes, 
 
     comfy = types.ModuleType("comfy")
     comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(
-        update=lambda n: updates.append((n, total))))
+        update_absolute=lambda value, total=None, preview=None: updates.append((value, total))))
     comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
     monkeypatch.setitem(sys.modules, "comfy", comfy)
     monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
@@ -728,7 +759,8 @@ def test_measure_node_runs_the_img2img_check_and_outputs_the_edits(comfy_nodes, 
     assert picture.dim() == 4 and picture.shape[-1] == 3 and picture.shape[2] > 2 * 24  # input + one edit
     assert torch.equal(out.ui["images"], picture) and out.ui["text"] == [text]
     steps = 1 * 3 * 3 * 10  # strengths x seeds x (clean, protected, noise) x sampler steps
-    assert sum(n for n, _ in updates) == 1 + steps and {t for _, t in updates} == {1 + steps}
+    assert updates[-1] == (4 + steps, 4 + steps) and {t for _, t in updates} == {4 + steps}  # max_samples + steps
+    assert [v for v, _ in updates] == sorted(v for v, _ in updates) and len(updates) > steps  # one move per step
     with torch.inference_mode():
         plain = comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, max_samples=4)
     assert "img2img" not in plain.values[0] and plain.values[-1].shape == (1, 64, 64, 3)

@@ -4,7 +4,9 @@ after. Shared by test_comfyui.py and test_comfyui_browser.py through the `comfy`
 (conftest.py), so a session runs one server.
 
 Environment: COMFYUI_DIR (required), COMFYUI_PYTHON (default: this interpreter),
-ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the checkpoints.
+ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the checkpoints. COMFYUI_SERVER: a file
+written by `python comfy_server.py FILE` (a server kept running between test files, e.g. to
+build templates or to hold the heavy lock per test file only): the tests use that server.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import comfy_workflows
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 REPO = Path(__file__).resolve().parents[2]
 CKPT_NAME = "advdm_random_sd15.safetensors"
+STOCK_NAME = "v1-5-pruned-emaonly.safetensors"  # what the templates' loaders name: an alias of CKPT_NAME
 
 
 def cache_dir() -> Path:
@@ -54,6 +57,9 @@ def artwork(h, w, seed):
 class Comfy:
     def __init__(self, base: str, proc: subprocess.Popen, dirs: dict):
         self.base, self.proc, self.dirs = base, proc, dirs
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
 
     def get(self, path):
         with urllib.request.urlopen(self.base + path, timeout=60) as r:
@@ -94,7 +100,7 @@ class Comfy:
     def wait(self, prompt_id, timeout=1800) -> dict:
         t0 = time.time()
         while time.time() - t0 < timeout:
-            assert self.proc.poll() is None, "ComfyUI exited:\n" + self.log_tail()
+            assert self.alive(), "ComfyUI exited:\n" + self.log_tail()
             h = self.get(f"/history/{prompt_id}")
             if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
                 return h[prompt_id]
@@ -127,12 +133,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def attach(state_file: str) -> Comfy:
+    """The server a `python comfy_server.py FILE` keeps running."""
+    state = json.loads(Path(state_file).read_text())
+    return Comfy(state["base"], None, state["dirs"])
+
+
 def serve():
     """Start the server (building the SD1.5 checkpoint first if needed), yield a Comfy, stop it."""
+    if os.environ.get("COMFYUI_SERVER"):
+        yield attach(os.environ["COMFYUI_SERVER"])
+        return
     comfy_dir = Path(COMFYUI_DIR).resolve()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     ckpt_dir = cache_dir()
     checkpoint(CKPT_NAME, "sd15")
+    alias = ckpt_dir / STOCK_NAME  # so the templates run as they open
+    if not alias.exists():
+        alias.symlink_to(CKPT_NAME)
 
     tmp = Path(tempfile.mkdtemp(prefix="advdm-comfy-"))
     dirs = {k: tmp / k for k in ("input", "output", "temp", "user")}
@@ -179,3 +197,17 @@ def serve():
         if created_link:
             link.unlink()
         print("\nComfyUI log tail:\n" + server.log_tail(25))
+
+
+if __name__ == "__main__":  # keep a server running: python comfy_server.py STATE_FILE (Ctrl-C / SIGTERM stops it)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = serve()
+    comfy = next(server)
+    Path(sys.argv[1]).write_text(json.dumps({"base": comfy.base, "dirs": comfy.dirs, "pid": comfy.proc.pid}))
+    print(f"ComfyUI at {comfy.base} (state in {sys.argv[1]})", flush=True)
+    try:
+        comfy.proc.wait()
+    finally:
+        server.close()

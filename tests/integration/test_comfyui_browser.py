@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from comfy_server import CKPT_NAME, COMFYUI_DIR, REPO, artwork
+import comfy_templates
 import comfy_workflows
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -34,6 +35,7 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
 
 ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
+CONSOLE = []  # (type, text) of every console message the page printed
 PACK = "comfyui-advdm-test"  # the folder name comfy_server links the repository under
 APP = "window.comfyAPI.app.app"
 
@@ -45,6 +47,7 @@ def page(comfy):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+        pg.on("console", lambda m: CONSOLE.append((m.type, m.text)))
         pg.goto(comfy.base)
         pg.wait_for_function(f"window.LiteGraph?.registered_node_types?.AdvDMProtect && {APP}?.graph", timeout=180_000)
         pg.wait_for_timeout(2000)  # the start-up workflow finishes loading
@@ -74,6 +77,15 @@ def open_template(pg, name: str) -> None:
     pg.wait_for_timeout(1000)
 
 
+def test_no_console_notice_from_this_pack(page):
+    """The pack's frontend code loads through the public API only: ComfyUI prints a notice for
+    an import of one of its internal modules (e.g. scripts/widgets.js), and none may appear."""
+    names = page.evaluate(f"{APP}.extensions.map(e => e.name)")
+    assert {"advdm.Report", "advdm.TemplateView"} <= set(names), names
+    notices = [t for kind, t in CONSOLE if "[ComfyUI Notice]" in t or "internal module" in t or "advdm" in t.lower()]
+    assert not notices, notices
+
+
 # Is the text on screen: in a visible element's text or a visible text box's value, inside the viewport?
 SHOWN = """(needle) => [...document.querySelectorAll('textarea, input, div, span, p, pre')].some(el => {
     const text = (el.tagName === 'TEXTAREA' || el.tagName === 'INPUT') ? el.value : (el.childElementCount ? '' : el.textContent);
@@ -94,6 +106,14 @@ def test_template_opens_with_every_node(comfy, page, name):
     open_template(page, name)
     shot(page, f"template_{name}")
     wf = comfy_workflows.example(name)
+    # opens at the template's own view, where text is drawn and the first note is on screen
+    view = wf["extra"]["ds"]
+    scale, offset = page.evaluate(f"[{APP}.canvas.ds.scale, [...{APP}.canvas.ds.offset]]")
+    assert scale == pytest.approx(view["scale"]) and scale >= 0.7 and offset == pytest.approx(view["offset"])
+    note = min((n for n in wf["nodes"] if n["type"] == "MarkdownNote"), key=lambda n: (n["pos"][1], n["pos"][0]))
+    x, y = ((note["pos"][i] + offset[i]) * scale for i in (0, 1))
+    assert 0 <= x < 1600 * 0.5 and 0 <= y < 1000 * 0.5, (x, y)
+    assert "advdm_view" not in page.evaluate(f"{APP}.graph.extra"), "the view key is applied once, then dropped"
     types = page.evaluate(f"{APP}.graph._nodes.map(n => n.type)")
     assert sorted(types) == sorted(n["type"] for n in wf["nodes"])
     unknown = page.evaluate(f"{APP}.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
@@ -131,19 +151,22 @@ def saved_png(comfy, entry, node="5") -> np.ndarray:
 def test_protect_template_runs_twice_the_same_with_report_on_the_node(comfy, page):
     open_template(page, "protect_and_save")
     set_widget(page, 1, "ckpt_name", CKPT_NAME)
+    set_widget(page, 11, "largest_size", 64)  # the trial size at the uploaded image's own size
     set_widget(page, 4, "steps", 3)
     set_widget(page, 7, "samples", 2)
     set_widget(page, 7, "max_samples", 4)
     seeds = page.evaluate(f"[4, 7].map(id => {APP}.graph.getNodeById(id).widgets.find(w => w.name === 'seed').value)")
-    # count the progress previews the page receives (Protect previews image | perturbation)
-    page.evaluate("() => { window.__previews = 0; window.comfyAPI.api.api.addEventListener('b_preview', () => window.__previews++); }")
+    # the progress previews the page receives: the image being protected, at its own size
+    page.evaluate("""() => { window.__previews = []; window.comfyAPI.api.api.addEventListener('b_preview',
+        async (e) => { const b = await createImageBitmap(e.detail); window.__previews.push([b.width, b.height]); }); }""")
     entry = run_and_wait(page, comfy)
     page.wait_for_timeout(1500)
     first = saved_png(comfy, entry)
     src = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(Path(comfy.dirs["input"]) / "example.png").convert("RGB")).astype(int)
     budget = page.evaluate(f"{APP}.graph.getNodeById(4).widgets.find(w => w.name === 'epsilon').value")
     assert first.shape == src.shape and 0 < np.abs(first - src).max() <= budget
-    assert page.evaluate("window.__previews") >= 1, "no progress preview reached the page"
+    previews = page.evaluate("window.__previews")
+    assert previews and all(p == [64, 64] for p in previews), f"previews not at the image's size: {previews}"
 
     # the report, on the node: the Measure node's text widget holds it and the page shows it
     report = page.evaluate(f"{APP}.graph.getNodeById(7).widgets.map(w => w.value).filter(v => typeof v === 'string').join('\\n')")
@@ -197,7 +220,7 @@ def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_def
             node["inputs"] = [i for i in node["inputs"] if i["name"] not in SURROGATE_INPUTS]
             node["widgets_values"] = node["widgets_values"][:-2]
             for name in SURROGATE_INPUTS:
-                node["widgets_values_named"].pop(name)
+                node.get("widgets_values_named", {}).pop(name, None)
             node["widgets_values"][2] = 7  # steps: a saved value must survive the load
     page.evaluate(f"(wf) => {APP}.loadGraphData(wf)", old)
     page.wait_for_timeout(1500)
@@ -209,3 +232,43 @@ def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_def
     assert inputs["steps"] == 7 and {k: inputs[k] for k in SURROGATE_INPUTS} == {
         k: PROTECT[k].default for k in SURROGATE_INPUTS}
     shot(page, "protect_node_old_workflow")
+
+
+# What each template's default Run must show on the node that reports, and the words it is read by.
+REPORTS = {"protect_and_save": ("AdvDMMeasure", "protected minus noise"),
+           "mimicry_check": ("AdvDMMimicry", "learned fraction")}
+
+
+def record_progress(pg) -> None:
+    pg.evaluate("""() => { window.__progress = []; window.comfyAPI.api.api.addEventListener('progress',
+        (e) => window.__progress.push([String(e.detail.node), e.detail.value, e.detail.max, performance.now()])); }""")
+
+
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_template_default_run_finishes_with_moving_bars_and_the_report_on_the_node(comfy, page, name):
+    """The template as it opens (the stock checkpoint name, the trial size, its own values) is
+    Run from the page: it finishes (the time is printed: what a CPU user waits), the reporting
+    node's bar moves through several values while it works, and its report (and the Mimicry
+    Check's grid) is shown on the node."""
+    node_type, words = REPORTS[name]
+    open_template(page, name)
+    node_id = page.evaluate(f"{APP}.graph._nodes.find(n => n.type === '{node_type}').id")
+    record_progress(page)
+    t0 = time.time()
+    run_and_wait(page, comfy, timeout=1800)
+    seconds = time.time() - t0
+    page.wait_for_timeout(1500)
+    events = page.evaluate("window.__progress")
+    mine = [(v, m) for n, v, m, _ in events if n == str(node_id)]
+    print(f"\n{name}: default Run {seconds:.0f} s on this machine; {node_type} bar values: {mine}")
+    assert len({v for v, m in mine if 0 < v < m}) >= 2, f"{node_type}'s bar did not move while it worked: {mine}"
+    report = page.evaluate(f"{APP}.graph.getNodeById({node_id}).widgets.find(w => w.name === 'report').value")
+    assert words in report, report
+    page.evaluate(f"() => {{ const c = {APP}.canvas; c.ds.scale = 1.0; c.centerOnNode({APP}.graph.getNodeById({node_id})); c.setDirty(true, true); }}")
+    page.wait_for_timeout(800)
+    shot(page, f"{name}_default_run")
+    assert page.evaluate(SHOWN, words), "the report is not visible on the page"
+    if node_type == "AdvDMMimicry":
+        grid = page.evaluate(f"{APP}.nodeOutputs?.['{node_id}']?.images ?? []")
+        assert len(grid) == 1, grid
+        assert page.evaluate(f"({APP}.graph.getNodeById({node_id}).imgs ?? []).length") == 1, "the grid is not on the node"
