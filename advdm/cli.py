@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .models import builtin
 from .attack.pgd import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
-from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, MIMICRY, PROTECT, parse_strengths
+from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, MIMICRY, PROTECT, parse_strengths, strengths_text
 from .models.checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .batch import manifest
 from .batch.resume import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "images edited with the same seeds; how far the protected edit lands from the clean one. "
                              f"The edits are written side by side as <protected>{IMG2IMG_PICTURE}")
     i.add_argument("--img2img", action="store_true", help="run the img2img (SDEdit) check")
-    i.add_argument("--img2img-strengths", default=IMG2IMG["strengths"].default,
-                   help=IMG2IMG["strengths"].help + " (default %(default)s)")
+    i.add_argument("--img2img-strengths", default=strengths_text(),
+                   help=IMG2IMG["strengths"].help + ", comma-separated (default %(default)s)")
     i.add_argument("--img2img-seeds", type=int, default=IMG2IMG["seeds"].default,
                    help=IMG2IMG["seeds"].help + " (default %(default)s)")
     i.add_argument("--img2img-steps", type=int, default=IMG2IMG["steps"].default,

@@ -79,27 +79,6 @@ MEASURE = {
                  "size (for images that will be used at that size)", choices=tuple(v for v in VIEWS if v != "train")),
 }
 
-# The img2img (SDEdit) check: the paper's style-transfer threat.
-IMG2IMG_STRENGTHS = (0.3, 0.5)
-IMG2IMG = {
-    "strengths": Knob(",".join(f"{s:g}" for s in IMG2IMG_STRENGTHS), "img2img strengths, comma-separated: the "
-                      "fraction of the schedule the image is noised to before the model redraws it"),
-    "seeds": Knob(5, "img2img seeds (each with its own noise image): the intervals' units; a verdict needs 3", 1, 64, 1),
-    "steps": Knob(10, "Euler sampler steps per edit", 1, 200, 1),
-}
-
-
-def parse_strengths(text: str, field: str = "strengths") -> tuple:
-    """'0.3,0.5' -> (0.3, 0.5); a clear error naming the field otherwise."""
-    try:
-        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ValueError(f"{field}: expected numbers separated by commas, e.g. 0.3,0.5; got {text!r}") from None
-    if not values or not all(0 < v <= 1 for v in values):
-        raise ValueError(f"{field}: each strength must be in (0, 1], got {text!r}")
-    return values
-
-
 # The mimicry check (advdm.evaluation.mimicry), by the command line's option names with
 # underscores (the web API's field names). The fine-tune's recipe is FinetuneConfig's;
 # None: the model's own side.
@@ -135,6 +114,26 @@ IMG2IMG = {
                  "resized as a training run sees it), full (its own size) or train (resized)", choices=tuple(VIEWS)),
     "resolution": Knob(None, "training resolution the train view resizes to (default: the model's)", 8, 4096, 8),
 }
+
+
+def strengths_text(strengths=None) -> str:
+    """(0.3, 0.5) -> '0.3,0.5', the form a text field and the command line take."""
+    return ",".join(f"{s:g}" for s in (strengths or IMG2IMG["strengths"].default))
+
+
+def parse_strengths(text: str, field: str = "strengths") -> tuple:
+    """'0.3,0.5' (or '0.3 0.5') -> (0.3, 0.5), each within the knob's bounds; otherwise an error
+    naming the field."""
+    knob = IMG2IMG["strengths"]
+    try:
+        values = tuple(float(v) for v in str(text).replace(",", " ").split())
+    except ValueError:
+        raise ValueError(f"{field}: expected numbers separated by commas, e.g. 0.3,0.5; got {text!r}") from None
+    if not values:
+        raise ValueError(f"{field}: give at least one strength, e.g. 0.3,0.5")
+    if not all(knob.low <= v <= knob.high for v in values):
+        raise ValueError(f"{field}: each strength must be between {knob.low:g} and {knob.high:g}, got {text!r}")
+    return values
 
 
 def check(knobs: dict, values: dict, label=lambda name: name) -> None:

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import gradio as gr
 
 from advdm import images as advdm_images
-from advdm.settings import IMG2IMG, MIMICRY, check
+from advdm.settings import IMG2IMG, MIMICRY, check, parse_strengths, strengths_text
 from advdm_webui.ui import GRADIO4, _js_kw, _slider, _uploaded, submit_js
 
 from modules import call_queue, shared  # noqa: E402
@@ -76,23 +76,13 @@ def run_mimicry(id_task, clean_files, source, protected_files, held_files, promp
     return gallery, "<h3>Mimicry check</h3>" + _report(format_mimicry(result))
 
 
-def parse_strengths(text: str) -> tuple:
-    """'0.3, 0.5' -> (0.3, 0.5), each within the knob's bounds."""
-    try:
-        strengths = tuple(float(part) for part in text.replace(",", " ").split())
-    except ValueError:
-        raise ValueError(f"img2img strengths: numbers between 0 and 1, separated by commas, got {text!r}") from None
-    check(IMG2IMG, {"strengths": strengths}, lambda name: "img2img strengths")
-    return strengths
-
-
 def run_img2img(id_task, clean_files, source, protected_files, prompt, strengths, seeds, steps, seed, view):
     """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
     from advdm.evaluation.img2img import format_img2img
 
     from advdm_webui import webui
 
-    options = {"strengths": parse_strengths(strengths), "seeds": int(seeds), "steps": int(steps), "seed": int(seed),
+    options = {"strengths": parse_strengths(strengths, "img2img strengths"), "seeds": int(seeds), "steps": int(steps), "seed": int(seed),
                "view": view, "resolution": None}
     check(IMG2IMG, options)
     clean, protected, _ = image_sets(clean_files, source, protected_files, None)
@@ -140,7 +130,7 @@ def section(prompt):
                                "them each image is cut in two)", elem_id="advdm_check_held_out", **file_kw)
                 with gr.Accordion("img2img check settings", open=False, elem_id="advdm_check_img2img_settings"):
                     i2i = IMG2IMG
-                    strengths = gr.Textbox(value=", ".join(f"{v:g}" for v in i2i["strengths"].default),
+                    strengths = gr.Textbox(value=strengths_text(),
                                            label="Strengths", info=i2i["strengths"].help,
                                            elem_id="advdm_check_img2img_strengths")
                     with gr.Row():

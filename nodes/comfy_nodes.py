@@ -13,7 +13,7 @@ from advdm.evaluation.measure import MAX_SAMPLES, format_measurement, measure
 from advdm.evaluation.robustness import default_transforms, format_robustness
 from advdm.evaluation.robustness import robustness as measure_robustness
 from advdm.evaluation.img2img import format_img2img, img2img_check
-from advdm.settings import IMG2IMG, MEASURE, PROTECT, parse_strengths
+from advdm.settings import IMG2IMG, MEASURE, PROTECT, parse_strengths, strengths_text
 
 from .comfy_model import ComfyModel, Progress, UnsupportedModel
 from .image_ops import amplified, join_images, mask_for, same_size_batch, split_images, to_8bit_grid
@@ -239,8 +239,9 @@ class AdvDMMeasure(IO.ComfyNode):
                                           "with the same seeds; the report says how far the protected image's edit "
                                           "lands from the clean image's edit beside the noise image's, and the "
                                           "img2img_picture output shows the edits side by side.")),
-                IO.String.Input("img2img_strengths", default=IMG2IMG["strengths"].default, optional=True,
-                                tooltip=IMG2IMG["strengths"].help[0].upper() + IMG2IMG["strengths"].help[1:] + "."),
+                IO.String.Input("img2img_strengths", default=strengths_text(), optional=True,
+                                tooltip=IMG2IMG["strengths"].help[0].upper() + IMG2IMG["strengths"].help[1:]
+                                + ", separated by commas."),
                 _number(IO.Int, "img2img_seeds", IMG2IMG["seeds"], IMG2IMG["seeds"].help[0].upper()
                         + IMG2IMG["seeds"].help[1:] + ".", optional=True),
             ],
@@ -264,7 +265,7 @@ class AdvDMMeasure(IO.ComfyNode):
     @classmethod
     def execute(cls, model, vae, original, protected, samples, seed, conditioning=None,
                 robustness=False, resolution=0, max_samples=MAX_SAMPLES, view=MEASURE["view"].default,
-                img2img=False, img2img_strengths=IMG2IMG["strengths"].default,
+                img2img=False, img2img_strengths=None,
                 img2img_seeds=IMG2IMG["seeds"].default) -> IO.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -275,7 +276,7 @@ class AdvDMMeasure(IO.ComfyNode):
         results, tables = [], []
         if int(samples) > int(max_samples):
             raise ValueError(f"samples ({samples}) must not exceed max_samples ({max_samples})")
-        strengths = parse_strengths(img2img_strengths, "img2img_strengths") if img2img else ()
+        strengths = parse_strengths(img2img_strengths or strengths_text(), "img2img_strengths") if img2img else ()
         edits = len(strengths) * int(img2img_seeds) * 3 * IMG2IMG["steps"].default  # sampler steps per image
         r = int(resolution) or None
         kw = dict(samples=int(samples), max_samples=int(max_samples), seed=int(seed), view=view, resolution=r)

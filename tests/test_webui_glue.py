@@ -483,12 +483,12 @@ def check_ui(webui, monkeypatch):
 
 def test_check_section_reads_strengths_and_names_a_bad_one(check_ui):
     assert check_ui.parse_strengths("0.3, 0.5") == (0.3, 0.5) == check_ui.parse_strengths(" 0.3 0.5 ")
-    with pytest.raises(ValueError, match="img2img strengths: numbers"):
-        check_ui.parse_strengths("0.3, half")
-    with pytest.raises(ValueError, match=r"img2img strengths\[1\] must be between 0.01 and 1"):
-        check_ui.parse_strengths("0.3, 1.5")
+    with pytest.raises(ValueError, match="img2img strengths: expected numbers"):
+        check_ui.parse_strengths("0.3, half", "img2img strengths")
+    with pytest.raises(ValueError, match=r"img2img strengths: each strength must be between 0.01 and 1"):
+        check_ui.parse_strengths("0.3, 1.5", "img2img strengths")
     with pytest.raises(ValueError, match="at least one"):
-        check_ui.parse_strengths("")
+        check_ui.parse_strengths("", "img2img strengths")
 
 
 def test_check_section_pairs_uploads_or_the_images_just_protected(check_ui, tmp_path):

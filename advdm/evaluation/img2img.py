@@ -32,10 +32,11 @@ from ..mimic.sampler import decode, edit_latent
 from ..mimic.views import bucket_size, judged_views, resize
 from ..models.interface import DiffusionModel
 from .measure import budget_of, check_pair, noise_control, verdict
-from ..settings import IMG2IMG, IMG2IMG_STRENGTHS as STRENGTHS
+from ..settings import IMG2IMG
 from .pictures import grid
 from .stats import LEVEL
 
+STRENGTHS = IMG2IMG["strengths"].default
 SEEDS = IMG2IMG["seeds"].default
 STEPS = IMG2IMG["steps"].default  # Euler steps over the edited part of the schedule
 MIN_SEEDS = 3  # fewer seeds give intervals too wide to mean anything: no verdict

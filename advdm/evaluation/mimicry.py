@@ -241,9 +241,10 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
         "interval": ("across fine-tune seeds (Student's t, seeds - 1 dof)" if config.seeds > 1 else
                      "over the draws of one fine-tune seed only: the fine-tune's own randomness is NOT covered"),
         "finetune": asdict(config.finetune), "model": model.name,
-        "scored": "held-out and training images " + judged_views(
-            model, held_out[0].shape[-2:], config.view, config.finetune.resolution, config.seed).describe(
-            tuple(held_out[0].shape[-2:])) + ("" if len({tuple(x.shape) for x in held_out}) == 1 else " (first image)"),
+        "scored": judged_views(model, held_out[0].shape[-2:], config.view, config.finetune.resolution,
+                               config.seed).describe(tuple(held_out[0].shape[-2:]))
+        + (", held-out and training images alike" if len({tuple(x.shape) for x in held_out}) == 1
+           else " (the first held-out image; each is scored by the same rule)"),
     })
     return result
 
