@@ -64,9 +64,8 @@ class DrawLosses:
     encoder noise): the same draws for every image of the same size. `losses(n)` returns
     the first n, computing only those not yet computed."""
 
-    def __init__(self, model: DiffusionModel, image: Tensor, seed: int = 0, block: int = DRAW_BLOCK):
+    def __init__(self, model: DiffusionModel, image: Tensor, seed: int = 0):
         self.model = model
-        self.block = block
         self.draws = Draws(model, seed)
         with torch.inference_mode(False), torch.no_grad():
             latent = model.encode(pad_to_multiple(image, model.pixel_multiple).to(model.device, model.dtype))
@@ -76,8 +75,8 @@ class DrawLosses:
     def losses(self, n: int) -> Tensor:
         with torch.inference_mode(False), torch.no_grad():
             while sum(len(d) for d in self.done) < n:
-                sigma = self.draws.sigmas(self.block)
-                noise = self.draws.normal((self.block, *self.z.shape[1:])).to(self.z.dtype)
+                sigma = self.draws.sigmas(DRAW_BLOCK)
+                noise = self.draws.normal((DRAW_BLOCK, *self.z.shape[1:])).to(self.z.dtype)
                 self.done.append(diffusion_loss(self.model, self.z, sigma, noise).float().cpu())
         return torch.cat(self.done)[:n]
 
@@ -87,22 +86,32 @@ Losses = Callable[[int], Tensor]  # n -> per-draw losses of the first n fixed dr
 
 class ViewedLosses:
     """Per-draw losses of one image as the mimic sees it (`views`, the same for every image
-    of the pair): training views take turns, draw j scoring view j mod K, so a draw costs one
-    view at the training size whatever the image size; tiles are all scored each draw and
-    averaged; the full view is plain DrawLosses."""
+    of the pair). Training views take turns by blocks of draws: block i (DRAW_BLOCK draws,
+    batched as DrawLosses batches them) scores view i mod K, so a draw costs one view at the
+    training size whatever the image size, and a view is encoded only once a draw needs it.
+    Tiles are all scored each draw and averaged; the full view is plain DrawLosses."""
 
     def __init__(self, model: DiffusionModel, image: Tensor, views: JudgedViews, seed: int = 0):
-        self.cycled = views.cycled
-        block = 1 if self.cycled and len(views.views) > 1 else DRAW_BLOCK
-        self.parts = [DrawLosses(model, view(image), seed + 1009 * k, block) for k, view in enumerate(views.views)]
+        self.model, self.image, self.views, self.seed = model, image, views, seed
+        self.parts: dict = {}
+
+    def part(self, k: int) -> DrawLosses:
+        if k not in self.parts:
+            self.parts[k] = DrawLosses(self.model, self.views.views[k](self.image), self.seed + 1009 * k)
+        return self.parts[k]
 
     def losses(self, n: int) -> Tensor:
-        if not self.cycled:
-            return torch.stack([part.losses(n) for part in self.parts]).mean(0)
-        k = len(self.parts)
+        count = len(self.views.views)
+        if not self.views.cycled:
+            return torch.stack([self.part(k).losses(n) for k in range(count)]).mean(0)
+        draw = torch.arange(n)
+        block = draw // DRAW_BLOCK
+        view = block % count
+        index = (block // count) * DRAW_BLOCK + draw % DRAW_BLOCK  # the draw's place among its view's draws
         out = torch.empty(n)
-        for i, part in enumerate(self.parts[:n]):
-            out[i::k] = part.losses(len(range(i, n, k)))
+        for k in view.unique().tolist():
+            mine = view == k
+            out[mine] = self.part(k).losses(int(index[mine].max()) + 1)[index[mine]]
         return out
 
 

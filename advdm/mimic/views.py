@@ -162,7 +162,7 @@ class Views:
         return CropView(box, size, flip, eot, self.multiple)
 
 
-# The judges score this many training views of a large image, one per draw in turn: enough to
+# The judges score this many training views of a large image, taking turns by blocks of draws: enough to
 # cover buckets and crops, and the cost of a draw stays that of one view at the training size.
 JUDGED_VIEWS = 8
 
@@ -171,8 +171,8 @@ JUDGED_VIEWS = 8
 class JudgedViews:
     """The fixed views a judge scores an image by, the same for every image of that size and
     seed (clean, protected and controls line up): `mode` is the view rule as resolved
-    ("full", "train" or "tiled"), `views` the crops, `cycled` whether draw j scores view
-    j mod len(views) (training views) rather than all of them (tiles, averaged)."""
+    ("full", "train" or "tiled"), `views` the crops, `cycled` whether the views take turns
+    over the draws (training views) rather than all being scored each draw (tiles, averaged)."""
 
     mode: str
     resolution: int
