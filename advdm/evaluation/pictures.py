@@ -20,7 +20,6 @@ when the whole interval lies above 1 + NEGLIGIBLE_SHIFT, and never from one fine
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
