@@ -145,6 +145,15 @@ def test_ms_ssim_is_one_for_identical_and_falls_with_visible_change():
     assert visibility.ms_ssim(x, x)[1] == "kornia"
 
 
+def test_ms_ssim_in_bands_is_the_whole_image_figure(monkeypatch):
+    """Large images are filtered band by band (memory): the figure must not change."""
+    x = natural_scene(70, 50, seed=9)
+    y = (x + 6 / 255 * (torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1)).clamp(0, 1)
+    whole = visibility.ms_ssim(x, y)[0]
+    monkeypatch.setattr(visibility, "BAND", 9)
+    assert visibility.ms_ssim(x, y)[0] == pytest.approx(whole, abs=1e-6)
+
+
 def test_ms_ssim_falls_back_to_torchmetrics_without_kornia(monkeypatch):
     pytest.importorskip("torchmetrics")
     import sys

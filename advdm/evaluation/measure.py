@@ -195,7 +195,7 @@ def measure(model: DiffusionModel, original: Tensor, protected: Tensor, *, sampl
         "linf": budget_of(original, protected),
         "psnr": psnr(original, protected),
         "ssim": ssim(original, protected),
-        **visibility.figures(original, protected),  # MS-SSIM
+        **visibility.figures(original, protected, model.device),  # MS-SSIM
         "max_samples": max_samples,
         "level": LEVEL,
         "seed": seed,

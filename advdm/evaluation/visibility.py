@@ -15,13 +15,18 @@ from torch import Tensor
 SIGMAS = (0.5, 1.0, 2.0, 4.0, 8.0)  # kornia's default scales
 
 
-def ms_ssim(a: Tensor, b: Tensor) -> tuple[float, str]:
-    """(MS-SSIM of b against a, the implementation's name) for (1, 3, H, W) images in [0, 1]."""
-    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+def ms_ssim(a: Tensor, b: Tensor, device=None) -> tuple[float, str]:
+    """(MS-SSIM of b against a, the implementation's name) for (1, 3, H, W) images in [0, 1],
+    computed on `device` (default: a's)."""
+    device = a.device if device is None else device
+    a, b = (x.detach().float().to(device) for x in (a, b))
     try:
         return _kornia(a, b), "kornia"
     except (ImportError, AttributeError):
         return _torchmetrics(a, b), "torchmetrics"
+
+
+BAND = 256  # rows per pass: kornia filters with full 2-D windows, so memory grows with the area
 
 
 def _kornia(a: Tensor, b: Tensor) -> float:
@@ -33,11 +38,16 @@ def _kornia(a: Tensor, b: Tensor) -> float:
     side = min(a.shape[-2:])
     sigmas = [s for s in SIGMAS if 4 * s + 1 <= max(side // 4, 3)] or [SIGMAS[0]]
     pad = int(2 * sigmas[-1])
+    loss = MS_SSIMLoss(sigmas=sigmas, alpha=1.0, compensation=1.0, reduction="none").to(a.device)
     # Channels go in as a batch of grey images: kornia before 0.8 paired the channels of one
     # image with the wrong scales.
     a, b = (F.pad(x.transpose(0, 1), (pad,) * 4, mode="reflect") for x in (a, b))
-    loss = MS_SSIMLoss(sigmas=sigmas, alpha=1.0, compensation=1.0, reduction="none")(b, a)  # 1 - MS-SSIM per pixel
-    return 1.0 - loss[:, pad:loss.shape[-2] - pad, pad:loss.shape[-1] - pad].mean().item()
+    total, height = 0.0, a.shape[-2] - 2 * pad
+    for top in range(0, height, BAND):  # 1 - MS-SSIM per pixel, band by band, padding cropped
+        rows = slice(top, min(top + BAND, height) + 2 * pad)
+        band = loss(b[..., rows, :], a[..., rows, :])
+        total += band[:, pad:band.shape[-2] - pad, pad:band.shape[-1] - pad].double().sum().item()
+    return 1.0 - total / (a.shape[0] * height * (a.shape[-1] - 2 * pad))
 
 
 def _torchmetrics(a: Tensor, b: Tensor) -> float:
@@ -49,9 +59,9 @@ def _torchmetrics(a: Tensor, b: Tensor) -> float:
     return float(msssim(b, a, data_range=1.0, betas=betas, kernel_size=min(11, min(a.shape[-2:]) // 2 * 2 - 1)))
 
 
-def figures(original: Tensor, protected: Tensor) -> dict:
+def figures(original: Tensor, protected: Tensor, device=None) -> dict:
     """The perceptual figures measure() reports."""
-    value, library = ms_ssim(original, protected)
+    value, library = ms_ssim(original, protected, device)
     return {"ms_ssim": value, "ms_ssim_library": library}
 
 
