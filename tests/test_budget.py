@@ -166,6 +166,31 @@ def test_ms_ssim_falls_back_to_torchmetrics_without_kornia(monkeypatch):
     assert visibility.ms_ssim(x, x)[0] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_ms_ssim_refuses_kornias_old_channel_layout(monkeypatch):
+    """kornia before its fix (A1111/Forge's 0.6.7) gives other numbers for the same images:
+    an MS_SSIMLoss without the fix's state-dict hook is not used; without either library the
+    figure is NaN and says why."""
+    import sys
+
+    import kornia.losses
+
+    monkeypatch.setattr(kornia.losses, "MS_SSIMLoss", type("MS_SSIMLoss", (torch.nn.Module,), {}))
+    x = natural_scene(32, 32, seed=5)
+    assert visibility.ms_ssim(x, x)[1] != "kornia"
+    if _has("torchmetrics"):
+        assert visibility.ms_ssim(x, x)[1] == "torchmetrics"
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    monkeypatch.setitem(sys.modules, "torchmetrics.functional.image", None)
+    value, library = visibility.ms_ssim(x, x)
+    assert value != value and library.startswith("unavailable")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def test_measure_reports_ms_ssim(tiny):
     x = natural_scene(32, 32, seed=6)
     y = protect(tiny, x, ProtectConfig(epsilon=8, steps=3))

@@ -2,9 +2,10 @@
 where the change sits.
 
 MS-SSIM (multi-scale SSIM) from a well-kept library, with no weights to download: kornia's
-(in every host; one Gaussian per scale at full resolution, Zhao et al. 2017), else
-torchmetrics' (the dyadic pyramid of Wang et al. 2003; A1111 and Forge ship it). The two
-are different conventions of the same idea, so the report names the one used.
+(one Gaussian per scale at full resolution, Zhao et al. 2017) where kornia has the corrected
+implementation (0.9; ComfyUI's), else torchmetrics' (the dyadic pyramid of Wang et al. 2003;
+A1111 and Forge ship it beside kornia 0.6.7, whose MS_SSIMLoss pairs channels with the wrong
+scales). The two are different conventions of the same idea, so the report names the one used.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ def ms_ssim(a: Tensor, b: Tensor, device=None) -> tuple[float, str]:
     computed on `device` (default: a's)."""
     device = a.device if device is None else device
     a, b = (x.detach().float().to(device) for x in (a, b))
-    try:
-        return _kornia(a, b), "kornia"
-    except (ImportError, AttributeError):
-        return _torchmetrics(a, b), "torchmetrics"
+    for name, compute in (("kornia", _kornia), ("torchmetrics", _torchmetrics)):
+        try:
+            return compute(a, b), name
+        except ImportError:
+            continue
+    return float("nan"), "unavailable: needs kornia >= 0.9 or torchmetrics"
 
 
 BAND = 256  # rows per pass: kornia filters with full 2-D windows, so memory grows with the area
@@ -32,6 +35,9 @@ BAND = 256  # rows per pass: kornia filters with full 2-D windows, so memory gro
 def _kornia(a: Tensor, b: Tensor) -> float:
     from kornia.losses import MS_SSIMLoss
 
+    if "_load_from_state_dict" not in vars(MS_SSIMLoss):  # the fix came with it; earlier ones are wrong
+        raise ImportError("kornia's MS_SSIMLoss predates its channel/scale fix")
+
     # Scales whose window (4 sigma + 1 wide) fits a quarter of the shorter side: small images
     # lose the coarsest. The images are reflect-padded here and the border cropped again,
     # since kornia pads with zeros, which would bias a band 2 x sigma wide.
@@ -39,8 +45,7 @@ def _kornia(a: Tensor, b: Tensor) -> float:
     sigmas = [s for s in SIGMAS if 4 * s + 1 <= max(side // 4, 3)] or [SIGMAS[0]]
     pad = int(2 * sigmas[-1])
     loss = MS_SSIMLoss(sigmas=sigmas, alpha=1.0, compensation=1.0, reduction="none").to(a.device)
-    # Channels go in as a batch of grey images: kornia before 0.8 paired the channels of one
-    # image with the wrong scales.
+    # Channels go in as a batch of grey images, each filtered alone.
     a, b = (F.pad(x.transpose(0, 1), (pad,) * 4, mode="reflect") for x in (a, b))
     total, height = 0.0, a.shape[-2] - 2 * pad
     for top in range(0, height, BAND):  # 1 - MS-SSIM per pixel, band by band, padding cropped
