@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .models import builtin
+from .attack.budget import pixel_bound
 from .attack.pgd import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
 from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, MIMICRY, PROTECT, parse_strengths, strengths_text
 from .models.checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=PROTECT["method"].default, choices=METHODS,
                    help=PROTECT["method"].help)
     p.add_argument("--epsilon", type=float, help="L_inf budget in /255 (0-255)")
+    p.add_argument("--budget", default=PROTECT["budget"].default, choices=PROTECT["budget"].choices,
+                   help=PROTECT["budget"].help + "; the saved file keeps both bounds")
     p.add_argument("--step-size", type=float, help="PGD step in /255")
     p.add_argument("--steps", type=int)
     p.add_argument("--samples", type=int, help="Monte-Carlo (t, noise) samples per step, batched")
@@ -150,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=MEASURE["view"].help + " (default %(default)s)")
     m.add_argument("--resolution", type=int, help="the mimic's training resolution: what auto scores at, and where "
                    "--robustness resizes and crops to (default: the model's)")
+    m.add_argument("--change-map", action="store_true", help="write where the change sits, amplified (brightest = "
+                   "the largest change), as <protected>_change.png next to the protected file")
     m.add_argument("--robustness", action="store_true", help="also the gains after what a mimic does: "
                    "downscale to the training resolution and 512/1024, centre and random crops, JPEG 95/85/75, "
                    "light blur, and the cleanups known to strip protections (DiffPure with this model, noisy "
@@ -164,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=IMG2IMG["seeds"].help + " (default %(default)s)")
     i.add_argument("--img2img-steps", type=int, default=IMG2IMG["steps"].default,
                    help=IMG2IMG["steps"].help + " (default %(default)s)")
-    m.add_argument("--overwrite", action="store_true", help="replace pictures this command wrote before (never an input)")
+    m.add_argument("--overwrite", action="store_true", help="replace the img2img picture or change map written before (never an input)")
 
     _mimicry_args(sub)
     sub.add_parser("selftest", help="protect a generated image with builtin:tiny and check the result")
@@ -209,7 +214,7 @@ def _config(args) -> ProtectConfig:
     knobs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.t_range:
         knobs["t_min"], knobs["t_max"] = args.t_range
-    return ProtectConfig.preset(args.preset, method=args.method, seed=args.seed, sds_ascend=args.sds_ascend,
+    return ProtectConfig.preset(args.preset, method=args.method, budget=args.budget, seed=args.seed, sds_ascend=args.sds_ascend,
                                 view=args.view, flip=args.flip, low_memory=args.low_memory, **knobs)
 
 
@@ -256,16 +261,15 @@ def protect_file(model, source: Path, out: Path, config: ProtectConfig, *, mask_
     metadata = {"advdm": json.dumps({"version": __version__, "checkpoint": checkpoint, **config.as_dict(), **provenance})}
     save_png(out, protected, alpha=image.alpha, levels=image.levels, metadata=metadata, icc_profile=image.icc_profile,
              overwrite=overwrite, source=source)
-    _check_budget(out, image.rgb, config.epsilon)
+    _check_budget(out, image.rgb, config)
     return image.rgb, protected
 
 
-def _check_budget(path: Path, original: torch.Tensor, epsilon: float) -> None:
-    """Read the saved file back: the budget must hold on what is on disk."""
+def _check_budget(path: Path, original: torch.Tensor, config: ProtectConfig) -> None:
+    """Read the saved file back: the budget (epsilon, and the per-pixel bound) must hold on what is on disk."""
     saved = load_image(path).rgb
-    levels = 255.0
-    over = ((saved - original).abs() * levels).max().item() - epsilon
-    if saved.shape != original.shape or over > 1e-3 * levels / 255:
+    bound = pixel_bound(original, config.epsilon, config.budget)
+    if saved.shape != original.shape or ((saved - original).abs() * 255 - bound).max().item() > 1e-3:
         path.unlink(missing_ok=True)
         raise ImageError(f"{path}: saved file breaks the budget or size; removed (please report this bug)")
 
@@ -377,6 +381,7 @@ def cmd_measure(args) -> int:
         picture_path = args.protected.with_name(args.protected.stem + IMG2IMG_PICTURE)
         if picture_path.exists() and not args.overwrite:  # before the work, not after
             raise ImageError(f"{picture_path}: already exists (pass --overwrite to replace it)")
+    change_map = _change_map_path(args)  # refused before the measurement, not after
     model = _load(args)
     views = dict(view=args.view, resolution=args.resolution)
     draws = dict(samples=args.samples, max_samples=args.max_samples, precision=args.precision, seed=args.seed)
@@ -409,6 +414,8 @@ def cmd_measure(args) -> int:
             row["picture"] = saved
         result["img2img"] = check.pop("img2img")
         result["img2img_details"] = check
+    if change_map is not None:
+        result["change_map"] = str(_write_change_map(args, change_map, original, protected))
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -418,7 +425,25 @@ def cmd_measure(args) -> int:
         if args.img2img:
             print(format_img2img({"img2img": result["img2img"], **result["img2img_details"]}))
             print(f"img2img edits (rows clean, protected, noise; columns the input, then each strength): {saved}")
+        if change_map is not None:
+            print(f"change map: {change_map}")
     return 0
+
+
+def _change_map_path(args) -> Optional[Path]:
+    if not args.change_map:
+        return None
+    path = args.protected.with_name(f"{args.protected.stem}_change.png")
+    if path.exists() and not args.overwrite:
+        raise ImageError(f"{path}: already exists (pass --overwrite to replace it)")
+    return path
+
+
+def _write_change_map(args, path: Path, original, protected) -> Path:
+    from .evaluation.visibility import change_map
+
+    return save_png(path, change_map(original, protected), overwrite=args.overwrite,
+                    source=[args.original, args.protected])
 
 
 def cmd_mimicry(args) -> int:

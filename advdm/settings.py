@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
+from .attack.budget import BUDGETS
 from .attack.objectives import METHODS
 from .mimic.finetune import FinetuneConfig
 from .mimic.views import MODES as VIEWS
@@ -45,6 +46,9 @@ PROTECT = {
                    "photoguard: push the VAE latent to a target; sds: advdm without the UNet backward",
                    choices=METHODS),
     "epsilon": Knob(_P["epsilon"], "largest change per pixel and channel, in 1/255", 1.0, 64.0, 1.0),
+    "budget": Knob("uniform", "how far each pixel may move: uniform = epsilon everywhere; perceptual = only as far as "
+                   "the eye would not notice there (less on flat mid-tones and smooth gradients, up to epsilon in "
+                   "texture, dark and bright areas)", choices=BUDGETS),
     "step_size": Knob(_P["step_size"], "change per gradient step, in 1/255", 0.1, 16.0, 0.1),
     "steps": Knob(_P["steps"], "projected gradient steps (each one model forward and backward)", 1, 2000, 1),
     "samples": Knob(_P["samples"], "random (timestep, noise) samples averaged per step", 1, 16, 1),

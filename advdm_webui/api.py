@@ -57,6 +57,7 @@ class ProtectRequest(BaseModel):
         PROTECT["preset"].help + "; " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())))
     method: _choices("method") = _knob("method")
     epsilon: float = _knob("epsilon")
+    budget: _choices("budget") = _knob("budget")
     step_size: float = _knob("step_size")
     steps: int = _knob("steps")
     samples: int = _knob("samples")
@@ -139,7 +140,7 @@ def make_config(req: ProtectRequest) -> advdm.ProtectConfig:
     """The preset's values, then every field the request gives."""
     given = req.model_fields_set if hasattr(req, "model_fields_set") else req.__fields_set__
     kwargs = dict(PRESETS[req.preset])
-    for k in ("method", "epsilon", "step_size", "steps", "samples", "t_min", "t_max", "seed", "view",
+    for k in ("method", "epsilon", "budget", "step_size", "steps", "samples", "t_min", "t_max", "seed", "view",
               *SURROGATE_FIELDS):
         if k in given or k not in kwargs:
             kwargs[k] = getattr(req, k)

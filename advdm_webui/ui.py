@@ -49,9 +49,10 @@ def _uploaded(files) -> list:
 
 
 def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
-            surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default):
+            surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default,
+            budget=PROTECT["budget"].default):
     # surrogate left at None: on for the methods built on it (anti-dreambooth, mist-v2)
-    return advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size), steps=int(steps),
+    return advdm.ProtectConfig(method=method, epsilon=float(epsilon), budget=budget, step_size=float(step_size), steps=int(steps),
                                samples=int(samples), t_min=float(t_min), t_max=float(t_max), seed=int(seed), view=view,
                                eot_jpeg=int(eot_jpeg) or None, surrogate_every=int(surrogate_every),
                                surrogate_steps=int(surrogate_steps))
@@ -59,14 +60,15 @@ def _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view
 
 def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples, t_min, t_max,
         seed, view, eot_jpeg, prompt, do_measure, measure_samples,
-        surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default):
+        surrogate_every=PROTECT["surrogate_every"].default, surrogate_steps=PROTECT["surrogate_steps"].default,
+        budget=PROTECT["budget"].default):
     """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun.
-    (The surrogate's sliders come last, so a caller of the event's positional API from before
-    them keeps working.)"""
+    (The surrogate's sliders and the budget come last, so a caller of the event's positional API
+    from before them keeps working.)"""
     from advdm_webui import check_ui, webui
 
     config = _config(method, epsilon, step_size, steps, samples, t_min, t_max, seed, view, eot_jpeg,
-                     surrogate_every, surrogate_steps)
+                     surrogate_every, surrogate_steps, budget)
     out_dir = Path(output_dir.strip()) if output_dir and output_dir.strip() else webui.default_output_dir()
     if mode == UPLOAD:
         files = _uploaded(uploads)
@@ -107,8 +109,8 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
         if len(gallery) < 30:
             gallery.extend([(webui.to_pil(im.rgb), f"{names[i]}: before"),
                             (webui.to_pil(r["protected"]), f"{names[i]}: after"),
-                            (webui.difference_image(im.rgb, r["protected"], config.epsilon),
-                             f"{names[i]}: difference (x{255 / config.epsilon:.0f})")])
+                            (webui.change_image(im.rgb, r["protected"]),
+                             f"{names[i]}: where the change sits (amplified; yellow = the largest)")])
         text = advdm.format_measurement(r["measurement"]) if r["measurement"] else ""
         reports.append(f"<p><b>{html.escape(path.name)}</b><br>{html.escape(text).replace(chr(10), '<br>')}</p>")
 
@@ -125,7 +127,7 @@ def run(id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_siz
     tuned = config.progress_steps - config.steps
     tuning = f", {tuned} surrogate fine-tuning step{'s' if tuned != 1 else ''}" if config.surrogate else ""
     summary = (f"<p>Saved {len(saved)} protected image(s) to {html.escape(str(out_dir))} "
-               f"({config.method}, budget {config.epsilon:g}/255, {config.steps} steps{tuning}).<br>"
+               f"({config.method}, {config.budget} budget up to {config.epsilon:g}/255, {config.steps} steps{tuning}).<br>"
                f"Protected against {html.escape(loaded_model_text())}: strongest against that model family.</p>")
     return gallery, status + summary + "".join(reports)
 
@@ -182,7 +184,9 @@ def on_ui_tabs():
                     preset = gr.Dropdown(PRESET_NAMES, value=PROTECT["preset"].default, label="Preset",
                                          elem_id="advdm_preset")
                     method = _dropdown("method", "Method")
-                epsilon = _slider("epsilon", "Budget epsilon (/255)")
+                with gr.Row():
+                    epsilon = _slider("epsilon", "Budget epsilon (/255)")
+                    budget = _dropdown("budget", "Budget")
                 step_size = _slider("step_size", "Step size (/255)")
                 steps = _slider("steps", "Steps")
                 samples = _slider("samples", "Noise samples per step")
@@ -212,7 +216,7 @@ def on_ui_tabs():
                 id_task = gr.Textbox(visible=False)
             with gr.Column(scale=1, elem_id="advdm_results"):
                 with gr.Group(elem_id="advdm_gallery_container"):
-                    gallery = gr.Gallery(label="Before / after / difference", elem_id="advdm_gallery", columns=3)
+                    gallery = gr.Gallery(label="Before / after / where the change sits", elem_id="advdm_gallery", columns=3)
                 info = gr.HTML(elem_id="advdm_info")
         check_ui.section(prompt)
 
@@ -234,7 +238,7 @@ def on_ui_tabs():
             fn=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[None]),
             inputs=[id_task, mode, uploads, input_dir, output_dir, method, epsilon, step_size, steps, samples,
                     t_min, t_max, seed, view, eot_jpeg, prompt, do_measure, measure_samples,
-                    surrogate_every, surrogate_steps],
+                    surrogate_every, surrogate_steps, budget],
             outputs=[gallery, info],
             **_js_kw(submit_js("advdm_progress", "advdm_gallery")),
         )

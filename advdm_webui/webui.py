@@ -222,10 +222,11 @@ def to_pil(x: torch.Tensor):
     return Image.fromarray(a, "RGB")
 
 
-def difference_image(original: torch.Tensor, protected: torch.Tensor, epsilon: float):
-    """|protected - original| stretched so the budget is full white."""
-    d = (protected.float() - original.float()).abs() * 255 / max(epsilon, 1e-6)
-    return to_pil(d.clamp(0, 1))
+def change_image(original: torch.Tensor, protected: torch.Tensor):
+    """Where the change sits, amplified (the core's change map, as every host shows it)."""
+    from advdm.evaluation.visibility import change_map
+
+    return to_pil(change_map(original, protected))
 
 
 def default_output_dir() -> Path:

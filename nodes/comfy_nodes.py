@@ -11,6 +11,7 @@ import advdm
 from advdm.images import for_truncating_savers
 from advdm.evaluation.measure import MAX_SAMPLES, format_measurement, measure
 from advdm.evaluation.robustness import default_transforms, format_robustness
+from advdm.evaluation.visibility import change_map
 from advdm.evaluation.robustness import robustness as measure_robustness
 from advdm.evaluation.img2img import format_img2img, img2img_check
 from advdm.settings import IMG2IMG, MEASURE, PROTECT, parse_strengths, strengths_text
@@ -53,6 +54,10 @@ _METHOD_TIP = ("advdm: maximise the diffusion training loss (default). ace: pull
                "left exactly as it was. mist: AdvDM plus a texture target in latent space. photoguard: push the "
                "VAE latent to a target (encoder only, cheapest). sds: AdvDM with the UNet Jacobian dropped (no "
                "UNet backward: about 0.75x the time of advdm).")
+_BUDGET_TIP = ("How far each pixel may move. uniform: epsilon everywhere. perceptual: only as far as the eye "
+               "would not notice there (computed from the image: less on flat mid-tones and smooth gradients, up "
+               "to epsilon in busy texture and in dark or bright areas); never above epsilon. Measure's change_map "
+               "shows where the change went.")
 
 
 class AdvDMProtect(IO.ComfyNode):
@@ -106,6 +111,7 @@ class AdvDMProtect(IO.ComfyNode):
                 _number(IO.Int, "surrogate_steps", PROTECT["surrogate_steps"], optional=True,
                         tooltip=("anti-dreambooth and mist-v2 only: LoRA fine-tuning steps each time (each about "
                                  "half an attack step's time). The progress bar counts them with the attack steps.")),
+                _choice("budget", PROTECT["budget"], _BUDGET_TIP, optional=True),
             ],
             outputs=[
                 IO.Image.Output("protected", display_name="protected",
@@ -119,8 +125,8 @@ class AdvDMProtect(IO.ComfyNode):
     def execute(cls, model, vae, image, method, epsilon, steps, step_size, samples, t_min, t_max, seed,
                 conditioning=None, mask=None, low_memory=False, view=PROTECT["view"].default,
                 eot_jpeg=PROTECT["eot_jpeg"].default, surrogate_every=PROTECT["surrogate_every"].default,
-                surrogate_steps=PROTECT["surrogate_steps"].default) -> IO.NodeOutput:
-        config = advdm.ProtectConfig(method=method, epsilon=float(epsilon), step_size=float(step_size),
+                surrogate_steps=PROTECT["surrogate_steps"].default, budget=PROTECT["budget"].default) -> IO.NodeOutput:
+        config = advdm.ProtectConfig(method=method, epsilon=float(epsilon), budget=budget, step_size=float(step_size),
                                      steps=int(steps), samples=int(samples), t_min=float(t_min),
                                      t_max=float(t_max), seed=int(seed), low_memory=bool(low_memory), view=view,
                                      eot_jpeg=int(eot_jpeg) or None, surrogate_every=int(surrogate_every),
@@ -209,8 +215,8 @@ class AdvDMMeasure(IO.ComfyNode):
                          "by draw, with 95% intervals. 'protects' is true only when the protected image's rise "
                          "beyond the noise control is clearly above zero (and above 2% of the clean loss); otherwise "
                          "the report says it is not distinguishable from noise. A higher loss is what the protection "
-                         "aims at, not proof that a fine-tune fails to copy the image. Also PSNR, SSIM and the "
-                         "largest pixel change. Batches: per-image figures, means of the gains."),
+                         "aims at, not proof that a fine-tune fails to copy the image. Also PSNR, SSIM, MS-SSIM, the "
+                         "largest pixel change and a map of where the change sits. Batches: per-image figures, means of the gains."),
             inputs=[
                 IO.Model.Input("model", tooltip=_MODEL_TIP),
                 IO.Vae.Input("vae", tooltip=_VAE_TIP),
@@ -259,6 +265,10 @@ class AdvDMMeasure(IO.ComfyNode):
                 IO.Image.Output("img2img_picture", tooltip=("With img2img on: per image, rows clean / protected / noise; "
                                                             "columns the input, then its edit at each strength. Off: "
                                                             "a blank square.")),
+                IO.Image.Output("change_map", tooltip=("Where the change sits, amplified: the original in dim grey, "
+                                                       "the change per pixel from dark red to yellow (yellow = the "
+                                                       "largest change in that image).")),
+                IO.Float.Output("ms_ssim", tooltip="MS-SSIM of protected vs clean (1 = identical); the report names the library."),
             ],
         )
 
@@ -327,7 +337,9 @@ class AdvDMMeasure(IO.ComfyNode):
             ui.update(UI.PreviewImage(picture, cls=cls).as_dict())
         else:
             picture = torch.ones(1, 64, 64, 3)
-        return IO.NodeOutput(text, *(mean[k] for k in keys), protects, picture, ui=ui)
+        maps = join_images([change_map(to_8bit_grid(x), to_8bit_grid(y)) for x, y in zip(a, b)], original[..., :3])
+        ms_ssim = float(sum(r["ms_ssim"] for r in results) / len(results))
+        return IO.NodeOutput(text, *(mean[k] for k in keys), protects, picture, maps, ms_ssim, ui=ui)
 
 
 class AdvDMExtension(ComfyExtension):

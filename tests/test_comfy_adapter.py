@@ -678,6 +678,55 @@ def test_interrupt_during_the_surrogate_fine_tune_stops_the_node_and_restores_th
     assert all(p.requires_grad for p in run.net.parameters())
 
 
+def test_protect_node_budget_input_is_optional_and_reaches_the_attack(comfy_nodes, monkeypatch):
+    """The budget input (appended: saved widget lists keep their order) with the core's choices and
+    default; perceptual keeps every pixel of the result within the map of the image."""
+    from advdm.attack.budget import BUDGETS, pixel_bound
+    from advdm.settings import PROTECT
+
+    inputs = comfy_nodes.AdvDMProtect.define_schema().kw["inputs"]
+    names = [i.args[0] for i in inputs]
+    spec = inputs[names.index("budget")]
+    assert names[-1] == "budget" and spec.kw["optional"]
+    assert spec.kw["options"] == list(BUDGETS) and spec.kw["default"] == PROTECT["budget"].default == "uniform"
+    from sample_images import half_flat_half_texture
+
+    run = NodeRun(comfy_nodes, monkeypatch)
+    image = half_flat_half_texture(16, 24).permute(0, 2, 3, 1)
+    (protected, _) = run(image, method="advdm", steps=3, budget="perceptual").values
+    run(image, method="advdm", steps=3)
+    assert [c.budget for c in run.configs] == ["perceptual", "uniform"]
+    original = image.permute(0, 3, 1, 2)
+    saved = (protected * 255).floor().permute(0, 3, 1, 2) / 255  # as SaveImage truncates
+    bound = pixel_bound(original, 8.0, "perceptual")
+    assert bound.min() < 8 and ((saved - original).abs() * 255 - bound).max() <= 1e-3
+
+
+def test_measure_node_outputs_the_change_map_and_ms_ssim(comfy_nodes, monkeypatch):
+    from advdm.evaluation.visibility import change_map
+
+    comfy = types.ModuleType("comfy")
+    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
+    comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(update=lambda n: None))
+    for name, module in (("comfy", comfy), ("comfy.model_management", comfy.model_management),
+                         ("comfy.utils", comfy.utils)):
+        monkeypatch.setitem(sys.modules, name, module)
+    run = NodeRun(comfy_nodes, monkeypatch)
+    outputs = [o.args[0] for o in comfy_nodes.AdvDMMeasure.define_schema().kw["outputs"]]
+    original = image_ops.to_8bit_grid(torch.rand(2, 16, 16, 4))  # with alpha: the map is RGB
+    protected = original.clone()
+    protected[1, :4, :4, :3] = (protected[1, :4, :4, :3] + 5 / 255).clamp(0, 1)
+    protected[0, 8:, 8:, :3] = (protected[0, 8:, 8:, :3] - 3 / 255).clamp(0, 1)
+    out = comfy_nodes.AdvDMMeasure.execute(None, None, original, protected, 4, 0, max_samples=4)
+    values = dict(zip(outputs, out.values))
+    maps = values["change_map"]
+    assert outputs[-2:] == ["change_map", "ms_ssim"] and maps.shape == (2, 16, 16, 3)
+    for i in range(2):
+        expected = change_map(original[i:i + 1, ..., :3].permute(0, 3, 1, 2), protected[i:i + 1, ..., :3].permute(0, 3, 1, 2))
+        assert torch.allclose(maps[i], expected[0].permute(1, 2, 0), atol=1e-6)
+    assert 0 < values["ms_ssim"] < 1 and "MS-SSIM" in values["report"]
+
+
 # --- previews and example workflows -------------------------------------------------------------
 
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "SaveImage", "PreviewImage", "VAEEncode",

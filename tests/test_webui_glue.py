@@ -517,3 +517,18 @@ def test_check_section_pairs_uploads_or_the_images_just_protected(check_ui, tmp_
     assert torch_equal(protected[0], smooth_image(16, 24, seed=1).float())
     with pytest.raises(ValueError, match="2 clean images but 1 protected"):
         check_ui.image_sets([a, b], just, None, None)
+def test_api_budget_field_reaches_the_config_and_a_bad_one_is_a_400_naming_it(api):
+    from advdm.attack.budget import BUDGETS
+    from advdm.settings import PROTECT
+
+    with pytest.raises(api.ValidationError) as e:
+        _request(api, budget="invisible")
+    detail = api._field_errors(e.value.errors())
+    assert detail.split(":")[0] == "budget", detail  # BadFieldIs400 sends this as the 400's detail
+    model = api.ProtectRequest
+    props = (model.model_json_schema() if hasattr(model, "model_json_schema") else model.schema())["properties"]
+    assert props["budget"]["default"] == PROTECT["budget"].default and props["budget"]["description"] == PROTECT["budget"].help
+    assert api.make_config(_request(api)).budget == "uniform"
+    config = api.make_config(_request(api, budget="perceptual", epsilon=16))
+    assert (config.budget, config.epsilon) == ("perceptual", 16) and set(BUDGETS) == {"uniform", "perceptual"}
+    assert api.config_dict(config, "a painting")["budget"] == "perceptual"  # in the response and the PNG's metadata

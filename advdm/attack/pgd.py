@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from ..settings import PRESETS, default
 from .surrogate import phases, surrogate
 from ..mimic.views import MODES, Views
 from .eot import EOT
+from .budget import BUDGETS, pixel_bound
 
 Progress = Callable[[int, int, Tensor], None]
 
@@ -45,6 +46,8 @@ class ProtectConfig:
     # Defaults from advdm.settings (the default preset), shared by every entry point.
     method: str = default("method")
     epsilon: float = default("epsilon")  # L_inf budget, in 1/255 units
+    # "uniform": epsilon everywhere; "perceptual": what the eye misses there, capped by epsilon
+    budget: str = default("budget")
     step_size: float = default("step_size")  # PGD step, in 1/255 units
     steps: int = default("steps")
     samples: int = default("samples")  # Monte-Carlo (t, noise) samples per step, batched in one forward
@@ -85,6 +88,8 @@ class ProtectConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not 0 < self.epsilon <= 255:
             raise ValueError(f"epsilon is in 1/255 units and must be in (0, 255], got {self.epsilon}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
         if self.step_size <= 0:
             raise ValueError(f"step size must be positive, got {self.step_size}")
         if self.steps < 0 or self.samples < 1:
@@ -128,8 +133,11 @@ class ProtectConfig:
 
     def as_dict(self) -> dict:
         """The settings, as saved with every image and hashed to resume batches; without the
-        surrogate's when it is off (they change nothing then, and hashes stay as they were)."""
+        surrogate's when it is off and the budget when uniform (they change nothing then, and
+        hashes stay as they were)."""
         d = asdict(self)
+        if self.budget == "uniform":
+            del d["budget"]
         if not self.surrogate:
             for name in SURROGATE_FIELDS:
                 del d[name]
@@ -143,11 +151,16 @@ class ProtectConfig:
         return self.steps + phases(self.steps, self.surrogate_every) * self.surrogate_steps
 
 
-def quantize(x: Tensor, original: Tensor, epsilon: float, levels: int = 255, mask: Optional[Tensor] = None) -> Tensor:
+def quantize(x: Tensor, original: Tensor, epsilon: Union[float, Tensor], levels: int = 255,
+             mask: Optional[Tensor] = None) -> Tensor:
     """Round to the output's grid (k / levels) and project onto the budget *there*:
-    every stored value is within floor(epsilon * levels / 255) steps of the original's."""
+    every stored value is within floor(epsilon * levels / 255) steps of the original's
+    (epsilon: a number, or a per-pixel bound in 1/255 that broadcasts to x)."""
     orig_k = (original * levels).round()
-    budget = float(int(epsilon * levels / 255 + 1e-6))
+    if torch.is_tensor(epsilon):  # float32: an integer it misses by float error comes out one step lower
+        budget = torch.floor(epsilon.to(x) * levels / 255 + 1e-6)
+    else:
+        budget = float(int(epsilon * levels / 255 + 1e-6))
     k = (x * levels).round()
     k = torch.minimum(torch.maximum(k, orig_k - budget), orig_k + budget).clamp(0, levels)
     if mask is not None:
@@ -177,8 +190,8 @@ def protect(
         original = original.to(model.device)
         if mask is not None:
             mask = mask.detach().float().clone().to(model.device).clamp(0, 1)
-        eps = config.epsilon / 255
-        limit = eps * mask if mask is not None else eps  # a scalar unless masked: memory
+        bound = pixel_bound(original, config.epsilon, config.budget)  # 1/255: a number, or per pixel
+        limit = bound / 255 * mask if mask is not None else bound / 255  # a scalar unless masked or perceptual
         model = _for_attack(model, config)
         draws = Draws(model, config.seed, config.t_min, config.t_max)
         objective = objective_of(config.method)(model, **_objective_kwargs(config))
@@ -212,11 +225,11 @@ def protect(
                 del x
                 # in place: at 2048 px every full-size temporary costs 50 MB
                 delta.add_(grad.sign_(), alpha=alpha)
-                delta = torch.clamp(delta, -limit, limit) if mask is not None else delta.clamp_(-eps, eps)
+                delta = torch.clamp(delta, -limit, limit) if torch.is_tensor(limit) else delta.clamp_(-limit, limit)
                 delta.add_(original).clamp_(0, 1).sub_(original)
                 del grad
                 tick()
-        return quantize(original + delta, original, config.epsilon, levels, mask).cpu()
+        return quantize(original + delta, original, bound, levels, mask).cpu()
 
 
 def _surrogate_for(model: DiffusionModel, config: ProtectConfig):

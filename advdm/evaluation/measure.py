@@ -20,6 +20,7 @@ from ..models.draws import Draws, posterior_sample
 from ..models.interface import DiffusionModel, diffusion_loss
 from ..settings import MAX_SAMPLES, PRECISION, SAMPLES  # noqa: F401  (the defaults live in settings)
 from ..mimic.views import JudgedViews, judged_views, pad_to_multiple
+from . import visibility
 from .stats import LEVEL, difference_of_ratios, ratio_of_means, realisation_spread, widened
 
 DRAW_BLOCK = 4  # draws are made (and batched) in blocks, so n draws are the same whatever the total
@@ -246,6 +247,7 @@ def measure(model: DiffusionModel, original: Tensor, protected: Tensor, *, sampl
         "linf": budget_of(original, protected),
         "psnr": psnr(original, protected),
         "ssim": ssim(original, protected),
+        **visibility.figures(original, protected, model.device),  # MS-SSIM
         "max_samples": max_samples,
         "level": LEVEL,
         "seed": seed,
@@ -264,4 +266,4 @@ def format_measurement(m: dict) -> str:
         f"L_inf {m['linf']:.1f}/255, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} "
         f"({m['samples']} paired draws of at most {m['max_samples']}, seed {m['seed']})\n"
         f"scored {m['scored']}"
-    )
+    ) + visibility.format_figures(m)

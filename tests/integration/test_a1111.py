@@ -133,6 +133,26 @@ def test_protect_over_http_holds_the_budget(server):
     assert status == 400 and "measure_samples" in str(d)
 
 
+def test_perceptual_budget_over_http_holds_both_bounds(server):
+    """budget perceptual: the returned 8-bit PNG (alpha kept) within epsilon and within the JND map
+    of the upload; the config says which budget ran and the summary carries MS-SSIM."""
+    import torch
+
+    from advdm.attack.budget import pixel_bound
+
+    src = _image(48, 72, alpha=True)
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], **FAST, "epsilon": 16,
+                                                          "budget": "perceptual"})
+    assert status == 200, d
+    (item,) = d["images"]
+    out = _decode(item["image"])
+    assert out.shape == src.shape and (out[..., 3] == src[..., 3]).all()
+    bound = pixel_bound(torch.from_numpy(src[..., :3]).permute(2, 0, 1)[None].float() / 255, 16, "perceptual")
+    diff = np.abs(out[..., :3].astype(int) - src[..., :3].astype(int))
+    assert 0 < diff.max() <= 16 and (diff - bound[0, 0].numpy()[..., None]).max() <= 1e-3
+    assert d["config"]["budget"] == "perceptual" and "MS-SSIM" in item["summary"]
+
+
 def test_no_callback_order_warnings_under_another_folder_name(server):
     log = (server.data / "server.log").read_text(errors="replace")
     assert "Callback order section" not in log and "referencing the wrong extension" not in log
@@ -146,6 +166,7 @@ def test_no_callback_order_warnings_under_another_folder_name(server):
     ({"surrogate_every": 0}, "surrogate_every"), ({"surrogate_steps": 101}, "surrogate_steps"),
     ({"surrogate_rank": 0}, "surrogate_rank"), ({"surrogate_lr": 1}, "surrogate_lr"),
     ({"surrogate": "sometimes"}, "surrogate"), ({"method": "photoguard", "surrogate": True}, "surrogate"),
+    ({"budget": "invisible"}, "budget"),
 ])
 def test_every_bad_field_is_a_400_naming_it(server, bad, field):
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(8, 8))], **FAST, **bad})

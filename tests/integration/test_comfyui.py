@@ -124,6 +124,32 @@ def test_protect_and_save(comfy):
     assert pert.shape == src.shape
 
 
+def test_perceptual_budget_and_the_change_map(comfy):
+    """Protect with budget perceptual: the saved 8-bit file within epsilon and within the image's
+    JND map; the Measure node reports MS-SSIM and its change_map output, saved, is the core's map."""
+    import torch
+
+    from advdm.attack.budget import pixel_bound
+    from advdm.evaluation.visibility import change_map
+
+    src = artwork(48, 64, 9)
+    name = comfy.upload("advdm_budget.png", src)
+    graph = quick(comfy.example("protect_and_save"), [name])
+    protect_node = next(k for k, n in graph.items() if n["class_type"] == "AdvDMProtect")
+    graph[protect_node]["inputs"]["budget"] = "perceptual"
+    graph["30"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 10], "filename_prefix": "advdm_change"}}
+    entry = comfy.run(graph)
+    saved = load_png(comfy.output_file(entry, "5"))
+    original = torch.from_numpy(src).permute(2, 0, 1)[None].float() / 255
+    bound = pixel_bound(original, EPSILON, "perceptual")[0, 0].numpy()
+    diff = np.abs(saved - src)
+    assert 0 < diff.max() <= EPSILON and (diff - bound[..., None]).max() <= 1e-3 and bound.min() < EPSILON
+    assert "MS-SSIM" in entry["outputs"]["7"]["text"][0]
+    expected = change_map(original, torch.from_numpy(saved).permute(2, 0, 1)[None].float() / 255)
+    expected = (expected[0].permute(1, 2, 0).numpy() * 255).round()
+    assert np.abs(load_png(comfy.output_file(entry, "30")) - expected).max() <= 1  # SaveImage truncates
+
+
 def test_measure_reports_robustness(comfy):
     src = artwork(64, 64, 5)
     name = comfy.upload("advdm_robust.png", src)

@@ -217,9 +217,10 @@ def test_check_section_runs_the_mimicry_check_in_chromium(server, tmp_path):
     assert "learned fraction (held out): protected 1.00" in text, text
 
 
-def _tab_protect(server, tmp_path, src, method="advdm"):
+def _tab_protect(server, tmp_path, src, method="advdm", budget="uniform"):
     """The Protect button's Gradio event, called with Gradio's own client and an uploaded file:
-    the saved file is within the budget. (The last two inputs are the surrogate's sliders.)"""
+    the saved file is within the budget. (The last three inputs are the surrogate's sliders and
+    the budget.)"""
     gradio_client = pytest.importorskip("gradio_client")
     from PIL import Image
 
@@ -231,19 +232,19 @@ def _tab_protect(server, tmp_path, src, method="advdm"):
     out_dir = tmp_path / "tab-out"
     client = gradio_client.Client(server.base, verbose=False)  # --api-auth guards the API, not the UI
     args = ["task(advdm-test)", "Upload", [gradio_client.handle_file(str(tmp_path / "upload.png"))], "",
-            str(out_dir), method, 8, 1, 2, 1, 0.0, 1.0, 0, "full", 0, "a painting", False, 2, 2, 1]
+            str(out_dir), method, 8, 1, 2, 1, 0.0, 1.0, 0, "full", 0, "a painting", False, 2, 2, 1, budget]
     gallery, info = client.predict(*args, fn_index=fn_index)
-    assert "Saved 1 protected image" in info, info
+    assert "Saved 1 protected image" in info and f"{budget} budget" in info, info
     if method in ("anti-dreambooth", "mist-v2"):
         assert "2 steps, 1 surrogate fine-tuning step)" in info, info  # the sliders reached ProtectConfig
     (saved,) = out_dir.glob("*.png")
     _within_budget(src, np.array(Image.open(saved).convert("RGB")))
-    assert len(gallery) == 3  # before, after, difference
+    assert len(gallery) == 3  # before, after, where the change sits
 
 
-@pytest.mark.parametrize("method", ["advdm", "anti-dreambooth"])
-def test_protect_tab_protects_an_uploaded_image(server, tmp_path, method):
-    _tab_protect(server, tmp_path, image(40, 56, seed=4), method)
+@pytest.mark.parametrize("method,budget", [("advdm", "uniform"), ("anti-dreambooth", "uniform"), ("advdm", "perceptual")])
+def test_protect_tab_protects_an_uploaded_image(server, tmp_path, method, budget):
+    _tab_protect(server, tmp_path, image(40, 56, seed=4), method, budget)
 
 
 def _everything_works(server, tmp_path, prompt):
