@@ -707,7 +707,7 @@ def test_measure_node_outputs_the_change_map_and_ms_ssim(comfy_nodes, monkeypatc
 
     comfy = types.ModuleType("comfy")
     comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
-    comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(update=lambda n: None))
+    comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: Bar())
     for name, module in (("comfy", comfy), ("comfy.model_management", comfy.model_management),
                          ("comfy.utils", comfy.utils)):
         monkeypatch.setitem(sys.modules, name, module)
@@ -803,7 +803,7 @@ def test_measure_node_runs_the_img2img_check_and_outputs_the_edits(comfy_nodes, 
     with torch.inference_mode():
         out = comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, max_samples=4, img2img=True,
                                                img2img_strengths="0.5", img2img_seeds=3)
-    text, picture = out.values[0], out.values[-1]
+    text, picture = out.values[0], out.values[9]
     assert "img2img (SDEdit" in text and "strength 0.5" in text and "scored the whole image" in text
     assert picture.dim() == 4 and picture.shape[-1] == 3 and picture.shape[2] > 2 * 24  # input + one edit
     assert torch.equal(out.ui["images"], picture) and out.ui["text"] == [text]
@@ -812,6 +812,7 @@ def test_measure_node_runs_the_img2img_check_and_outputs_the_edits(comfy_nodes, 
     assert [v for v, _ in updates] == sorted(v for v, _ in updates) and len(updates) > steps  # one move per step
     with torch.inference_mode():
         plain = comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, max_samples=4)
-    assert "img2img" not in plain.values[0] and plain.values[-1].shape == (1, 64, 64, 3)
+    assert "img2img" not in plain.values[0] and plain.values[9].shape == (1, 64, 64, 3)
     with pytest.raises(ValueError, match="img2img_strengths"):
         comfy_nodes.AdvDMMeasure.execute(None, None, clean, protected, 4, 0, img2img=True, img2img_strengths="2")
+
