@@ -295,7 +295,7 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
         pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"), full_page=True)
-        return report.inner_text()
+        return report.last.inner_text()  # Gradio 3 gives the HTML block and its content the id
 
 
 def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
@@ -315,7 +315,7 @@ def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts
         assert tab.locator("#advdm_check_gallery img").count() >= 1
         pg.wait_for_timeout(1000)
         pg.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"), full_page=True)
-        return report.inner_text()
+        return report.last.inner_text()  # Gradio 3 gives the HTML block and its content the id
 
 
 # --- POST /advdm/v1/img2img ------------------------------------------------------------------------
