@@ -266,7 +266,8 @@ def check_section(client: Client, folder: Path):
             for elem_id, files in (("advdm_check_clean", clean), ("advdm_check_protected", clean),
                                    ("advdm_check_held_out", [held_path])):
                 tab.locator(f"#{elem_id} input[type=file]").first.set_input_files([str(f) for f in files])
-                tab.locator(f"#{elem_id}").get_by_text(files[-1].name).first.wait_for(timeout=60_000)  # uploaded
+                # uploaded: its name listed (Gradio 4 shows stem and extension apart)
+                tab.locator(f"#{elem_id}").get_by_text(files[-1].stem).first.wait_for(timeout=60_000)
             yield pg, tab
         finally:
             browser.close()
@@ -274,7 +275,7 @@ def check_section(client: Client, folder: Path):
 
 def _open(tab, elem_id: str, title: str, first_input: str) -> None:
     tab.locator(f"#{elem_id}").get_by_text(title).first.click()
-    tab.locator(f"#{first_input} input").first.wait_for(state="visible", timeout=30_000)
+    tab.locator(f"#{first_input} input, #{first_input} textarea").first.wait_for(state="visible", timeout=30_000)
 
 
 def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
@@ -294,7 +295,7 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
         pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"), full_page=True)
-        return report.inner_text()
+        return report.last.inner_text()  # Gradio 3 gives the HTML block and its content the id
 
 
 def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
@@ -314,7 +315,7 @@ def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts
         assert tab.locator("#advdm_check_gallery img").count() >= 1
         pg.wait_for_timeout(1000)
         pg.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"), full_page=True)
-        return report.inner_text()
+        return report.last.inner_text()  # Gradio 3 gives the HTML block and its content the id
 
 
 # --- POST /advdm/v1/img2img ------------------------------------------------------------------------
