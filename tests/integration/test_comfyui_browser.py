@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from comfy_server import CKPT_NAME, COMFYUI_DIR, REPO, artwork
-import comfy_templates
 import comfy_workflows
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -236,6 +235,7 @@ def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_def
 
 # What each template's default Run must show on the node that reports, and the words it is read by.
 REPORTS = {"protect_and_save": ("AdvDMMeasure", "protected minus noise"),
+           "img2img_check": ("AdvDMMeasure", "img2img (SDEdit"),
            "mimicry_check": ("AdvDMMimicry", "learned fraction")}
 
 
