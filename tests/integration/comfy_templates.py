@@ -85,7 +85,7 @@ PROTECT_AND_SAVE = {
     "groups": [group("1. Your artwork and the model", (0, -180, 700, 820), "#3f789e"),
                group("2. Protect", (700, -180, 380, 880), "#8a5a2b"),
                group("3. Save losslessly and check", (1080, -180, 840, 920), "#2b7a4b")],
-    "view": (0.8, (60, 240)),
+    "view": (0.8, (60, 305)),
 }
 
 MIMICRY_CHECK = {
@@ -125,7 +125,7 @@ MIMICRY_CHECK = {
     "groups": [group("1. Your artworks and the model", (0, -200, 1040, 1060), "#3f789e"),
                group("2. Protect, then ask what a mimic's LoRA learns from the protected copies",
                      (1040, -200, 940, 1240), "#2b7a4b")],
-    "view": (0.75, (60, 290)),
+    "view": (0.75, (60, 330)),
 }
 
 LORA = {
@@ -197,7 +197,7 @@ LORA = {
     "groups": [group("1. Your artworks, protected", (0, -200, 1780, 1240), "#3f789e"),
                group("2. Two LoRAs, identical but for their training images; the same prompt and seed",
                      (0, 1000, 2700, 960), "#2b7a4b")],
-    "view": (0.75, (60, 290)),
+    "view": (0.75, (60, 330)),
 }
 
 IMG2IMG_CHECK = {
@@ -229,7 +229,7 @@ IMG2IMG_CHECK = {
               (7, "img2img_picture", 8, "images")],
     "groups": [group("1. Your artwork, protected", (0, -160, 1080, 1200), "#3f789e"),
                group("2. What img2img makes of it, beside same-budget noise", (1080, -160, 960, 1200), "#2b7a4b")],
-    "view": (0.8, (60, 240)),
+    "view": (0.8, (60, 285)),
 }
 
 SPECS = {"protect_and_save": PROTECT_AND_SAVE, "img2img_check": IMG2IMG_CHECK, "mimicry_check": MIMICRY_CHECK,

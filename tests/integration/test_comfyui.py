@@ -212,16 +212,18 @@ def test_measure_runs_the_img2img_check_and_shows_the_edits(comfy):
     assert picture.shape[0] > 3 * 64 and picture.shape[1] > 3 * 48  # 3 rows; the input and 2 edits
 
 
-def test_img2img_side_by_side(comfy):
+def test_img2img_check_template(comfy):
     src = artwork(64, 64, 1)
     name = comfy.upload("advdm_in2.png", src)
-    graph = quick(comfy.example("protect_then_img2img"), [name])
+    graph = quick(comfy.example("img2img_check"), [name])
+    graph["7"]["inputs"]["img2img_seeds"] = 3
     entry = comfy.run(graph)
-    stitched = load_png(comfy.output_file(entry, "19"))
-    assert stitched.shape == (64, 64 * 2 + 8, 3)
+    text = entry["outputs"]["7"]["text"][0]
+    assert "img2img (SDEdit" in text and "strength 0.3" in text, text
+    picture = load_png(comfy.output_file(entry, "8"))  # the Preview Image of img2img_picture
+    assert picture.shape[0] >= 3 * 64 and picture.shape[1] >= 3 * 64  # rows clean / protected / noise
     saved = load_png(comfy.output_file(entry, "5"))
     assert np.abs(saved - src).max() <= EPSILON
-
 
 def test_lora_clean_vs_protected(comfy):
     names = [comfy.upload("advdm_set1.png", artwork(64, 64, 2)), comfy.upload("advdm_set2.png", artwork(64, 64, 3))]

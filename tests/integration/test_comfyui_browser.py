@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from comfy_server import CKPT_NAME, COMFYUI_DIR, REPO, artwork
-import comfy_templates
 import comfy_workflows
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -236,6 +235,7 @@ def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_def
 
 # What each template's default Run must show on the node that reports, and the words it is read by.
 REPORTS = {"protect_and_save": ("AdvDMMeasure", "protected minus noise"),
+           "img2img_check": ("AdvDMMeasure", "img2img (SDEdit"),
            "mimicry_check": ("AdvDMMimicry", "learned fraction")}
 
 
@@ -260,7 +260,10 @@ def test_template_default_run_finishes_with_moving_bars_and_the_report_on_the_no
     page.wait_for_timeout(1500)
     events = page.evaluate("window.__progress")
     mine = [(v, m) for n, v, m, _ in events if n == str(node_id)]
-    print(f"\n{name}: default Run {seconds:.0f} s on this machine; {node_type} bar values: {mine}")
+    times = [t / 1000 for n, _, _, t in events if n == str(node_id)]
+    stall = max((b - a for a, b in zip(times, times[1:])), default=0)
+    print(f"\n{name}: default Run {seconds:.0f} s on this machine; {node_type}: {len(mine)} bar updates over "
+          f"{times[-1] - times[0] if times else 0:.0f} s, longest pause {stall:.0f} s; values {mine}")
     assert len({v for v, m in mine if 0 < v < m}) >= 2, f"{node_type}'s bar did not move while it worked: {mine}"
     report = page.evaluate(f"{APP}.graph.getNodeById({node_id}).widgets.find(w => w.name === 'report').value")
     assert words in report, report
