@@ -258,9 +258,11 @@ def protect_one(model: advdm.DiffusionModel, rgb: torch.Tensor, config: advdm.Pr
     if measure:
         cancel_point()
         shared.state.textinfo = f"Measuring image {job_no + 1}"
+        shared.state.sampling_steps, shared.state.sampling_step = measure_max_samples, 0  # the bar restarts
 
         def draws_progress(draws, most):
             shared.state.textinfo = f"Measuring image {job_no + 1}: {draws} of at most {most} draws"
+            shared.state.sampling_steps, shared.state.sampling_step = most, draws  # the bar follows the draws
             cancel_point()
 
         result["measurement"] = advdm.measure(model, rgb, out, samples=measure_samples, max_samples=measure_max_samples,

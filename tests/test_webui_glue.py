@@ -219,6 +219,23 @@ def test_job_progress_counts_the_surrogate_fine_tuning_steps(webui, tiny_state):
     assert state.totals == [6] * 6 and state.sampling_step == 6  # the bar's length from its first step
 
 
+def test_the_bar_follows_the_measurement_draws(webui, tiny_state):
+    """Forge/A1111 draw their bar from sampling_step / sampling_steps: while measuring it must
+    move with the draws, not sit at the protection's 100%."""
+    import torch
+
+    import advdm
+
+    state = _State()
+    model = tiny_state(state)
+    config = advdm.ProtectConfig(steps=2, view="full")
+    webui.protect_one(model, torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), config,
+                      measure_samples=4, measure_max_samples=16)
+    measured = state.totals[2:]  # after the two attack steps
+    assert measured and set(measured) == {16} and state.sampling_step in (4, 8, 16)
+    assert "draws" in state.textinfo
+
+
 def test_interrupt_stops_the_surrogate_fine_tuning_and_leaves_the_model_as_it_was(webui, tiny_state):
     import traceback
 
