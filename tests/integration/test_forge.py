@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import (AUTH, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
+from webui_client import (AUTH, start_forge, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
                           check_section_runs_the_mimicry_check, decode, free_port, image, img2img_bad_fields_are_400s,
                           img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           interrupt_stops_a_long_protection, mimicry_bad_fields_are_400s, mimicry_clean_as_protected,
@@ -79,18 +79,8 @@ def server(tmp_path_factory, request):
         "advdm_input_dir": str(data / "advdm-in"), "advdm_output_dir": str(data / "advdm-out"),
         "live_previews_enable": True}))
     port = free_port()
-    log = open(data / "server.log", "w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "COMMANDLINE_ARGS": ""}
-    if os.environ.get("FORGE_HF_HOME"):
-        env["HF_HOME"] = os.environ["FORGE_HF_HOME"]
-    proc = subprocess.Popen(
-        [FORGE_PY, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-python-version-check",
-         "--skip-version-check", "--always-cpu", "--api", "--no-download-sd-model", "--disable-gpu-warning",
-         "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
-         "--ckpt", str(models / f"{SD15_NAME}.safetensors"), "--lora-dir", str(data / "models" / "Lora"),
-         "--api-auth", f"{AUTH[0]}:{AUTH[1]}"],
-        cwd=FORGE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_forge(FORGE_PY, FORGE_DIR, data, models / f"{SD15_NAME}.safetensors", port,
+                       "--lora-dir", str(data / "models" / "Lora"), "--api-auth", f"{AUTH[0]}:{AUTH[1]}")
     client = Client(f"http://127.0.0.1:{port}")
     client.data = data
     try:
@@ -98,7 +88,6 @@ def server(tmp_path_factory, request):
         yield client
     finally:
         stop(proc)
-        log.close()
 
 
 def _protect(server, src, name="art.png", **extra):

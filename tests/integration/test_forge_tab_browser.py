@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from webui_client import Client, free_port, png, image, stop, wait_for_route
+from webui_client import Client, free_port, png, image, start_forge, stop, wait_for_route
 
 FORGE_DIR = os.environ.get("FORGE_DIR")
 FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, "venv", "bin", "python"))
@@ -49,17 +48,7 @@ def server(tmp_path_factory):
     (data / "config.json").write_text(json.dumps({"advdm_output_dir": str(data / "advdm-out"),
                                                   "live_previews_enable": True}))
     port = int(os.environ.get("FORGE_PORT") or free_port())
-    log = open(data / "server.log", "w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "COMMANDLINE_ARGS": ""}
-    if os.environ.get("FORGE_HF_HOME"):
-        env["HF_HOME"] = os.environ["FORGE_HF_HOME"]
-    proc = subprocess.Popen(
-        [FORGE_PY, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-python-version-check",
-         "--skip-version-check", "--always-cpu", "--api", "--no-download-sd-model", "--disable-gpu-warning",
-         "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
-         "--ckpt", str(models / f"{CKPT_NAME}.safetensors")],
-        cwd=FORGE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_forge(FORGE_PY, FORGE_DIR, data, models / f"{CKPT_NAME}.safetensors", port)
     client = Client(f"http://127.0.0.1:{port}")
     client.data = data
     try:
@@ -67,7 +56,6 @@ def server(tmp_path_factory):
         yield client
     finally:
         stop(proc)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -348,3 +348,18 @@ def img2img_bad_fields_are_400s(client: Client) -> None:
                        ({"protected": [png(image(32, 48))]}, "protected[0]")):
         status, d = client.call("POST", "/advdm/v1/img2img", {"original": one, "protected": one, **QUICK_IMG2IMG, **bad})
         assert status == 400 and field in json.dumps(d), (bad, d)
+
+
+def start_forge(forge_py: str, forge_dir: str, data, ckpt, port: int, *extra: str):
+    """Forge's web UI on 127.0.0.1:port, offline, on the CPU, with its data in `data` and the
+    checkpoint `ckpt` loaded; its output goes to data/server.log. Returns the process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "COMMANDLINE_ARGS": ""}
+    if os.environ.get("FORGE_HF_HOME"):
+        env["HF_HOME"] = os.environ["FORGE_HF_HOME"]
+    with open(data / "server.log", "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [forge_py, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-python-version-check",
+             "--skip-version-check", "--always-cpu", "--api", "--no-download-sd-model", "--disable-gpu-warning",
+             "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data), "--ckpt", str(ckpt), *extra],
+            cwd=forge_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
