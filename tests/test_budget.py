@@ -154,41 +154,30 @@ def test_ms_ssim_in_bands_is_the_whole_image_figure(monkeypatch):
     assert visibility.ms_ssim(x, y)[0] == pytest.approx(whole, abs=1e-6)
 
 
-def test_ms_ssim_falls_back_to_torchmetrics_without_kornia(monkeypatch):
-    pytest.importorskip("torchmetrics")
+def test_ms_ssim_is_kornias_ms_ssim_loss():
+    """Separable filters, banded: the same figure as kornia's MS_SSIMLoss (where kornia has its
+    channel/scale fix) on the reflect-padded image, border cropped."""
+    import torch.nn.functional as F
+    from kornia.losses import MS_SSIMLoss
+
+    if "_load_from_state_dict" not in vars(MS_SSIMLoss):
+        pytest.skip("this kornia's MS_SSIMLoss predates its channel/scale fix")
+    x = natural_scene(70, 50, seed=3)
+    y = (x + 5 / 255 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
+    sigmas, pad = (0.5, 1.0, 2.0), 4  # the scales that fit a 50 px side
+    loss = MS_SSIMLoss(sigmas=sigmas, alpha=1.0, compensation=1.0, reduction="none")
+    a, b = (F.pad(t.transpose(0, 1), (pad,) * 4, mode="reflect") for t in (x, y))
+    expected = 1 - loss(b, a)[:, pad:-pad, pad:-pad].mean().item()
+    assert visibility.ms_ssim(x, y)[0] == pytest.approx(expected, abs=1e-5)  # float32 sums in kornia
+
+
+def test_ms_ssim_without_kornia_is_nan_and_says_why(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "kornia.losses", None)  # import fails as if kornia were missing
-    x = natural_scene(64, 64, seed=5)
-    y = (x + 8 / 255 * (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1)).clamp(0, 1)
-    value, library = visibility.ms_ssim(x, y)
-    assert library == "torchmetrics" and 0.5 < value < 1
-    assert visibility.ms_ssim(x, x)[0] == pytest.approx(1.0, abs=1e-4)
-
-
-def test_ms_ssim_refuses_kornias_old_channel_layout(monkeypatch):
-    """kornia before its fix (A1111/Forge's 0.6.7) gives other numbers for the same images:
-    an MS_SSIMLoss without the fix's state-dict hook is not used; without either library the
-    figure is NaN and says why."""
-    import sys
-
-    import kornia.losses
-
-    monkeypatch.setattr(kornia.losses, "MS_SSIMLoss", type("MS_SSIMLoss", (torch.nn.Module,), {}))
+    monkeypatch.setitem(sys.modules, "kornia.filters", None)  # import fails as if kornia were missing
     x = natural_scene(32, 32, seed=5)
-    assert visibility.ms_ssim(x, x)[1] != "kornia"
-    if _has("torchmetrics"):
-        assert visibility.ms_ssim(x, x)[1] == "torchmetrics"
-    monkeypatch.setitem(sys.modules, "torchmetrics", None)
-    monkeypatch.setitem(sys.modules, "torchmetrics.functional.image", None)
     value, library = visibility.ms_ssim(x, x)
-    assert value != value and library.startswith("unavailable")
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+    assert value != value and library == "unavailable: needs kornia"
 
 
 def test_measure_reports_ms_ssim(tiny):
