@@ -8,7 +8,9 @@ With `auto`, an image up to 1.5x the training resolution is scored whole and a l
 by 8 training views at that resolution, taking turns by blocks of draws, so a draw costs the
 same at any size; the ratios say whether that holds. The image figures (PSNR, SSIM, MS-SSIM)
 are judged at the size people look at, so they grow with the pixels: the table times them
-apart (again, after the measurement). Peak memory is the process's peak RSS (the GPU's
+apart (again, after the measurement). Times are the process's CPU time, which a machine shared
+with other jobs leaves as it is (wall time beside it; on CUDA use wall time alone, on an idle
+machine). Peak memory is the process's peak RSS (the GPU's
 peak allocation on CUDA) above what the loaded model holds, and in total. --view full shows
 what the old native-size measurement cost. Draws are fixed (samples = max_samples), so every
 size does the same work. See bench/README.md.
@@ -57,13 +59,13 @@ def child(spec: dict) -> dict:
     protected = noise_control(image, 8, seed=2)  # the cost does not depend on what the pixels hold
     measure(model, image[..., :64, :64], protected[..., :64, :64], samples=4, max_samples=4)  # warm-up
     base = speed._release_and_reset_peak(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     m = measure(model, image, protected, samples=spec["draws"], max_samples=spec["draws"], view=spec["view"])
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = speed._peak(device)
-    t0 = time.perf_counter()  # the image figures again, alone: the part that is judged at native size
+    c0 = time.process_time()  # the image figures again, alone: the part that is judged at native size
     psnr(image, protected), ssim(image, protected), visibility.figures(image, protected, device)
-    return {"size": spec["size"], "seconds": seconds, "figures_seconds": time.perf_counter() - t0,
+    return {"size": spec["size"], "seconds": seconds, "cpu_seconds": cpu, "figures_cpu_seconds": time.process_time() - c0,
             "peak_bytes": peak, "base_bytes": base, "scored": m["scored"], "draws": m["samples"]}
 
 
@@ -98,14 +100,15 @@ def main(argv=None):
     first = rows[0]
     gib = 1024 ** 3
     print(f"measure, model {args.model}, view {args.view}, {args.draws} draws, device {args.device}")
-    print("| image | scored | time (s) | x first | of which image figures (s) | the rest (s) | x first "
-          "| peak above model (GiB) | x first | peak total (GiB) | x first |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| image | scored | wall time (s) | CPU time (s) | x first | of which image figures (s) | the rest (s) "
+          "| x first | peak above model (GiB) | x first | peak total (GiB) | x first |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         above, above0 = r["peak_bytes"] - r["base_bytes"], first["peak_bytes"] - first["base_bytes"]
-        rest, rest0 = r["seconds"] - r["figures_seconds"], first["seconds"] - first["figures_seconds"]
-        print(f"| {r['size']} px | {r['scored']} | {r['seconds']:.1f} | x{r['seconds'] / first['seconds']:.2f} | "
-              f"{r['figures_seconds']:.1f} | {rest:.1f} | x{rest / rest0:.2f} | "
+        rest, rest0 = (x["cpu_seconds"] - x["figures_cpu_seconds"] for x in (r, first))
+        print(f"| {r['size']} px | {r['scored']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+              f"x{r['cpu_seconds'] / first['cpu_seconds']:.2f} | {r['figures_cpu_seconds']:.1f} | {rest:.1f} | "
+              f"x{rest / rest0:.2f} | "
               f"{above / gib:.2f} | x{above / max(above0, 1):.2f} | {r['peak_bytes'] / gib:.2f} | "
               f"x{r['peak_bytes'] / first['peak_bytes']:.2f} |")
     return 0
