@@ -18,7 +18,7 @@ from . import __version__
 from .models import builtin
 from .attack.budget import pixel_bound
 from .attack.pgd import FLOW_TIMESTEPS, PRESETS, ProtectConfig, protect
-from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, MIMICRY, PROTECT, parse_strengths, strengths_text
+from .settings import DEFAULT_PRESET, IMG2IMG, MEASURE, MIMICRY, MIMICS, PROTECT, parse_strengths, strengths_text
 from .models.checkpoints import DEFAULT_PROMPT, CheckpointError, load_model, pick_device, pick_dtype
 from .batch import manifest
 from .batch.resume import checkpoint_fingerprint, config_sha256, file_sha256, image_seed, input_hash, plan
@@ -54,8 +54,9 @@ def _mimicry_args(sub) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=k.default,
                             help=(text or k.help) + default, **kw)
 
-    p = sub.add_parser("mimicry", help="fine-tune a LoRA on the clean, protected and noise-control training images and "
-                       "report how much of the style it still learns (the learned fraction on held-out images)")
+    p = sub.add_parser("mimicry", help="train a mimic (a LoRA, or textual inversion) on the clean, protected and "
+                       "noise-control training images and report how much of the style it still learns (the learned "
+                       "fraction on held-out images)")
     p.add_argument("--train", type=Path, nargs="+", required=True, help="the artist's clean training images")
     p.add_argument("--protected", type=Path, nargs="+", required=True, help="their protected copies, in the order of --train")
     p.add_argument("--held-out", type=Path, nargs="+", help="clean images of the same style NOT in --train (what the "
@@ -71,6 +72,15 @@ def _mimicry_args(sub) -> None:
     p.add_argument("--convs", action="store_true", help=MIMICRY["convs"].help)
     knob(p, "resolution")
     knob(p, "draws")
+    p.add_argument("--mimic", choices=MIMICS["mimic"].choices, default=MIMICS["mimic"].default,
+                   help=MIMICS["mimic"].help + f" (default {MIMICS['mimic'].default})")
+    t = p.add_argument_group("textual inversion", "with --mimic textual-inversion (--steps, --batch and --resolution "
+                             "apply too); needs the checkpoint's text encoder (SD1.x, SD2.x, SDXL)")
+    for name in ("ti_prompt", "ti_word", "ti_init"):
+        t.add_argument("--" + name.replace("_", "-"), default=MIMICS[name].default,
+                       help=MIMICS[name].help + f" (default {MIMICS[name].default!r})")
+    t.add_argument("--ti-lr", type=float, default=MIMICS["ti_lr"].default,
+                   help=MIMICS["ti_lr"].help + f" (default {MIMICS['ti_lr'].default:g})")
     p.add_argument("--view", choices=MIMICRY["view"].choices, default=MIMICRY["view"].default,
                    help=MIMICRY["view"].help + f" (default {MIMICRY['view'].default})")
     g = p.add_argument_group("pictures", "after every fine-tune the model draws pictures from fixed seeds; the grid "
@@ -199,12 +209,13 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _load(args, device=None) -> "torch.nn.Module":
+def _load(args, device=None, keep_text: bool = False) -> "torch.nn.Module":
     _quiet_libraries()
     device = pick_device(args.device) if device is None else device
     if args.checkpoint.startswith("builtin:"):
         print(f"warning: {builtin.WARNING}", file=sys.stderr)
-    return load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.prompt, args.prediction)
+    return load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.prompt, args.prediction,
+                      keep_text=keep_text)
 
 
 def _config(args) -> ProtectConfig:
@@ -449,7 +460,7 @@ def _write_change_map(args, path: Path, original, protected) -> Path:
 def cmd_mimicry(args) -> int:
     from .evaluation.mimicry import config_from_options, format_mimicry, mimicry_check, split_for_held_out
 
-    config = config_from_options({name: getattr(args, name) for name in MIMICRY},
+    config = config_from_options({name: getattr(args, name) for name in (*MIMICRY, *MIMICS)},
                                  label=lambda name: "--" + name.replace("_", "-"))
     if len(args.protected) != len(args.train):
         raise ValueError(f"--train has {len(args.train)} images but --protected {len(args.protected)}: give one "
@@ -462,7 +473,7 @@ def cmd_mimicry(args) -> int:
     grid_path = (args.output_dir or Path.cwd()) / GRID_NAME if args.pictures else None
     if grid_path is not None and grid_path.exists() and not args.overwrite:  # before hours of fine-tuning, not after
         raise ImageError(f"{grid_path}: already exists (pass --overwrite to replace it, or choose --output-dir)")
-    model = _load(args)
+    model = _load(args, keep_text=config.mimic == "textual-inversion")
     note = ""
     if args.held_out:
         held = [load_image(p).rgb for p in args.held_out]

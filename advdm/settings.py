@@ -107,6 +107,19 @@ MIMICRY = {
     "picture_size": Knob(None, "side of the pictures in px (default: the model's training side)", 8, 4096, 8),
 }
 
+# Which mimic the mimicry check trains, and textual inversion's own knobs (entry points that
+# cannot reach the text encoder take only the LoRA mimic, and say so).
+MIMICS = {
+    "mimic": Knob("lora", "the mimic: lora (a LoRA on the denoiser, a DreamBooth-style fine-tune) or "
+                  "textual-inversion (a new word's embedding, the model unchanged; the AdvDM paper's headline mimic)",
+                  choices=("lora", "textual-inversion")),
+    "ti_prompt": Knob("a painting in the style of sks", "the prompt textual inversion learns and is judged with; "
+                      "it must contain the learned word"),
+    "ti_word": Knob("sks", "the learned word: an existing, rarely used single token (the tokenizer is not changed)"),
+    "ti_init": Knob("painting", "the single-token word the learned embedding starts from"),
+    "ti_lr": Knob(5e-3, "learning rate of the learned embedding (AdamW; the LoRA's lr is not used)",
+                  1e-6, 1.0, 1e-4),
+}
 
 # The img2img (SDEdit) check (advdm.evaluation.img2img), by the web API's field names.
 IMG2IMG = {

@@ -1,42 +1,45 @@
-"""The mimicry check: how much of the style a LoRA fine-tune on the protected images still
-learns, measured on the user's own model.
+"""The mimicry check: how much of the style a mimic trained on the protected images still
+learns, measured on the user's own model. Two mimics: a LoRA fine-tune of the denoiser
+(DreamBooth-style) and textual inversion (a new word's embedding; the AdvDM paper's headline).
 
-Three LoRA fine-tunes on the artist's training images - clean, protected, and same-budget
-uniform noise (the control) - with the same seed and steps; then the model's diffusion loss
-on the *clean held-out* images (what the mimic learned of the style, not of these pictures)
-over the same fixed draws, the base model being the zero point:
+Three trainings of the mimic on the artist's training images - clean, protected, and
+same-budget uniform noise (the control) - with the same seed and steps; then the model's
+diffusion loss on the *clean held-out* images (what the mimic learned of the style, not of
+these pictures) over the same fixed draws, the untrained mimic (the base model; for textual
+inversion, the prompt with the word not yet learned) being the zero point:
 
     learned fraction = (L_base - L_protected) / (L_base - L_clean)
 
-About 1: the fine-tune learned as much as from the clean images (the protection failed);
-about 0: it learned nothing. It is meaningful only when the clean fine-tune really learned:
+About 1: the mimic learned as much as from the clean images (the protection failed);
+about 0: it learned nothing. It is meaningful only when the clean mimic really learned:
 if L_base - L_clean is not clearly positive, no fraction is reported.
 
-The fine-tune's own randomness is larger than the loss's sampling noise (on the test-bed the
+The mimic's own randomness is larger than the loss's sampling noise (on the test-bed the
 per-draw intervals were +-0.01-0.03, the spread across fine-tune seeds 0.06-0.14), so the
 whole triple is repeated with several seeds, each with its own draws and noise images, and
 the seeds are the unit of the interval (advdm.evaluation.stats.ratio_across_units).
 The in-sample fraction (loss on the clean versions of the training images) is reported
 beside it: it says whether the mimic fitted the perturbation instead of the image.
 
-After each fine-tune the model also draws a few pictures from fixed seeds (pictures.py): a
-grid of what the base model and the three LoRAs make, and how far the protected LoRA's
-pictures land from the clean LoRA's against how far the noise LoRA's do.
+After each training the model also draws a few pictures from fixed seeds (pictures.py): a
+grid of what the base model and the three mimics make, and how far the protected mimic's
+pictures land from the clean mimic's against how far the noise mimic's do.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ..mimic.finetune import FinetuneConfig, lora_finetuned
+from ..mimic.textual_inversion import check_prompt, text_route, textual_inversion
 from ..mimic.views import judged_views
 from ..models.interface import DiffusionModel
-from ..settings import MIMICRY, check
+from ..settings import MIMICRY, MIMICS, check
 from .measure import ViewedLosses, budget_of, noise_control
-from .pictures import Pictures, format_pictures, grid, picture_figures, seed_distances
+from .pictures import LABELS, TI_LABELS, Pictures, format_pictures, grid, picture_figures, seed_distances
 from .stats import LEVEL, Interval, ratio_across_units, ratio_of_means
 
 CONDITIONS = ("clean", "protected", "noise")
@@ -52,6 +55,25 @@ class MimicryConfig:  # defaults, bounds and help: advdm.settings.MIMICRY
     pictures: int = MIMICRY["pictures"].default  # pictures per row of the grid, drawn after every fine-tune; 0 = none
     picture_steps: int = MIMICRY["picture_steps"].default  # Euler steps per picture
     picture_size: Optional[int] = MIMICRY["picture_size"].default  # side in px (default: the model's training side)
+    mimic: str = MIMICS["mimic"].default  # "lora" | "textual-inversion"
+    ti_prompt: str = MIMICS["ti_prompt"].default
+    ti_word: str = MIMICS["ti_word"].default
+    ti_init: str = MIMICS["ti_init"].default
+    ti_lr: float = MIMICS["ti_lr"].default
+
+    def base(self, model: DiffusionModel) -> DiffusionModel:
+        """The model before the mimic learns: the fraction's zero point."""
+        if self.mimic == "lora":
+            return model
+        return text_route(model).prompted(self.ti_prompt)  # the learned word as it was
+
+    def finetuned(self, model: DiffusionModel, images: Sequence[Tensor], seed: int,
+                  progress: Optional[Callable[[int, int], None]] = None):
+        """The mimic trained on images, as a context manager giving the model to judge."""
+        if self.mimic == "lora":
+            return lora_finetuned(model, images, self.finetune, seed, progress)
+        return textual_inversion(model, images, replace(self.finetune, lr=self.ti_lr), self.ti_prompt, self.ti_word,
+                                 self.ti_init, seed, progress)
 
 
 FINETUNE_OPTIONS = ("steps", "rank", "lr", "batch", "convs", "resolution")
@@ -61,8 +83,9 @@ def config_from_options(options: dict, label=lambda name: name) -> MimicryConfig
     """The config from the flat options the command line and the web API take (the names of
     advdm.settings.MIMICRY; a missing one is its default), each checked against its bounds:
     a ValueError names label(name)."""
-    values = {name: options.get(name, k.default) for name, k in MIMICRY.items()}
-    check(MIMICRY, values, label)
+    knobs = {**MIMICRY, **MIMICS}
+    values = {name: options.get(name, k.default) for name, k in knobs.items()}
+    check(knobs, values, label)
     tune = {name: values.pop(name) for name in FINETUNE_OPTIONS}
     return MimicryConfig(finetune=FinetuneConfig(**tune), **values)
 
@@ -120,11 +143,12 @@ def seed_losses(model: DiffusionModel, sets: Dict[str, Sequence[Tensor]], held_o
     """Per-draw losses on the held-out and in-sample images for the base model ("base") and
     after a LoRA fine-tune on each named set (same seed, same steps, same draws);
     look(name, model) is called with each fine-tuned model (to draw its pictures)."""
-    out = {"base": {"held_out": _losses(model, held_out, seed, config),
-                    "in_sample": _losses(model, in_sample, seed, config)}}
+    base = config.base(model)
+    out = {"base": {"held_out": _losses(base, held_out, seed, config),
+                    "in_sample": _losses(base, in_sample, seed, config)}}
     for name, images in sets.items():
         step = (lambda done, total: progress(1)) if progress else None
-        with lora_finetuned(model, images, config.finetune, seed, step) as tuned:
+        with config.finetuned(model, images, seed, step) as tuned:
             out[name] = {"held_out": _losses(tuned, held_out, seed, config),
                          "in_sample": _losses(tuned, in_sample, seed, config)}
             if look is not None:
@@ -182,7 +206,8 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
                   protected: Sequence[Tensor], config: Optional[MimicryConfig] = None,
                   progress: Optional[Callable[[int, int], None]] = None, held_out_note: str = "") -> dict:
     """The check for one artist's images (each (1, 3, H, W) in [0, 1]); protected in the order
-    of train. progress(done, total) counts fine-tuning and picture sampling steps
+    of train; config.mimic picks the mimic. progress(done, total) counts training and picture
+    sampling steps
     (progress_total; a host's progress and cancel point).
 
     The result is JSON-serialisable except `grid`: the labelled pictures (rows base model,
@@ -212,8 +237,11 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
         if progress is not None:
             progress(done[0], total)
 
+    if config.mimic != "lora":  # refuse before any work, by the model's name
+        text_route(model)
+        check_prompt(config.ti_prompt, config.ti_word)
     pictures = Pictures(model, config.pictures, config.picture_steps, config.picture_size, config.seed, tick)
-    rows = {"base": pictures.draw(model)} if config.pictures else {}
+    rows = {"base": pictures.draw(config.base(model))} if config.pictures else {}
     per_seed, distances, first_rows = [], [], None
     for k in range(config.seeds):
         seed = config.seed + k
@@ -233,14 +261,16 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
                       picture_size=list(pictures.size), picture_seeds=pictures.seeds)
         for entry, d in zip(result["per_seed"], distances):
             entry.update({f"picture_rmse_{k}": float(v.mean()) for k, v in d.items()})
-        result["grid"] = grid(first_rows)
+        result["grid"] = grid(first_rows, LABELS if config.mimic == "lora" else TI_LABELS)
     result.update({
         "seeds": config.seeds, "draws": config.draws, "level": LEVEL,
         "train_images": len(train), "held_out_images": len(held_out), "held_out_note": held_out_note,
         "linf": max(budget_of(x, p) for x, p in zip(train, protected)),
         "interval": ("across fine-tune seeds (Student's t, seeds - 1 dof)" if config.seeds > 1 else
                      "over the draws of one fine-tune seed only: the fine-tune's own randomness is NOT covered"),
-        "finetune": asdict(config.finetune), "model": model.name,
+        "finetune": asdict(config.finetune), "model": model.name, "mimic": config.mimic,
+        **({"ti_prompt": config.ti_prompt, "ti_word": config.ti_word, "ti_init": config.ti_init,
+            "ti_lr": config.ti_lr} if config.mimic != "lora" else {}),
         "scored": judged_views(model, held_out[0].shape[-2:], config.view, config.finetune.resolution,
                                config.seed).describe(tuple(held_out[0].shape[-2:]))
         + (", held-out and training images alike" if len({tuple(x.shape) for x in held_out}) == 1
@@ -266,7 +296,9 @@ def _frac(m: dict, key: str) -> str:
 
 
 def format_mimicry(m: dict) -> str:
-    lines = [f"held-out diffusion loss: base {m['loss_base']:.5f}, after a LoRA fine-tune on clean "
+    ti = m.get("mimic") == "textual-inversion"
+    trained = f"textual inversion of {m['ti_word']!r} (prompt {m['ti_prompt']!r})" if ti else "a LoRA fine-tune"
+    lines = [f"held-out diffusion loss: base {m['loss_base']:.5f}, after {trained} on clean "
              f"{m['loss_clean']:.5f}, protected {m['loss_protected']:.5f}, same-budget noise {m['loss_noise']:.5f}"]
     if not m["learned"]:
         lines.append(f"the clean fine-tune did not clearly lower the held-out loss (change {-m['clean_drop']:+.1%} of the "
@@ -286,7 +318,9 @@ def format_mimicry(m: dict) -> str:
         lines.append(f"note: {m['held_out_note']}")
     ft = m["finetune"]
     lines.append(f"{m['train_images']} training, {m['held_out_images']} held-out images; L_inf {m['linf']:.1f}/255; "
-                 f"LoRA rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']:g}, {m['seeds']} seed(s), "
+                 + (f"textual inversion from {m['ti_init']!r}, {ft['steps']} steps, lr {m['ti_lr']:g}, " if ti else
+                    f"LoRA rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']:g}, ")
+                 + f"{m['seeds']} seed(s), "
                  f"{m['draws']} draws per image; model {m['model']}")
     lines.append(f"scored: {m['scored']}")
     return "\n".join(lines)

@@ -1,10 +1,10 @@
 """The mimicry check's pictures: what the model draws before and after each fine-tune.
 
-After every LoRA fine-tune of the check (clean, protected, same-budget noise) the model
-draws a few pictures from pure noise (advdm.mimic.sampler.sample: the same seeds, hence the
-same starting noise, the same bound prompt, sampler and steps for every row), so a picture
-of one row pairs with the picture above it. The grid shows the base model and the three
-LoRAs of the first fine-tune seed.
+After every training of the check's mimic (a LoRA or textual inversion; clean, protected,
+same-budget noise) the model draws a few pictures from pure noise (advdm.mimic.sampler
+.sample: the same seeds, hence the same starting noise, the same prompt, sampler and steps
+for every row), so a picture of one row pairs with the picture above it. The grid shows the base model and the three
+mimics of the first fine-tune seed.
 
 The figure beside the learned fraction asks how far the protection moved what the mimic
 draws, against what same-budget noise does: per picture seed, the RMSE (in /255) of the
@@ -30,6 +30,7 @@ from ..models.interface import DiffusionModel
 from .stats import Interval, ratio_across_units, ratio_of_means
 
 LABELS = {"base": "base model", "clean": "clean LoRA", "protected": "protected LoRA", "noise": "noise LoRA"}
+TI_LABELS = {"base": "base model", "clean": "clean TI", "protected": "protected TI", "noise": "noise TI"}
 # Farther than noise by less than this fraction of the noise LoRA's distance is not called a
 # protection: a change of what the mimic draws that noise nearly matches is not visible as one.
 NEGLIGIBLE_SHIFT = 0.1
@@ -104,11 +105,11 @@ def _shift(per_seed: List[Dict[str, Tensor]]) -> Optional[Interval]:
 
 
 VERDICTS = {
-    "beyond noise": "the protected LoRA's pictures land clearly farther from the clean LoRA's than the noise LoRA's do",
-    "negligible": (f"farther than the noise LoRA's, but not clearly by more than {NEGLIGIBLE_SHIFT:.0%}: "
+    "beyond noise": "the protected mimic's pictures land clearly farther from the clean mimic's than the noise mimic's do",
+    "negligible": (f"farther than the noise mimic's, but not clearly by more than {NEGLIGIBLE_SHIFT:.0%}: "
                    "not counted as protection"),
     "not distinguishable": "not distinguishable from what same-budget noise does to the pictures",
-    "below noise": "closer to the clean LoRA's pictures than the noise LoRA's are: no protection",
+    "below noise": "closer to the clean mimic's pictures than the noise mimic's are: no protection",
     "one seed": ("one fine-tune seed: the interval covers its pictures only, not the fine-tune's own randomness, "
                  "so no verdict (use 2 or more seeds)"),
     "no interval": "too few pictures for an interval: no verdict",
@@ -222,8 +223,8 @@ def format_pictures(m: dict) -> List[str]:
     h, w = m["picture_size"]
     return [
         f"pictures ({m['pictures']} per row, {w}x{h}, {m['picture_steps']} Euler steps, seeds "
-        f"{m['picture_seeds'][0]}-{m['picture_seeds'][-1]}): RMSE from the clean LoRA's pictures, /255: protected "
-        f"{rmse('protected')}, same-budget noise {rmse('noise')} (the clean LoRA moved them {rmse('clean_base')} "
+        f"{m['picture_seeds'][0]}-{m['picture_seeds'][-1]}): RMSE from the clean mimic's pictures, /255: protected "
+        f"{rmse('protected')}, same-budget noise {rmse('noise')} (the clean mimic moved them {rmse('clean_base')} "
         "from the base model's)",
         f"picture shift (protected / noise distance; 1 = what noise does, 0 = no change): {shift}: "
         f"{m['picture_verdict']}",

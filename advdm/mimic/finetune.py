@@ -99,9 +99,11 @@ class LossScaler:
 
 def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: Sequence[Tensor],
           config: FinetuneConfig, seed: int, progress: Optional[Callable[[int, int], None]] = None,
-          optimizer: Optional[torch.optim.Optimizer] = None, scaler: Optional[LossScaler] = None) -> List[float]:
+          optimizer: Optional[torch.optim.Optimizer] = None, scaler: Optional[LossScaler] = None,
+          conditioned: Optional[Callable[[], DiffusionModel]] = None) -> List[float]:
     """config.steps AdamW steps on params (or steps of the given optimizer over them);
-    returns the loss of every step.
+    returns the loss of every step. With `conditioned`, each step's loss runs through the
+    model it returns (textual inversion: the prompt encoded anew, through the learning word).
 
     The base weights are frozen, so backward runs inside input_grad_only(): frozen
     convolutions keep no activations for it (the adapters' own layers do keep theirs).
@@ -127,9 +129,11 @@ def train(model: DiffusionModel, params: Sequence[torch.nn.Parameter], images: S
                     batch.append((z, draws.sigmas(len(group)), draws.normal(z.shape).to(z.dtype)))
                 while True:  # redone on the same draws after a scaled-gradient overflow
                     total = 0.0
-                    for z, sigma, noise in batch:
-                        loss = diffusion_loss(model, z, sigma, noise).sum() / len(idx)
-                        (loss * scaler.scale).backward()
+                    tuned = conditioned() if conditioned is not None else model
+                    for j, (z, sigma, noise) in enumerate(batch):
+                        loss = diffusion_loss(tuned, z, sigma, noise).sum() / len(idx)
+                        # the groups share the prompt's encoding: keep its graph for the next one
+                        (loss * scaler.scale).backward(retain_graph=conditioned is not None and j < len(batch) - 1)
                         total += loss.item()
                     if scaler.unscale(params):
                         break

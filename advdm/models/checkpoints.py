@@ -12,12 +12,15 @@ import torch
 
 from . import builtin
 from .diffusers_model import Conditioning, flow_model, unet_model
-from .interface import DiffusionModel
+from .interface import DiffusionModel, TextRoute
 from ..settings import DEFAULT_PROMPT  # one default prompt for every entry point
 
 CONFIGS = Path(__file__).parent / "configs"
 # CLIP BPE ids of the prompts usable without tokenizer files (single-file checkpoints).
-KNOWN_PROMPTS = {"a painting": [320, 3086], "": []}
+KNOWN_PROMPTS = {"a painting": [320, 3086], "a painting in the style of sks": [320, 3086, 530, 518, 1844, 539, 48136],
+                 "": []}
+# ... and of the words textual inversion learns and starts from (one token each; SD2's OpenCLIP shares the vocabulary).
+KNOWN_WORDS = {"sks": 48136, "painting": 3086, "art": 794}
 BOS, EOS = 49406, 49407
 
 # A key that only each family's single-file checkpoint has.
@@ -72,7 +75,10 @@ def load_model(
     dtype: torch.dtype,
     prompt: str = DEFAULT_PROMPT,
     prediction: Optional[str] = None,
+    keep_text: bool = False,
 ) -> DiffusionModel:
+    """keep_text: keep the text encoders (on the CPU until used) for a textual-inversion
+    mimic (model.text); otherwise they are freed once the prompt is encoded."""
     if spec.startswith("builtin:"):
         return builtin.build(spec.split(":", 1)[1], device, dtype)
     path = Path(spec).expanduser()
@@ -91,8 +97,42 @@ def load_model(
     vae.to(device, torch.float32).eval().requires_grad_(False)
     with torch.no_grad():
         cond = encode_prompt(encoders, prompt, device, spec)
-    del encoders  # the text encoders are needed once; free them before the attack
-    return unet_model(unet, vae, cond, alphas_cumprod, prediction, vae.config.scaling_factor, name=path.name)
+
+    def build(conditioning):
+        return unet_model(unet, vae, conditioning, alphas_cumprod, prediction, vae.config.scaling_factor, name=path.name)
+
+    model = build(cond)
+    if keep_text:
+        model.text = text_route(encoders, build, device, spec)
+    return model  # without keep_text the text encoders are freed here, before the attack
+
+
+def text_route(encoders, build, device, source: str) -> TextRoute:
+    """The route a textual-inversion mimic takes through the loaded text encoders."""
+    for enc in encoders:
+        enc.model.eval().requires_grad_(False)
+
+    def ids(word: str):
+        out = []
+        for enc in encoders:
+            if enc.tokenizer is not None:
+                found = enc.tokenizer(word, add_special_tokens=False).input_ids
+            elif word in KNOWN_WORDS:
+                found = [KNOWN_WORDS[word]]
+            else:
+                raise ValueError(f"{source}: the word {word!r} needs CLIP tokenizer files, which a single-file "
+                                 f"checkpoint lacks; use a diffusers folder, or one of {sorted(KNOWN_WORDS)}")
+            if len(found) != 1:
+                raise ValueError(f"{source}: {word!r} is {len(found)} tokens for this tokenizer; textual inversion "
+                                 "needs a word that is one token")
+            out.append(found[0])
+        return out
+
+    def prompted(prompt: str) -> DiffusionModel:
+        return build(encode_prompt(encoders, prompt, device, source, offload=False))
+
+    return TextRoute([enc.model.get_input_embeddings() for enc in encoders], ids, prompted,
+                     [enc.model for enc in encoders])
 
 
 def detect_family(state_dict) -> str:
@@ -221,9 +261,9 @@ def token_ids(encoder: TextEncoder, prompt: str, source: str) -> torch.Tensor:
     return torch.tensor([ids + [encoder.pad_id] * (length - len(ids))])
 
 
-def encode_prompt(encoders, prompt: str, device, source: str) -> Conditioning:
+def encode_prompt(encoders, prompt: str, device, source: str, offload: bool = True) -> Conditioning:
     """SD1/SD2: the last hidden states; SDXL: both encoders' penultimate hidden states
-    concatenated, plus the second encoder's pooled projection."""
+    concatenated, plus the second encoder's pooled projection. offload: back to the CPU after."""
     contexts, pooled = [], None
     for enc in encoders:
         enc.model.to(device)
@@ -231,5 +271,6 @@ def encode_prompt(encoders, prompt: str, device, source: str) -> Conditioning:
         contexts.append(out.hidden_states[-2] if enc.penultimate else out.last_hidden_state)
         if hasattr(out, "text_embeds"):
             pooled = out.text_embeds
-        enc.model.to("cpu")
+        if offload:
+            enc.model.to("cpu")
     return Conditioning(context=torch.cat(contexts, dim=-1).float(), pooled=pooled.float() if pooled is not None else None)

@@ -15,7 +15,7 @@ its input by 1/sqrt(sigma^2 + 1) itself); rectified-flow models take
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -35,6 +35,19 @@ class Latent:
         if self.std is None or noise is None:
             return self.mean
         return self.mean + self.std * noise
+
+
+@dataclass
+class TextRoute:
+    """What a textual-inversion mimic needs of a host's text encoder(s): the token-embedding
+    tables a prompt's words are looked up in (one per encoder), a word's single token id in
+    each, and the model conditioned on a prompt, encoded anew each call (so gradients reach
+    an embedding substituted into those tables' outputs)."""
+
+    embeddings: Sequence[torch.nn.Embedding]
+    token_ids: Callable[[str], Sequence[int]]  # raises ValueError unless the word is one token
+    prompted: Callable[[str], "DiffusionModel"]
+    encoders: Sequence[torch.nn.Module] = ()  # the text encoders themselves, which a mimic leaves as they were
 
 
 @dataclass
@@ -62,6 +75,8 @@ class DiffusionModel:
     # The torch module `denoise` runs (UNet / transformer), whose Linear and Conv layers a
     # LoRA may wrap (advdm.mimic.lora); None where an adapter cannot hand it out.
     denoiser_network: Optional[torch.nn.Module] = None
+    # The text encoder route (advdm.mimic.textual_inversion); None where the adapter has none.
+    text: Optional[TextRoute] = None
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
