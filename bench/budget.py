@@ -19,7 +19,7 @@ The table: mean gain over noise of each budget with a 95% interval over the (ima
 units, their ratio (delta method, Student's t), and on the half-and-half image the mean
 change on the flat half over that on the textured half.
 
-    OMP_NUM_THREADS=1 flock /tmp/heavy.lock python bench/budget.py --seeds 5 --json bench/results/budget.json
+    OMP_NUM_THREADS=1 python bench/budget.py --seeds 5 --json bench/results/budget.json
     python bench/budget.py --quick          # one seed, two images, one map: a smoke run
     python bench/budget.py --render bench/results/budget.json
 """
