@@ -327,7 +327,7 @@ def fraction_run(args, model, methods, seeds, pgd_steps, pgd_samples, log) -> di
     epsilons = [float(e) for e in args.epsilons.split(",")]
     surrogate_lr = args.surrogate_lr if args.surrogate_lr is not None else args.lora_lr
     config = MimicryConfig(finetune=FinetuneConfig(steps=args.ft_steps, rank=args.lora_rank, lr=args.lora_lr),
-                           draws=args.fraction_draws)
+                           draws=args.fraction_draws, mimic=args.fraction_mimic, ti_prompt=MIMIC_PROMPT, ti_lr=TI_LR)
     per_seed = {}  # seed -> the check's per-draw losses (condition -> held_out / in_sample)
     gains = {}  # seed -> condition -> per-image mean loss on the base model (fixed draws)
     for seed in seeds:
@@ -520,6 +520,8 @@ def main(argv=None):
     p.add_argument("--judges", default="classifier", help="comma-separated: classifier (generations scored by the "
                    "style classifier), fraction (the mimicry check's held-out learned fraction, LoRA mimic)")
     p.add_argument("--epsilons", default="8,16", help="fraction judge: budgets /255, each with its own noise control")
+    p.add_argument("--fraction-mimic", default="lora", choices=("lora", "textual-inversion"),
+                   help=f"fraction judge: the mimic (textual inversion learns '{TOKEN}' in '{MIMIC_PROMPT}', lr {TI_LR:g})")
     p.add_argument("--lora-rank", type=int, default=8, help="fraction judge: LoRA rank")
     p.add_argument("--lora-lr", type=float, default=1e-3, help="fraction judge: LoRA learning rate")
     p.add_argument("--fraction-draws", type=int, default=32, help="fraction judge: fixed draws per evaluated image "
@@ -570,13 +572,17 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
     path = Path(args.checkpoint)
-    model = load_model(str(path), torch.device("cpu"), torch.float32)  # the project's loader, prompt "a painting"
+    # the project's loader, prompt "a painting"; the text encoder kept for a textual-inversion mimic
+    model = load_model(str(path), torch.device("cpu"), torch.float32, keep_text=True)
     judges = args.judges.split(",")
     if "fraction" in judges:
         run = fraction_run(args, model, methods, seeds, pgd_steps, pgd_samples, log)
         print(render_fractions([run]))
         print(f"\nPGD {pgd_steps} steps x {pgd_samples} sample(s); {args.images} training and {args.images} held-out "
-              f"'{styles.HELD_OUT}' images per seed; LoRA r{args.lora_rank} lr {args.lora_lr:g}, {args.ft_steps} steps; "
+              f"'{styles.HELD_OUT}' images per seed; "
+              + (f"LoRA r{args.lora_rank} lr {args.lora_lr:g}" if args.fraction_mimic == "lora" else
+                 f"textual inversion of '{TOKEN}' in '{MIMIC_PROMPT}', lr {TI_LR:g}")
+              + f", {args.ft_steps} steps; "
               f"{args.fraction_draws} draws per image; surrogate (anti-dreambooth, mist-v2) lr {run['surrogate_lr']:g}; "
               f"loss gain: base-model loss over the clean set's, {args.fraction_draws} fixed draws per image, "
               f"bootstrap over images; seeds {seeds}; {(time.time() - t_start) / 60:.1f} min")

@@ -1,5 +1,6 @@
 """The ComfyUI node of the mimicry check (advdm.evaluation.mimicry): how much of the style a
-LoRA fine-tune on the protected images still learns, on the loaded model itself."""
+mimic (a LoRA fine-tune, or textual inversion through the CLIP input) trained on the protected
+images still learns, on the loaded model itself."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ from comfy_api.latest import IO, UI
 
 from advdm.evaluation.mimicry import MimicryConfig, format_mimicry, mimicry_check, progress_total, split_for_held_out
 from advdm.mimic.finetune import FinetuneConfig
-from advdm.settings import MIMICRY
+from advdm.settings import MIMICRY, MIMICS
 
 from .comfy_model import ComfyModel, UnsupportedModel
 from .image_ops import split_images, to_8bit_grid
@@ -40,7 +41,9 @@ class AdvDMMimicry(IO.ComfyNode):
                          "across seeds. After each fine-tune the model draws a few pictures from fixed seeds; the "
                          "node shows them as a grid (rows: base model, clean, protected and noise LoRA) with how far "
                          "the protected LoRA's pictures land from the clean LoRA's against the noise LoRA's. The "
-                         "model is left exactly as it was. Slow: seeds x 3 fine-tunes."),
+                         "model is left exactly as it was. Slow: seeds x 3 fine-tunes. mimic textual-inversion (with "
+                         "the clip input) learns a word's embedding instead, the paper's headline mimic; the model "
+                         "and its CLIP are left as they were."),
             inputs=[
                 IO.Model.Input("model", tooltip="The model a mimic would fine-tune (SD1.x, SD2.x, SDXL, SD3, Flux.1)."),
                 IO.Vae.Input("vae", tooltip="The VAE of that model (the mimic trains on its latents)."),
@@ -72,6 +75,15 @@ class AdvDMMimicry(IO.ComfyNode):
                              tooltip="Euler sampler steps per picture (from pure noise, with the conditioning above)."),
                 IO.Int.Input("picture_size", default=0, min=0, max=4096, step=8, optional=True,
                              tooltip="Side of the pictures in px. 0 = the model's training side (512 for SD1.x, 1024 for SDXL)."),
+                IO.Combo.Input("mimic", options=list(MIMICS["mimic"].choices), default=MIMICS["mimic"].default,
+                               optional=True, tooltip=MIMICS["mimic"].help + ". Textual inversion needs the clip input."),
+                IO.Clip.Input("clip", optional=True,
+                              tooltip="The model's CLIP (from the checkpoint loader): textual inversion learns a word in it."),
+                IO.String.Input("ti_prompt", default=MIMICS["ti_prompt"].default, optional=True,
+                                tooltip=MIMICS["ti_prompt"].help + f" (the learned word: {MIMICS['ti_word'].default!r})."),
+                IO.Float.Input("ti_learning_rate", default=MIMICS["ti_lr"].default, min=MIMICS["ti_lr"].low,
+                               max=MIMICS["ti_lr"].high, step=MIMICS["ti_lr"].step, optional=True,
+                               tooltip=MIMICS["ti_lr"].help + "."),
             ],
             outputs=[
                 IO.String.Output("report", tooltip="The figures as text."),
@@ -85,7 +97,8 @@ class AdvDMMimicry(IO.ComfyNode):
     @classmethod
     def execute(cls, model, vae, train, protected, seeds, steps, rank, learning_rate, draws, seed,
                 held_out=None, conditioning=None, resolution=0, pictures=_D.pictures,
-                picture_steps=_D.picture_steps, picture_size=0) -> IO.NodeOutput:
+                picture_steps=_D.picture_steps, picture_size=0, mimic=_D.mimic, clip=None,
+                ti_prompt=_D.ti_prompt, ti_learning_rate=_D.ti_lr) -> IO.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -96,7 +109,11 @@ class AdvDMMimicry(IO.ComfyNode):
         config = MimicryConfig(seeds=int(seeds), seed=int(seed), draws=int(draws), pictures=int(pictures),
                                picture_steps=int(picture_steps), picture_size=int(picture_size) or None,
                                finetune=FinetuneConfig(steps=int(steps), rank=int(rank), lr=float(learning_rate),
-                                                       resolution=int(resolution) or None))
+                                                       resolution=int(resolution) or None),
+                               mimic=mimic, ti_prompt=ti_prompt, ti_lr=float(ti_learning_rate))
+        if mimic != "lora" and clip is None:
+            raise ValueError("mimic textual-inversion learns a word in the model's CLIP: connect the clip input "
+                             "(the checkpoint loader's CLIP)")
         bar = comfy.utils.ProgressBar(progress_total(config))
 
         def progress(done, total):
@@ -104,7 +121,7 @@ class AdvDMMimicry(IO.ComfyNode):
             bar.update_absolute(done, total)
 
         try:
-            with ComfyModel(model, vae, conditioning) as cm:
+            with ComfyModel(model, vae, conditioning, clip if mimic != "lora" else None) as cm:
                 dm = cm.diffusion_model
                 note = ""
                 if held_out is not None:

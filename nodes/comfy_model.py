@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from advdm import DiffusionModel, Latent
+from advdm.models.interface import TextRoute
 from advdm.models.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
 
 # Families this adapter has been written and checked for: (BaseModel class name, latent
@@ -159,22 +161,23 @@ class BatchedConds:
         return self._cache[batch]
 
 
-def prepare_conds(base_model: Any, conditioning: list, latent_shape, device) -> BatchedConds:
+def prepare_conds(base_model: Any, conditioning: list, latent_shape, device, detach: bool = True) -> BatchedConds:
     """CONDITIONING -> apply_model kwargs, through ComfyUI's own conversion (so SDXL gets
-    its `y` vector, etc.). Uses the first entry; area/strength/mask settings are ignored."""
+    its `y` vector, etc.). Uses the first entry; area/strength/mask settings are ignored.
+    detach=False keeps the conditioning's graph (textual inversion learns through it)."""
     import comfy.sampler_helpers
     import comfy.samplers
 
     if not conditioning:
         raise ValueError("empty CONDITIONING")
-    conditioning = ordinary(conditioning[:1])
+    conditioning = ordinary(conditioning[:1], detach)
     noise = torch.zeros(latent_shape, device=device)
     conds = comfy.sampler_helpers.convert_cond(conditioning)
     conds = comfy.samplers.encode_model_conds(base_model.extra_conds, conds, noise, device, "positive")
     kwargs = {}
     for name, c in conds[0]["model_conds"].items():
         value = c.process_cond(batch_size=1, area=None, device=device).cond
-        kwargs[name] = ordinary(value.to(device) if isinstance(value, Tensor) else value)
+        kwargs[name] = ordinary(value.to(device) if isinstance(value, Tensor) else value, detach)
     return BatchedConds(kwargs)
 
 
@@ -239,12 +242,13 @@ class ComfyModel:
     inference mode. The ordinary copies stay (same values): later sampling works with them.
     """
 
-    def __init__(self, model: Any, vae: Any, conditioning: Optional[list] = None):
+    def __init__(self, model: Any, vae: Any, conditioning: Optional[list] = None, clip: Any = None):
         self.patcher = model
         self.vae = vae
         self.conditioning = conditioning
+        self.clip = clip  # CLIP: the text route of a textual-inversion mimic (optional)
         self._stack: Optional[contextlib.ExitStack] = None
-        self._conds_by_shape: Dict[tuple, BatchedConds] = {}
+        self._denoise: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "ComfyModel":
@@ -254,7 +258,8 @@ class ComfyModel:
         model_sampling = self.patcher.get_model_object("model_sampling")
         self.prediction = prediction_from_sampling(model_sampling)
         self.family = check_family(base, self.prediction)
-        mm.load_models_gpu([self.patcher, self.vae.patcher], force_full_load=True)
+        text = [] if self.clip is None else [self.clip.patcher]
+        mm.load_models_gpu([self.patcher, self.vae.patcher, *text], force_full_load=True)
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode(False))
@@ -264,9 +269,9 @@ class ComfyModel:
             # in_training is set; the plain torch path is exact for every model, so set it for all.
             stack.callback(setattr, mm, "in_training", mm.in_training)
             mm.in_training = True
-            fsm = self.vae.first_stage_model
-            self.copied = make_trainable_copies([base, fsm])
-            stack.enter_context(frozen([base, fsm]))
+            networks = [base, self.vae.first_stage_model] + ([] if self.clip is None else [self.clip.cond_stage_model])
+            self.copied = make_trainable_copies(networks)
+            stack.enter_context(frozen(networks))
             self._setup(base, model_sampling)
             if self.family == "Flux":
                 stack.enter_context(AugmentedAssignOutOfPlace())
@@ -319,19 +324,57 @@ class ComfyModel:
         z = self.latent_format.process_out(latent.float()).to(self.vae_device, self.vae_dtype)
         return ((self.vae.first_stage_model.decode(z).float() + 1.0) / 2.0).clamp(0, 1)
 
-    def conds_for(self, x: Tensor) -> Dict[str, Tensor]:
-        shape = (1, *x.shape[1:])
-        if shape not in self._conds_by_shape:
-            self._conds_by_shape[shape] = prepare_conds(self.base, self.conditioning, shape, self.device)
-        return self._conds_by_shape[shape](x.shape[0])
+    def prepare_conds(self, conditioning: list, shape, detach: bool) -> BatchedConds:
+        return prepare_conds(self.base, conditioning, shape, self.device, detach)
+
+    def denoiser(self, conditioning: list, detach: bool = True) -> Callable[[Tensor, Tensor], Tensor]:
+        """D(x, sigma) with this CONDITIONING (prepared once per latent shape)."""
+        by_shape: Dict[tuple, BatchedConds] = {}
+
+        def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+            shape = (1, *x.shape[1:])
+            if shape not in by_shape:
+                by_shape[shape] = self.prepare_conds(conditioning, shape, detach)
+            sigma = sigma.to(self.device, torch.float32).reshape(-1)
+            if sigma.numel() == 1 and x.shape[0] > 1:
+                sigma = sigma.expand(x.shape[0])
+            out = self.base.apply_model(x.to(self.device), sigma, transformer_options=self.transformer_options,
+                                        **by_shape[shape](x.shape[0]))
+            return out.float()
+
+        return denoise
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.to(self.device, torch.float32).reshape(-1)
-        if sigma.numel() == 1 and x.shape[0] > 1:
-            sigma = sigma.expand(x.shape[0])
-        out = self.base.apply_model(x.to(self.device), sigma, transformer_options=self.transformer_options,
-                                    **self.conds_for(x))
-        return out.float()
+        if self._denoise is None:
+            self._denoise = self.denoiser(self.conditioning)
+        return self._denoise(x, sigma)
+
+    def text_route(self) -> TextRoute:
+        """Through the CLIP's own tokenizer and encoders (SD1.x: clip_l; SD2.x: clip_h; SDXL:
+        clip_g and clip_l), the prompt encoded as CLIPTextEncode does."""
+        clip = self.clip
+        keys = list(clip.tokenize("").keys())
+        encoders = [getattr(clip.cond_stage_model, f"clip_{k}", None) for k in keys]
+        tokenizers = [getattr(clip.tokenizer, f"clip_{k}", None) for k in keys]
+        if None in encoders or None in tokenizers:
+            raise ValueError(f"textual inversion needs a CLIP text encoder; this CLIP has {', '.join(keys)}")
+
+        def ids(word: str):
+            out = []
+            for t in tokenizers:
+                found = t.tokenizer(word)["input_ids"][1:-1]
+                if len(found) != 1:
+                    raise ValueError(f"{word!r} is {len(found)} tokens for this CLIP's tokenizer; textual inversion "
+                                     "needs a word that is one token")
+                out.append(found[0])
+            return out
+
+        def prompted(prompt: str) -> DiffusionModel:
+            encoded = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True, return_dict=True)
+            cond = encoded.pop("cond")
+            return replace(self.diffusion_model, denoise=self.denoiser([[cond, encoded]], detach=False), text=None)
+
+        return TextRoute([e.transformer.get_input_embeddings() for e in encoders], ids, prompted, encoders)
 
     @property
     def diffusion_model(self) -> DiffusionModel:
@@ -339,6 +382,7 @@ class ComfyModel:
             encode=self.encode,
             decode=self.decode,
             denoise=self.denoise,
+            text=None if self.clip is None else self.text_route(),
             prediction=self.prediction,
             sigmas=self.sigmas,
             flow_shift=self.flow_shift,

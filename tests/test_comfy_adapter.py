@@ -271,7 +271,7 @@ def fake_comfy_model(prediction="eps", family="SD1.x", net=None):
     conds = {"c_crossattn": m.conditioning[0][0]}
     if flow:
         conds.update(y=m.conditioning[0][1]["pooled_output"], guidance=torch.tensor([3.5]))
-    m.conds_for = lambda x: cm.BatchedConds(conds)(x.shape[0])
+    m.prepare_conds = lambda conditioning, shape, detach: cm.BatchedConds(conds)
     m.seen = seen
     return m
 
@@ -539,7 +539,8 @@ def comfy_nodes(monkeypatch):
 
     latest = types.ModuleType("comfy_api.latest")
     latest.IO = types.SimpleNamespace(ComfyNode=object, Schema=_Spec, NodeOutput=_NodeOutput, **{
-        k: _Kind for k in ("Model", "Vae", "Image", "Combo", "Float", "Int", "Conditioning", "Mask", "Boolean", "String")})
+        k: _Kind for k in ("Model", "Vae", "Clip", "Image", "Combo", "Float", "Int", "Conditioning", "Mask", "Boolean",
+                            "String")})
     latest.UI = types.SimpleNamespace(PreviewText=_UIText, PreviewImage=_UIImages)
     latest.ComfyExtension = object
     api = types.ModuleType("comfy_api")

@@ -79,16 +79,17 @@ def frozen(modules: Iterable[torch.nn.Module]):
             _set_requires_grad(p, flag)
 
 
-def ordinary(x: Any) -> Any:
-    """Ordinary (non-inference), detached clones of every tensor in a nested structure."""
+def ordinary(x: Any, detach: bool = True) -> Any:
+    """Ordinary (non-inference) clones of every tensor in a nested structure, detached unless
+    detach=False (then a tensor computed with gradients keeps its graph: a learned word's)."""
     if isinstance(x, Tensor):
-        return x.detach().clone() if x.is_inference() else x.detach()
+        return x.detach().clone() if x.is_inference() else (x.detach() if detach else x)
     if isinstance(x, dict):
-        return {k: ordinary(v) for k, v in x.items()}
+        return {k: ordinary(v, detach) for k, v in x.items()}
     if isinstance(x, list):
-        return [ordinary(v) for v in x]
+        return [ordinary(v, detach) for v in x]
     if isinstance(x, tuple):
-        return tuple(ordinary(v) for v in x)
+        return tuple(ordinary(v, detach) for v in x)
     return x
 
 
