@@ -319,7 +319,7 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
                                    artifacts / f"{host}_check_mimicry_failed.png")
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
-        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"), full_page=True)
+        tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"))
         return text
 
 
@@ -338,7 +338,7 @@ def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts
                                    artifacts / f"{host}_check_img2img_failed.png")
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
-        pg.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"), full_page=True)
+        tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"))
         return text
 
 
