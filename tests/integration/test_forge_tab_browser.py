@@ -150,12 +150,13 @@ def test_progress_under_the_button_moves_and_the_result_names_the_model(tab, ser
             shot(pg, "progress_while_measuring")
         pg.wait_for_timeout(700)
     print("\nbar samples (s, width, text):", *samples, sep="\n  ")
+    info = t.locator("#advdm_info")
+    info.get_by_text("Saved 1 protected image").wait_for(timeout=300_000)
+    text = info.inner_text()
+    info.scroll_into_view_if_needed()
+    shot(pg, "result_names_the_model")
+    assert f"Protected against {CKPT_NAME} (SD1.x)" in text, text
     protecting = {w for _, w, text in samples if text.startswith("Protecting")}
     measuring = {w for _, w, text in samples if text.startswith("Measuring")}
     assert len(protecting) >= 3, samples  # the bar moved while it protected
     assert len(measuring) >= 2, samples  # and while it measured
-    info = t.locator("#advdm_info")
-    info.get_by_text("Saved 1 protected image").wait_for(timeout=300_000)
-    text = info.inner_text()
-    shot(pg, "result_names_the_model")
-    assert f"Protected against {CKPT_NAME} (SD1.x)" in text, text
