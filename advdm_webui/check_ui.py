@@ -167,7 +167,9 @@ def section(prompt):
                 id_task = gr.Textbox(visible=False)
             with gr.Column(scale=1):
                 with gr.Group(elem_id="advdm_check_gallery_container"):
-                    gallery = gr.Gallery(label="What the mimic draws", elem_id="advdm_check_gallery", columns=1)
+                    # contain: the whole grid in its cell (cover showed its middle only, rows cut off)
+                    gallery = gr.Gallery(label="What the mimic draws", elem_id="advdm_check_gallery", columns=1,
+                                         object_fit="contain")
                 report = gr.HTML(elem_id="advdm_check_report")
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
         progress_js = _js_kw(submit_js("advdm_check_progress", "advdm_check_gallery"))

@@ -227,7 +227,9 @@ def on_ui_tabs():
             return [gr.update(value=p["epsilon"]), gr.update(value=p["step_size"]),
                     gr.update(value=p["steps"]), gr.update(value=p["samples"])]
 
-        preset.change(apply_preset, inputs=[preset], outputs=[epsilon, step_size, steps, samples])
+        # .input, not .change: fired by the user's pick only, not when preset_of below names the
+        # preset (re-sending the same values then raced the user's next edit and undid it)
+        preset.input(apply_preset, inputs=[preset], outputs=[epsilon, step_size, steps, samples])
         # a value the user changes by hand: the preset says which one these values are, or custom
         # (.input fires for the user's edits only, not for apply_preset's updates)
         for knob in (epsilon, step_size, steps, samples):

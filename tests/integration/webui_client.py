@@ -257,6 +257,9 @@ def check_section(client: Client, folder: Path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             pg = browser.new_page(viewport={"width": 1500, "height": 2200})
+            pg.console_seen = []  # what the page's console said, for a failure's message
+            pg.on("console", lambda m: pg.console_seen.append(f"{m.type}: {m.text}"))
+            pg.on("pageerror", lambda e: pg.console_seen.append(f"page error: {e}"))
             pg.goto(client.base, timeout=180_000)
             # the tab: a button in Gradio 3, role "tab" in Gradio 4
             pg.get_by_role("button", name="Protect", exact=True).or_(
@@ -278,6 +281,29 @@ def _open(tab, elem_id: str, title: str, first_input: str) -> None:
     tab.locator(f"#{first_input} input, #{first_input} textarea").first.wait_for(state="visible", timeout=30_000)
 
 
+def _run_until_reported(pg, tab, button_id: str, text: str, failed_shot: Path, timeout: float = 900) -> str:
+    """Presses the button; the report's text once it shows `text`. Fails at once on an error on the
+    page (the web UI's error block in the report, a Gradio 4 error toast, a script error after the
+    press: e.g. the web UI's own scripts missing), else after `timeout` s, with a screenshot and
+    what the report and the page's console said."""
+    report = tab.locator("#advdm_check_report").last  # Gradio 3 gives the HTML block and its content the id
+    errors = pg.locator("#advdm_check_report .error, .toast-body.error")
+    seen = len(pg.console_seen)
+    tab.locator(f"#{button_id}").click()
+    deadline = time.time() + timeout
+    while True:
+        now = report.inner_text()
+        if text in now:
+            return now
+        problem = errors.first.inner_text() if errors.count() else None
+        problem = problem or next((m for m in pg.console_seen[seen:] if m.startswith("page error")), None)
+        if problem is not None or time.time() > deadline:
+            pg.screenshot(path=str(failed_shot), full_page=True)
+            pytest.fail(f"no {text!r} in the report ({problem or 'timed out'}); report: {now!r}; "
+                        f"console: {pg.console_seen[-20:]}; screenshot {failed_shot}")
+        pg.wait_for_timeout(2000)
+
+
 def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
     """The Check section in headless Chromium: the quick settings, Run mimicry check; the report
     shows the learned fraction and the gallery the grid. Returns the report's text."""
@@ -289,13 +315,12 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
         _set_number(tab, "advdm_check_lr", QUICK_MIMICRY["lr"])
         pg.wait_for_timeout(1000)
         pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_settings.png"), full_page=True)
-        tab.locator("#advdm_check_mimicry").click()
-        report = tab.locator("#advdm_check_report")
-        report.get_by_text("learned fraction", exact=False).first.wait_for(timeout=1_200_000)
+        text = _run_until_reported(pg, tab, "advdm_check_mimicry", "learned fraction",
+                                   artifacts / f"{host}_check_mimicry_failed.png")
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
-        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"), full_page=True)
-        return report.last.inner_text()  # Gradio 3 gives the HTML block and its content the id
+        tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"))
+        return text
 
 
 def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
@@ -309,13 +334,12 @@ def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts
         _set_number(tab, "advdm_check_img2img_seeds", QUICK_IMG2IMG["seeds"])
         _set_number(tab, "advdm_check_img2img_steps", QUICK_IMG2IMG["steps"])
         pg.wait_for_timeout(1000)
-        tab.locator("#advdm_check_img2img").click()
-        report = tab.locator("#advdm_check_report")
-        report.get_by_text("Image 2", exact=True).first.wait_for(timeout=1_200_000)
-        assert tab.locator("#advdm_check_gallery img").count() >= 1
+        text = _run_until_reported(pg, tab, "advdm_check_img2img", "Image 2",
+                                   artifacts / f"{host}_check_img2img_failed.png")
+        tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
-        pg.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"), full_page=True)
-        return report.last.inner_text()  # Gradio 3 gives the HTML block and its content the id
+        tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_img2img_done.png"))
+        return text
 
 
 # --- POST /advdm/v1/img2img ------------------------------------------------------------------------
@@ -352,7 +376,12 @@ def img2img_bad_fields_are_400s(client: Client) -> None:
 
 def start_forge(forge_py: str, forge_dir: str, data, ckpt, port: int, *extra: str):
     """Forge's web UI on 127.0.0.1:port, offline, on the CPU, with its data in `data` and the
-    checkpoint `ckpt` loaded; its output goes to data/server.log. Returns the process."""
+    checkpoint `ckpt` loaded; its output goes to data/server.log. Returns the process.
+
+    Forge's Gradio 4 serves files only from --gradio-allowed-path, which defaults to the data
+    dir: with --data-dir elsewhere its own script.js and javascript/*.js answer 403, and the page
+    runs without them (no progress bar, no task id: every submit() button fails with
+    "randomId is not defined"). So Forge's own folder is allowed too."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "COMMANDLINE_ARGS": ""}
     if os.environ.get("FORGE_HF_HOME"):
@@ -361,5 +390,6 @@ def start_forge(forge_py: str, forge_dir: str, data, ckpt, port: int, *extra: st
         return subprocess.Popen(
             [forge_py, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-python-version-check",
              "--skip-version-check", "--always-cpu", "--api", "--no-download-sd-model", "--disable-gpu-warning",
-             "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data), "--ckpt", str(ckpt), *extra],
+             "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
+             "--gradio-allowed-path", str(forge_dir), "--ckpt", str(ckpt), *extra],
             cwd=forge_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
