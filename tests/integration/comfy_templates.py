@@ -30,8 +30,8 @@ APP = "window.comfyAPI.app.app"
 TRIAL = 96  # px: the trial copy's longer side
 # The trial's counts, in the templates' widgets (the nodes keep their defaults for real use); each note
 # names them beside the value to raise them to.
-TRIAL_STEPS = 20  # Protect Image's attack steps (the balanced preset: 60)
-TRIAL_DRAWS = 32  # Measure Protection's max_samples (its default: 256)
+TRIAL_STEPS = 12  # Protect Image's attack steps (at step_size 1, just enough to reach epsilon 12; the balanced preset: 60)
+TRIAL_DRAWS = 16  # Measure Protection's max_samples: one round of its 16 starting draws (its default: 256)
 THUMB = (640, 400)  # thumbnail size (the template cards are about 16:10)
 
 TRIAL_NOTE = (f"**Trial size** makes a {TRIAL} px copy so that a first Run finishes on a CPU in minutes. "
@@ -110,8 +110,8 @@ MIMICRY_CHECK = {
              upscale_method="area", largest_size=TRIAL),
         node(7, "AdvDMProtect", (1060, 120), (340, 560), None, steps=TRIAL_STEPS),
         node(8, "SaveImage", (1060, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
-        node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=20, draws=16, pictures=2,
-             picture_steps=8, picture_size=TRIAL),
+        node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=10, draws=8, pictures=2,
+             picture_steps=4, picture_size=TRIAL),
         note(14, (20, -120), (1000, 200),
              "**Does a mimic still learn your style from the protected copies?** Load two or more artworks of one "
              "style (here the example image and its mirror image; replace them with yours). **Protect Image** "
@@ -123,11 +123,11 @@ MIMICRY_CHECK = {
              "[1 = learned as much as from clean images, 0 = nothing]. The protection works when the protected "
              "fraction's interval lies clearly below the noise one. The grid: rows base model, clean LoRA, protected "
              "LoRA, noise LoRA, and the *picture shift* (1 = what noise does). The values are a quick trial sized "
-             f"for a CPU: Protect **steps {TRIAL_STEPS}**; **seeds 1**, **steps 20**, **draws 16**, 2 small "
-             "pictures; with one seed the report says *the fine-tune's own randomness is NOT covered*, and 20 "
-             "steps may leave it saying *the clean fine-tune did not clearly lower the held-out loss*. For a real "
+             f"for a CPU: Protect **steps {TRIAL_STEPS}**; **seeds 1**, **steps 10**, **draws 8**, 2 small "
+             "pictures in 4 steps; with one seed the report says *the fine-tune's own randomness is NOT covered*, "
+             "and 10 steps may leave it saying *the clean fine-tune did not clearly lower the held-out loss*. For a real "
              "check (on a GPU): Protect steps 60; seeds 3 or more, steps 300, draws 64, pictures 4 at "
-             "picture_size 0 (the model's)."),
+             "picture_size 0 (the model's) in 20 steps."),
     ],
     "links": [(1, "CLIP", 2, "clip"), (1, "CLIP", 12, "clip"), (3, "IMAGE", 6, "images.image0"),
               (4, "IMAGE", 5, "image"), (5, "IMAGE", 6, "images.image1"), (6, "IMAGE", 13, "image"),
