@@ -114,12 +114,6 @@ class AdvDMMimicry(IO.ComfyNode):
         if mimic != "lora" and clip is None:
             raise ValueError("mimic textual-inversion learns a word in the model's CLIP: connect the clip input "
                              "(the checkpoint loader's CLIP)")
-        bar = comfy.utils.ProgressBar(progress_total(config))
-
-        def progress(done, total):
-            comfy.model_management.throw_exception_if_processing_interrupted()  # a cancel point every step
-            bar.update_absolute(done, total)
-
         try:
             with ComfyModel(model, vae, conditioning, clip if mimic != "lora" else None) as cm:
                 dm = cm.diffusion_model
@@ -128,6 +122,12 @@ class AdvDMMimicry(IO.ComfyNode):
                     held = [to_8bit_grid(x) for x in split_images(held_out)]
                 else:
                     a, held, b, note = split_for_held_out(a, b, dm.pixel_multiple)
+                bar = comfy.utils.ProgressBar(progress_total(config, len(held) + len(a)))
+
+                def progress(done, total):
+                    comfy.model_management.throw_exception_if_processing_interrupted()  # a cancel point every step
+                    bar.update_absolute(done, total)
+
                 result = mimicry_check(dm, a, held, b, config, progress=progress, held_out_note=note)
         except UnsupportedModel as e:
             raise ValueError(str(e)) from None

@@ -161,7 +161,7 @@ def _surrogate_text(config) -> str:
 
 class MeasureBar:
     """The Measure node's bar: per image, `max_samples` units for the measurement (the core
-    reports the draws done after each doubling round), as many per robustness row (the core
+    reports the draws done as each image of a round is scored), as many per robustness row (the core
     reports finished rows) and one per img2img sampler step, so the bar follows the draws and a
     measurement that stops early (its interval narrow enough) jumps to its share's end. Each
     report is a cancel point."""

@@ -753,7 +753,7 @@ def test_example_workflow_widgets_are_node_inputs():
 
 
 def test_measure_bar_follows_the_draws_and_rows(comfy_nodes):
-    """The Measure node's bar moves with every doubling round of the real measure(), ends each
+    """The Measure node's bar moves with every image scored in the real measure(), ends each
     image's share when the measurement stops early, then moves per robustness row; each report
     is a cancel point."""
     from advdm.evaluation.measure import measure
@@ -765,7 +765,9 @@ def test_measure_bar_follows_the_draws_and_rows(comfy_nodes):
     y = image_ops.to_8bit_grid((x + 4 / 255 * torch.randn_like(x).sign()).clamp(0, 1))
     measure(dm, image_ops.to_8bit_grid(x), y, samples=4, max_samples=32, precision=0.0, progress=mb.draws(0))
     drawn = [c[0] for c in bar.calls[1:]]
-    assert drawn == [4, 8, 16, 32]  # one report per doubling round, in draws
+    # a report per image scored (clean, protected, 4 noise images) in each of the 4 doubling rounds, in draws
+    assert len(drawn) == 4 * 6 and drawn == sorted(drawn) and drawn[5::6] == [4, 8, 16, 32]
+    assert len(set(drawn)) > 8  # moves within the rounds, not only at their ends
     mb.measured(0)
     rows = mb.rows(0)
     rows(1, 2), rows(2, 2)

@@ -66,7 +66,7 @@ def test_clean_as_protected_gives_one_and_the_json_keys(tiny):
 def test_the_grid_has_four_labelled_rows_of_the_seeded_pictures_and_seeds_reproduce(tiny):
     """One fine-tune seed, three pictures of 32 px: rows base / clean / protected / noise LoRA,
     each picture where the layout says and equal to the sampler's for its seed (the base row
-    to a direct sample() call); labelled rows; progress counts the sampler's steps; the same
+    to a direct sample() call); labelled rows; progress counts the sampler's steps and each image scored; the same
     config gives the same grid and figures; the model is bit-identical afterwards."""
     train = [smooth_image(32, 32, seed=s) for s in range(2)]
     protected = [noise_control(x, 8, 50 + i) for i, x in enumerate(train)]
@@ -77,8 +77,12 @@ def test_the_grid_has_four_labelled_rows_of_the_seeded_pictures_and_seeds_reprod
     m = mimicry_check(tiny, train, [smooth_image(32, 32, seed=9)], protected, config,
                       progress=lambda done, total: seen.append((done, total)))
     assert_as_before(tiny.denoiser_network, before)
-    total = progress_total(config)
-    assert total == 3 * 4 + 4 * (1 + 3) and seen[-1] == (total, total) and len(seen) == total
+    # fine-tuning and sampler steps, then 4 models x 3 scored images (1 held out, 2 training) x 2 blocks of 4 draws
+    total = 3 * 4 + 4 * (1 + 3) + 4 * 3 * 2
+    assert seen[-1] == (total, total)
+    steps = [b[0] - a[0] for a, b in zip([(0, total)] + seen, seen)]
+    assert steps.count(1) == 3 * 4 + 4 * (1 + 3) and steps.count(2) == 4 * 3  # every step, every image scored
+    assert progress_total(config, evaluated=3) == total
     assert m["picture_size"] == [32, 32] and m["picture_seeds"] == [3, 4, 5] and m["pictures"] == 3
     g = m.pop("grid")
     n, h = 3, 32
@@ -137,7 +141,8 @@ def test_no_fraction_when_the_clean_fine_tune_learned_nothing(tiny):
     m = mimicry_check(tiny, train, [smooth_image(32, 32, seed=9)], train, config,
                       progress=lambda done, total: seen.append(total))
     assert not m["learned"] and m["learned_fraction"] is None and m["learned_fraction_noise_low"] is None
-    assert m["grid"] is None and "picture_shift" not in m and set(seen) == {9}  # pictures off: none drawn
+    assert m["grid"] is None and "picture_shift" not in m  # pictures off: none drawn
+    assert set(seen) == {3 * 3 + 3 * 4 * 3 * 2}  # 3 seeds: fine-tuning steps and the scored images' draw blocks
     assert "picture" not in format_mimicry(m)
 
 

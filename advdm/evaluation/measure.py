@@ -142,22 +142,27 @@ def paired_figures(clean: Losses, protected: Losses, controls: Sequence[Losses],
     Draws are doubled from `samples` until the draws' part of that interval is at most
     `precision` wide on each side, or `max_samples` is reached. The rule looks at widths
     only, never at where the interval lies, so stopping early cannot favour a verdict.
-    `progress(draws, max_samples)` is called after each round (a host's progress and cancel point)."""
+    `progress(draws, max_samples)` is called as each image's draws of a round are scored (a
+    host's progress and cancel point): `draws` counts the round's new draws in proportion to
+    the images scored so far, so the bar moves within a round and reaches n as it ends."""
     if samples < 2 or max_samples < samples:
         raise ValueError(f"samples must be >= 2 and <= max_samples, got {samples} and {max_samples}")
     if len(controls) < 2:
         raise ValueError("need at least two noise images to know how much noise images differ")
-    n = samples
+    n, before, images = samples, 0, (clean, protected, *controls)
     while True:
-        c, p = clean(n), protected(n)
-        each = torch.stack([q(n) for q in controls])
+        losses = []
+        for i, losses_of in enumerate(images, 1):
+            losses.append(losses_of(n))
+            if progress is not None:
+                progress(before + (n - before) * i // len(images), max_samples)
+        c, p = losses[:2]
+        each = torch.stack(losses[2:])
         q = each.mean(0)
         diff = difference_of_ratios(p, q, c)
-        if progress is not None:
-            progress(n, max_samples)
         if diff.half_width <= precision or n >= max_samples:
             break
-        n = min(2 * n, max_samples)
+        n, before = min(2 * n, max_samples), n
     gain, noise = ratio_of_means(p, c), ratio_of_means(q, c)
     between = realisation_spread(each.double().mean(1) / c.double().mean())
     noise = widened(noise, between.mean_half_width)

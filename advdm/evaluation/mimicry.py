@@ -38,7 +38,7 @@ from ..mimic.textual_inversion import check_prompt, text_route, textual_inversio
 from ..mimic.views import judged_views
 from ..models.interface import DiffusionModel
 from ..settings import MIMICRY, MIMICS, check
-from .measure import ViewedLosses, budget_of, noise_control
+from .measure import DRAW_BLOCK, ViewedLosses, budget_of, noise_control
 from .pictures import LABELS, TI_LABELS, Pictures, format_pictures, grid, picture_figures, seed_distances
 from .stats import LEVEL, Interval, ratio_across_units, ratio_of_means
 
@@ -90,10 +90,18 @@ def config_from_options(options: dict, label=lambda name: name) -> MimicryConfig
     return MimicryConfig(finetune=FinetuneConfig(**tune), **values)
 
 
-def progress_total(config: MimicryConfig) -> int:
-    """The units progress(done, total) counts: every fine-tuning step, and every sampler
-    step of the pictures (the base model's row once, then three rows per seed)."""
+def draw_blocks(config: MimicryConfig) -> int:
+    """Progress units of scoring one image: its blocks of draws (each about one model call)."""
+    return -(-config.draws // DRAW_BLOCK)
+
+
+def progress_total(config: MimicryConfig, evaluated: int = 0) -> int:
+    """The units progress(done, total) counts: every fine-tuning step, every sampler step of
+    the pictures (the base model's row once, then three rows per seed) and every block of
+    draws scored on the `evaluated` images (held-out plus training) by the base model and
+    each fine-tuned one, per seed."""
     total = config.seeds * len(CONDITIONS) * config.finetune.steps
+    total += config.seeds * (1 + len(CONDITIONS)) * evaluated * draw_blocks(config)
     if config.pictures:
         total += config.picture_steps * (1 + config.seeds * len(CONDITIONS))
     return total
@@ -128,11 +136,16 @@ def noise_set(train: Sequence[Tensor], protected: Sequence[Tensor], seed: int) -
             for i, (x, p) in enumerate(zip(train, protected))]
 
 
-def _losses(model: DiffusionModel, images: Sequence[Tensor], seed: int, config: MimicryConfig) -> Tensor:
-    """Per-draw losses of each image as the mimic sees it (measure's view rule), concatenated."""
+def _losses(model: DiffusionModel, images: Sequence[Tensor], seed: int, config: MimicryConfig,
+            progress: Optional[Callable[[int], None]] = None) -> Tensor:
+    """Per-draw losses of each image as the mimic sees it (measure's view rule), concatenated;
+    progress(draw_blocks) after each image."""
     def scored(x):
         views = judged_views(model, x.shape[-2:], config.view, config.finetune.resolution, seed)
-        return ViewedLosses(model, x.float().cpu(), views, seed).losses(config.draws)
+        losses = ViewedLosses(model, x.float().cpu(), views, seed).losses(config.draws)
+        if progress is not None:
+            progress(draw_blocks(config))
+        return losses
     return torch.cat([scored(x) for x in images])
 
 
@@ -144,13 +157,13 @@ def seed_losses(model: DiffusionModel, sets: Dict[str, Sequence[Tensor]], held_o
     after a LoRA fine-tune on each named set (same seed, same steps, same draws);
     look(name, model) is called with each fine-tuned model (to draw its pictures)."""
     base = config.base(model)
-    out = {"base": {"held_out": _losses(base, held_out, seed, config),
-                    "in_sample": _losses(base, in_sample, seed, config)}}
+    out = {"base": {"held_out": _losses(base, held_out, seed, config, progress),
+                    "in_sample": _losses(base, in_sample, seed, config, progress)}}
     for name, images in sets.items():
         step = (lambda done, total: progress(1)) if progress else None
         with config.finetuned(model, images, seed, step) as tuned:
-            out[name] = {"held_out": _losses(tuned, held_out, seed, config),
-                         "in_sample": _losses(tuned, in_sample, seed, config)}
+            out[name] = {"held_out": _losses(tuned, held_out, seed, config, progress),
+                         "in_sample": _losses(tuned, in_sample, seed, config, progress)}
             if look is not None:
                 look(name, tuned)
     return out
@@ -207,8 +220,8 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
                   progress: Optional[Callable[[int, int], None]] = None, held_out_note: str = "") -> dict:
     """The check for one artist's images (each (1, 3, H, W) in [0, 1]); protected in the order
     of train; config.mimic picks the mimic. progress(done, total) counts training and picture
-    sampling steps
-    (progress_total; a host's progress and cancel point).
+    sampling steps and the evaluation's blocks of draws (progress_total; a host's progress and
+    cancel point).
 
     The result is JSON-serialisable except `grid`: the labelled pictures (rows base model,
     clean, protected and noise LoRA of the first seed) as a float32 (1, 3, H, W) tensor in
@@ -229,7 +242,7 @@ def mimicry_check(model: DiffusionModel, train: Sequence[Tensor], held_out: Sequ
             raise ValueError(f"training image {i + 1} is {tuple(x.shape[-2:])} but its protected copy {tuple(p.shape[-2:])}")
     train = [x.float().cpu() for x in train]
     protected = [p.float().cpu() for p in protected]
-    total = progress_total(config)
+    total = progress_total(config, len(held_out) + len(train))
     done = [0]
 
     def tick(n):

@@ -6,12 +6,14 @@ the real canvas.
     COMFYUI_BASE=http://127.0.0.1:8188 python tests/integration/comfy_templates.py [NAME ...]
     (or COMFYUI_SERVER=FILE, the state file of `python tests/integration/comfy_server.py FILE`)
 
-needs a running ComfyUI with this pack in custom_nodes, playwright and Chromium (as
+needs a running ComfyUI with this pack in custom_nodes, ComfyUI's own input/example.png in its
+input directory (the Load Image nodes show it in the thumbnails), playwright and Chromium (as
 test_comfyui_browser.py). A spec: nodes (id, type, position, size, title, widget values),
 links (from id, output slot, to id, input name), notes (Markdown), groups and the view the
 template opens at (zoomed so the notes read). Templates default to a 96 px trial copy of the
 artwork (Scale Image to Max Dimension, a stock node) so the first Run finishes on a CPU in
-minutes; their notes say to delete it on a GPU.
+minutes; their notes say to delete it on a GPU. Their counts (attack steps, draws, seeds,
+fine-tuning steps) are a quick trial too, and the notes say which values to raise for a real check.
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ EXAMPLES = REPO / "example_workflows"
 CKPT = "v1-5-pruned-emaonly.safetensors"  # the stock loader's usual first entry
 APP = "window.comfyAPI.app.app"
 TRIAL = 96  # px: the trial copy's longer side
+# The trial's counts, in the templates' widgets (the nodes keep their defaults for real use); each note
+# names them beside the value to raise them to.
+TRIAL_STEPS = 12  # Protect Image's attack steps (at step_size 1, just enough to reach epsilon 12; the balanced preset: 60)
+TRIAL_DRAWS = 16  # Measure Protection's max_samples: one round of its 16 starting draws (its default: 256)
 THUMB = (640, 400)  # thumbnail size (the template cards are about 16:10)
 
 TRIAL_NOTE = (f"**Trial size** makes a {TRIAL} px copy so that a first Run finishes on a CPU in minutes. "
@@ -39,6 +45,9 @@ MEASURE_NOTE = (
     "beyond same-budget noise* counts as protection; *not distinguishable from same-budget noise* and *not counted "
     "as protection* (a rise under 2% of the clean loss) do not. A higher loss is what the protection aims at, not "
     "proof that a fine-tune fails to copy the image: the *mimicry_check* template tests that.")
+DRAWS_NOTE = (f"**max_samples {TRIAL_DRAWS}** is a quick trial sized for a CPU (the report ends *... paired draws "
+              f"of at most {TRIAL_DRAWS}*): its intervals are wide, so it more often says *not distinguishable from "
+              "same-budget noise*. For a real check raise **max_samples** to 256.")
 
 
 def node(id, type, pos, size=None, title=None, **widgets):
@@ -64,19 +73,20 @@ PROTECT_AND_SAVE = {
         node(3, "LoadImage", (380, 120), (300, 330), "Your artwork", image="example.png"),
         node(11, "ImageScaleToMaxDimension", (380, 490), (300, 110), "Trial size (delete on a GPU)",
              upscale_method="area", largest_size=TRIAL),
-        node(4, "AdvDMProtect", (720, 120), (340, 560), None),
+        node(4, "AdvDMProtect", (720, 120), (340, 560), None, steps=TRIAL_STEPS),
         node(5, "SaveImage", (1100, 120), (300, 300), "Save protected (PNG)", filename_prefix="protected"),
         node(6, "PreviewImage", (1100, 460), (300, 260), "Perturbation (amplified)"),
-        node(7, "AdvDMMeasure", (1440, 120), (460, 600), None),
+        node(7, "AdvDMMeasure", (1440, 120), (460, 600), None, max_samples=TRIAL_DRAWS),
         note(8, (20, -100), (660, 180),
              "**Load Checkpoint**: the model the protection should work against (SD1.x, SD2.x, SDXL, SD3 or "
              "Flux.1); it is strongest against that family. The prompt is what AdvDM conditions on ('a painting' "
              "is the paper's). **Load Image**: your artwork. " + TRIAL_NOTE),
         note(9, (720, -100), (340, 180),
              "**Protect Image** adds a change of at most *epsilon*/255 per pixel that raises the model's diffusion "
-             "loss on the image. The defaults are the *balanced* preset; more **steps** and a larger **epsilon** "
-             "are stronger. The seed is fixed: Run again and you get the same pixels."),
-        note(10, (1100, -100), (800, 180), SAVE_NOTE + " " + MEASURE_NOTE),
+             f"loss on the image. **steps {TRIAL_STEPS}** is a quick trial sized for a CPU; for the image you "
+             "publish use the *balanced* preset's **steps 60** (more **steps** and a larger **epsilon** are "
+             "stronger). The seed is fixed: Run again and you get the same pixels."),
+        note(10, (1100, -100), (800, 180), SAVE_NOTE + " " + MEASURE_NOTE + " " + DRAWS_NOTE),
     ],
     "links": [(1, "CLIP", 2, "clip"), (1, "MODEL", 4, "model"), (1, "VAE", 4, "vae"), (3, "IMAGE", 11, "image"),
               (11, "IMAGE", 4, "image"), (2, "CONDITIONING", 4, "conditioning"), (4, "protected", 5, "images"),
@@ -98,10 +108,10 @@ MIMICRY_CHECK = {
         node(6, "BatchImagesNode", (720, 120), (300, 100), "Training images"),
         node(13, "ImageScaleToMaxDimension", (720, 270), (300, 110), "Trial size (delete on a GPU)",
              upscale_method="area", largest_size=TRIAL),
-        node(7, "AdvDMProtect", (1060, 120), (340, 560), None),
+        node(7, "AdvDMProtect", (1060, 120), (340, 560), None, steps=TRIAL_STEPS),
         node(8, "SaveImage", (1060, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
-        node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=30, draws=16, pictures=2,
-             picture_steps=8, picture_size=TRIAL),
+        node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=10, draws=8, pictures=2,
+             picture_steps=4, picture_size=TRIAL),
         note(14, (20, -120), (1000, 200),
              "**Does a mimic still learn your style from the protected copies?** Load two or more artworks of one "
              "style (here the example image and its mirror image; replace them with yours). **Protect Image** "
@@ -112,9 +122,12 @@ MIMICRY_CHECK = {
              "The report on **Mimicry Check**: *learned fraction (held out): protected ..., same-budget noise ...* "
              "[1 = learned as much as from clean images, 0 = nothing]. The protection works when the protected "
              "fraction's interval lies clearly below the noise one. The grid: rows base model, clean LoRA, protected "
-             "LoRA, noise LoRA, and the *picture shift* (1 = what noise does). Sized for a CPU: **seeds 1**, "
-             "**steps 30**, small pictures; with one seed the report says *the fine-tune's own randomness is NOT "
-             "covered*. On a GPU use seeds 3 or more, steps 300, pictures 4 at picture_size 0 (the model's)."),
+             "LoRA, noise LoRA, and the *picture shift* (1 = what noise does). The values are a quick trial sized "
+             f"for a CPU: Protect **steps {TRIAL_STEPS}**; **seeds 1**, **steps 10**, **draws 8**, 2 small "
+             "pictures in 4 steps; with one seed the report says *the fine-tune's own randomness is NOT covered*, "
+             "and 10 steps may leave it saying *the clean fine-tune did not clearly lower the held-out loss*. For a real "
+             "check (on a GPU): Protect steps 60; seeds 3 or more, steps 300, draws 64, pictures 4 at "
+             "picture_size 0 (the model's) in 20 steps."),
     ],
     "links": [(1, "CLIP", 2, "clip"), (1, "CLIP", 12, "clip"), (3, "IMAGE", 6, "images.image0"),
               (4, "IMAGE", 5, "image"), (5, "IMAGE", 6, "images.image1"), (6, "IMAGE", 13, "image"),
@@ -139,22 +152,22 @@ LORA = {
         node(5, "BatchImagesNode", (720, 120), (300, 100), "The set (connect more images to grow it)"),
         node(9, "ImageScaleToMaxDimension", (720, 270), (300, 110), "Trial size (delete on a GPU)",
              upscale_method="area", largest_size=TRIAL),
-        node(6, "AdvDMProtect", (1060, 120), (340, 560), "Protect the whole set"),
+        node(6, "AdvDMProtect", (1060, 120), (340, 560), "Protect the whole set", steps=TRIAL_STEPS),
         node(7, "SaveImage", (1060, 720), (340, 300), "Save protected set (PNG)", filename_prefix="protected_set"),
         node(10, "VAEEncode", (1440, 120), (300, 50), "Encode clean set"),
         node(11, "VAEEncode", (1440, 220), (300, 50), "Encode protected set"),
-        node(12, "TrainLoraNode", (20, 1300), (340, 620), "LoRA on the clean set", steps=40, control_after_generate="fixed"),
-        node(13, "TrainLoraNode", (400, 1300), (340, 620), "LoRA on the protected set (same settings)", steps=40,
+        node(12, "TrainLoraNode", (20, 1300), (340, 620), "LoRA on the clean set", steps=20, control_after_generate="fixed"),
+        node(13, "TrainLoraNode", (400, 1300), (340, 620), "LoRA on the protected set (same settings)", steps=20,
              control_after_generate="fixed"),
         node(14, "LoraModelLoader", (780, 1300), (300, 100), "Apply the clean LoRA"),
         node(15, "LoraModelLoader", (780, 1450), (300, 100), "Apply the protected LoRA"),
         node(16, "CLIPTextEncode", (1120, 1300), (400, 150), "Generation prompt", text="a painting by sks artist, a castle"),
         node(17, "CLIPTextEncode", (1120, 1500), (400, 150), "Negative", text=""),
-        node(18, "EmptyLatentImage", (1120, 1700), (400, 110), None, width=256, height=256),
+        node(18, "EmptyLatentImage", (1120, 1700), (400, 110), None, width=128, height=128),
         node(19, "KSampler", (1560, 1300), (320, 262), "Generate with the clean LoRA", seed=42,
-             control_after_generate="fixed", steps=12),
+             control_after_generate="fixed", steps=8),
         node(20, "KSampler", (1560, 1610), (320, 262), "Generate with the protected LoRA (same seed)", seed=42,
-             control_after_generate="fixed", steps=12),
+             control_after_generate="fixed", steps=8),
         node(21, "VAEDecode", (1920, 1300), (240, 50), None),
         node(22, "VAEDecode", (1920, 1400), (240, 50), None),
         node(23, "ImageStitch", (1920, 1500), (300, 150), "clean LoRA | protected LoRA"),
@@ -167,11 +180,12 @@ LORA = {
         note(26, (1060, -120), (680, 200),
              "**Protect Image** protects each image of the set on its own; the set is saved as PNG. Against a LoRA "
              "like this one, try *method* **anti-dreambooth** or **mist-v2**: they attack through a LoRA that keeps "
-             "fine-tuning on the image (slower by about *surrogate_steps* / *surrogate_every*)."),
+             "fine-tuning on the image (slower by about *surrogate_steps* / *surrogate_every*). "
+             f"**steps {TRIAL_STEPS}** is a quick trial sized for a CPU; use 60 (the *balanced* preset) or more."),
         note(27, (20, 1080), (1060, 160),
              "ComfyUI's own **Train LoRA** node, twice with identical settings and seed: only the training images "
-             "differ. Sized for a CPU (**steps 40**, a 256 px picture in 12 steps): on a GPU use a few hundred "
-             "steps and the model's size (512 for SD1.5)."),
+             "differ. A quick trial sized for a CPU (**steps 20**, a 128 px picture in 8 steps): for a real "
+             "comparison (on a GPU) use a few hundred steps and the model's size (512 for SD1.5) in 20 or more."),
         note(28, (1120, 1080), (1540, 160),
              "Both LoRAs on the same base model, then the same prompt, latent and seed. Left: the LoRA trained on "
              "the clean set; right: on the protected set. If the protection works, the right one imitates the style "
@@ -206,9 +220,10 @@ IMG2IMG_CHECK = {
         node(3, "LoadImage", (380, 120), (300, 330), "Your artwork", image="example.png"),
         node(11, "ImageScaleToMaxDimension", (380, 490), (300, 110), "Trial size (delete on a GPU)",
              upscale_method="area", largest_size=TRIAL),
-        node(4, "AdvDMProtect", (720, 120), (340, 560), None),
+        node(4, "AdvDMProtect", (720, 120), (340, 560), None, steps=TRIAL_STEPS),
         node(5, "SaveImage", (720, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
-        node(7, "AdvDMMeasure", (1100, 120), (460, 860), "Measure Protection, with the img2img check", img2img=True),
+        node(7, "AdvDMMeasure", (1100, 120), (460, 860), "Measure Protection, with the img2img check", img2img=True,
+             max_samples=TRIAL_DRAWS, img2img_seeds=3),
         node(8, "PreviewImage", (1600, 120), (420, 520), "The edits: rows clean / protected / noise"),
         note(9, (20, -100), (1040, 180),
              "**Does the protection change what img2img makes of the image?** img2img (SDEdit) is the paper's "
@@ -220,7 +235,10 @@ IMG2IMG_CHECK = {
              "clean image's edit (RMSE in /255) beside *same-budget noise*, with 95% intervals over the seeds. Only "
              "*moves the img2img edit farther from the clean image's edit than same-budget noise does* counts as "
              "protection. The picture: rows clean / protected / noise, columns the input, then its edit at each "
-             "strength. Above them, the diffusion-loss figures (*protected minus noise*)."),
+             "strength. Above them, the diffusion-loss figures (*protected minus noise*). The values are a quick "
+             f"trial sized for a CPU: Protect **steps {TRIAL_STEPS}**, **max_samples {TRIAL_DRAWS}**, "
+             "**img2img_seeds 3** (the fewest that allow a verdict; the report's img2img line says *3 seeds*). "
+             "For a real check use steps 60, max_samples 256 and img2img_seeds 5 or more."),
     ],
     "links": [(1, "CLIP", 2, "clip"), (1, "MODEL", 4, "model"), (1, "VAE", 4, "vae"), (3, "IMAGE", 11, "image"),
               (11, "IMAGE", 4, "image"), (2, "CONDITIONING", 4, "conditioning"), (4, "protected", 5, "images"),
