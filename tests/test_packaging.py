@@ -157,5 +157,10 @@ def test_template_seeds_are_fixed_and_defaults_are_the_cores(path):
         if n["type"] in OUR_NODES:
             assert "fixed" in n["widgets_values"], (n["type"], n["id"])
         if n["type"] == "AdvDMProtect":
-            for k in ("method", "epsilon", "steps", "step_size", "samples", "seed", "view", "surrogate_every", "surrogate_steps"):
+            for k in ("method", "epsilon", "step_size", "samples", "seed", "view", "surrogate_every", "surrogate_steps"):
                 assert named[k] == PROTECT[k].default, k
+            # steps: a quick CPU trial, which a note must name beside the preset's value for real use
+            if named["steps"] != PROTECT["steps"].default:
+                text = " ".join(str(m["widgets_values"][0]) for m in wf["nodes"] if m["type"] in ("Note", "MarkdownNote"))
+                assert "quick trial sized for a CPU" in text and f"steps {named['steps']}**" in text, path.stem
+                assert f"steps {PROTECT['steps'].default}" in text or f"use {PROTECT['steps'].default}" in text, path.stem
