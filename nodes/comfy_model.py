@@ -370,7 +370,8 @@ class ComfyModel:
             return out
 
         def prompted(prompt: str) -> DiffusionModel:
-            encoded = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True, return_dict=True)
+            with AugmentedAssignOutOfPlace():  # ComfyUI's CLIP layers add to their residual stream in place
+                encoded = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True, return_dict=True)
             cond = encoded.pop("cond")
             return replace(self.diffusion_model, denoise=self.denoiser([[cond, encoded]], detach=False), text=None)
 

@@ -448,3 +448,24 @@ def test_unsupported_model_is_refused_in_one_line(comfy):
     assert err["node_type"] == "AdvDMProtect"
     msg = err["exception_message"].strip()
     assert "\n" not in msg and "EDM" in msg and "not supported" in msg
+
+
+def test_mimicry_node_runs_textual_inversion_and_leaves_unet_and_clip_as_they_were():
+    """The textual-inversion mimic through the node in ComfyUI's own interpreter (no server;
+    CLIP from ComfyUI's checkpoint loader, weights loaded in inference mode, its CLIP layers
+    adding to their residual stream in place): it runs, names the mimic, and the UNet and CLIP
+    are bit-identical afterwards with no hook left."""
+    import os
+    import subprocess
+    import sys
+
+    from comfy_server import cache_dir
+
+    ckpt = cache_dir() / checkpoint(CKPT_NAME, "sd15")
+    proc = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable),
+                           str(Path(__file__).parent / "comfy_textual_inversion.py"), str(ckpt)],
+                          capture_output=True, text=True, timeout=3000, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "textual inversion of 'sks'" in out["report"] and out["grid"][-1] == 3
+    assert out["clip_same"] and out["unet_same"] and out["hooks"] == 0
