@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from advdm import DiffusionModel, Latent
-from advdm.models.interface import TextRoute
+from advdm.models.interface import TextRoute, single_token
 from advdm.models.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
 
 # Families this adapter has been written and checked for: (BaseModel class name, latent
@@ -360,14 +360,7 @@ class ComfyModel:
             raise ValueError(f"textual inversion needs a CLIP text encoder; this CLIP has {', '.join(keys)}")
 
         def ids(word: str):
-            out = []
-            for t in tokenizers:
-                found = t.tokenizer(word)["input_ids"][1:-1]
-                if len(found) != 1:
-                    raise ValueError(f"{word!r} is {len(found)} tokens for this CLIP's tokenizer; textual inversion "
-                                     "needs a word that is one token")
-                out.append(found[0])
-            return out
+            return [single_token(word, t.tokenizer(word)["input_ids"][1:-1], "this CLIP") for t in tokenizers]
 
         def prompted(prompt: str) -> DiffusionModel:
             with AugmentedAssignOutOfPlace():  # ComfyUI's CLIP layers add to their residual stream in place

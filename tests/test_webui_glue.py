@@ -374,7 +374,8 @@ def test_mimicry_route_answers_the_clis_figures_and_the_grid_under_the_lock(mimi
     grid = Image.open(io.BytesIO(base64.b64decode(d["grid"])))
     assert grid.format == "PNG" and grid.width > 2 * 32 and grid.height > 4 * 32  # four rows of two pictures
     assert state.jobs == [("begin", "advdm_mimicry", True), ("end",)]
-    assert state.sampling_step == state.sampling_steps == 3 * 3 * 3 + 2 * (1 + 3 * 3)  # fine-tune + sampler steps
+    # fine-tune steps + sampler steps + blocks of 4 draws scored (3 seeds x 4 models x 3 images x 2 blocks)
+    assert state.sampling_step == state.sampling_steps == 3 * 3 * 3 + 2 * (1 + 3 * 3) + 3 * 4 * 3 * 2
     assert state.used == [("a painting", 32, 32)]
     after = _weights(tiny.denoiser_network)
     assert all(torch_equal(before[k], after[k]) for k in before)

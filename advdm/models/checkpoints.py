@@ -12,7 +12,7 @@ import torch
 
 from . import builtin
 from .diffusers_model import Conditioning, flow_model, unet_model
-from .interface import DiffusionModel, TextRoute
+from .interface import DiffusionModel, TextRoute, single_token
 from ..settings import DEFAULT_PROMPT  # one default prompt for every entry point
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -122,10 +122,7 @@ def text_route(encoders, build, device, source: str) -> TextRoute:
             else:
                 raise ValueError(f"{source}: the word {word!r} needs CLIP tokenizer files, which a single-file "
                                  f"checkpoint lacks; use a diffusers folder, or one of {sorted(KNOWN_WORDS)}")
-            if len(found) != 1:
-                raise ValueError(f"{source}: {word!r} is {len(found)} tokens for this tokenizer; textual inversion "
-                                 "needs a word that is one token")
-            out.append(found[0])
+            out.append(single_token(word, found, source))
         return out
 
     def prompted(prompt: str) -> DiffusionModel:

@@ -50,6 +50,14 @@ class TextRoute:
     encoders: Sequence[torch.nn.Module] = ()  # the text encoders themselves, which a mimic leaves as they were
 
 
+def single_token(word: str, ids: Sequence[int], source: str) -> int:
+    """The one token id a tokenizer gave for word; a ValueError naming source otherwise."""
+    if len(ids) != 1:
+        raise ValueError(f"{source}: {word!r} is {len(ids)} tokens for this tokenizer; textual inversion needs a "
+                         "word that is one token")
+    return ids[0]
+
+
 @dataclass
 class DiffusionModel:
     encode: Callable[[Tensor], Latent]
