@@ -249,6 +249,7 @@ class ComfyModel:
         self.clip = clip  # CLIP: the text route of a textual-inversion mimic (optional)
         self._stack: Optional[contextlib.ExitStack] = None
         self._denoise: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+        self._text: Optional[TextRoute] = None  # built once on entering, with a CLIP
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "ComfyModel":
@@ -305,6 +306,8 @@ class ComfyModel:
         self.transformer_options = dict(self.patcher.model_options.get("transformer_options", {}))
         if self.conditioning is None:
             self.conditioning = zero_conditioning(base)
+        if self.clip is not None:
+            self._text = self.text_route()
 
     def __exit__(self, *exc) -> None:
         if self._stack is not None:
@@ -362,11 +365,13 @@ class ComfyModel:
         def ids(word: str):
             return [single_token(word, t.tokenizer(word)["input_ids"][1:-1], "this CLIP") for t in tokenizers]
 
+        plain = replace(self.diffusion_model, text=None)  # each step's model differs in its denoiser only
+
         def prompted(prompt: str) -> DiffusionModel:
             with AugmentedAssignOutOfPlace():  # ComfyUI's CLIP layers add to their residual stream in place
                 encoded = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True, return_dict=True)
             cond = encoded.pop("cond")
-            return replace(self.diffusion_model, denoise=self.denoiser([[cond, encoded]], detach=False), text=None)
+            return replace(plain, denoise=self.denoiser([[cond, encoded]], detach=False))
 
         return TextRoute([e.transformer.get_input_embeddings() for e in encoders], ids, prompted, encoders)
 
@@ -376,7 +381,7 @@ class ComfyModel:
             encode=self.encode,
             decode=self.decode,
             denoise=self.denoise,
-            text=None if self.clip is None else self.text_route(),
+            text=self._text,
             prediction=self.prediction,
             sigmas=self.sigmas,
             flow_shift=self.flow_shift,
