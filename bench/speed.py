@@ -6,7 +6,7 @@
     python bench/speed.py --methods advdm,anti-dreambooth,mist-v2,ace --precision fp32 --cycles 1 --no-floor
     python bench/speed.py --res 256 --methods advdm --finetune-step --precision fp32 --no-floor
 
-The model is built from the real SD1.5 component configs shipped in advdm/configs/sd1
+The model is built from the real SD1.5 component configs shipped in advdm/models/configs/sd1
 (UNet2DConditionModel + AutoencoderKL, ~940M parameters) with seeded random weights and a
 random (1, 77, 768) text context; nothing is downloaded. Each configuration (method x
 resolution x precision, and the floor) runs in a fresh subprocess so peak memory does not
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "advdm" / "configs" / "sd1"
+CONFIGS = ROOT / "advdm" / "models" / "configs" / "sd1"  # the single-file loader's own configs
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 METHODS = ("advdm", "sds", "mist", "photoguard", "ace", "anti-dreambooth", "mist-v2")
@@ -531,7 +531,7 @@ def main(argv=None):
           + (f", {torch.cuda.get_device_name()}" if device == "cuda" else f", per-run memory cap {_gb(limit)} GB"), flush=True)
     timing = (f"{args.cycles} surrogate cycle(s) per method, all steps timed" if args.cycles else
               f"{args.warmup} warm-up + {args.steps} timed steps")
-    print(f"# model: SD1.5 architecture (advdm/configs/sd1), random weights; {timing}, samples={args.samples}", flush=True)
+    print(f"# model: SD1.5 architecture (advdm/models/configs/sd1), random weights; {timing}, samples={args.samples}", flush=True)
 
     t_start = time.perf_counter()
     make_weights(args.cache)

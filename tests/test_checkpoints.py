@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advdm.models import builtin
-from advdm.models.checkpoints import CheckpointError, detect_family, load_model
+from advdm.models.checkpoints import CONFIGS, CheckpointError, detect_family, load_model
 from advdm.evaluation.measure import fixed_loss
 from sample_images import smooth_image
 
@@ -79,6 +79,19 @@ def test_missing_checkpoint_and_unknown_builtin():
         load_model("/nonexistent/model.safetensors", torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="unknown builtin"):
         load_model("builtin:huge", torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_single_files_find_their_component_configs(family):
+    """A single file carries weights only: its UNet, VAE, text encoders and schedule come from the
+    configs shipped beside the loader (a core regrouping once left them behind and every single
+    file failed with a hub-download error)."""
+    from diffusers import UNet2DConditionModel
+
+    parts = ["unet", "vae", "text_encoder", "scheduler"] + (["text_encoder_2"] if family == "sdxl" else [])
+    for part in parts:
+        assert any((CONFIGS / family / part).glob("*config.json")), f"{family}/{part}"
+    UNet2DConditionModel.load_config(str(CONFIGS / family), subfolder="unet", local_files_only=True)
 
 
 @pytest.mark.skipif(not os.environ.get("ADVDM_SD15_CHECKPOINT"), reason="set ADVDM_SD15_CHECKPOINT to a full-size SD1.5 single file")

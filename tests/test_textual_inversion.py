@@ -5,6 +5,7 @@ word changes only its own lookups, and only while inside; a model without a text
 a prompt without the word and a word of several tokens are refused by name. SDXL learns the word in both of its encoders;
 in float16 and bfloat16 (the hosts' precision) the word learns as in float32."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_textual_inversion_in_float16_and_bfloat16_learns_as_in_float32():
     assert drops[torch.float32] > 0.02, drops
     for dtype in (torch.float16, torch.bfloat16):
         assert drops[dtype] == pytest.approx(drops[torch.float32], rel=0.15), drops
+
+
+@pytest.mark.skipif(not os.environ.get("ADVDM_SD15_CHECKPOINT"), reason="set ADVDM_SD15_CHECKPOINT to a full-size SD1.5 single file")
+def test_a_full_size_sd15_single_file_runs_it_from_the_cli_and_in_process_leaves_it_as_it_was(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """The real SD1.5 architecture (random weights do): the single file's CLIP, the default word
+    and prompt known without tokenizer files; everything tiny so that a CPU runs it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoint = os.environ["ADVDM_SD15_CHECKPOINT"]
+    a = tmp_path / "a.png"
+    save_png(a, smooth_image(64, 64))
+    assert main(["mimicry", "--train", str(a), "--protected", str(a), "--checkpoint", checkpoint, "--device", "cpu",
+                 "--mimic", "textual-inversion", "--steps", "1", "--seeds", "1", "--draws", "2", "--pictures", "1",
+                 "--picture-steps", "1", "--json", "--output-dir", str(tmp_path)]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["mimic"] == "textual-inversion" and m["ti_prompt"] == "a painting in the style of sks"
+
+    model = load_model(checkpoint, torch.device("cpu"), torch.float32, keep_text=True)
+    (encoder,) = model.text.encoders
+    before = snapshot(model.denoiser_network), snapshot(encoder)
+    x = smooth_image(64, 64)
+    config = MimicryConfig(seeds=1, draws=2, finetune=FinetuneConfig(steps=1, batch=1), pictures=0,
+                           mimic="textual-inversion")
+    assert mimicry_check(model, [x], [x], [x], config)["mimic"] == "textual-inversion"
+    assert_as_before(model.denoiser_network, before[0])
+    assert_as_before(encoder, before[1])
