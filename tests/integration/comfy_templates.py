@@ -39,7 +39,8 @@ TRIAL_DRAWS = 16  # Measure Protection's max_samples: one round of its 16 starti
 TRIAL_STRENGTHS = "0.5"  # img2img_check's one strength (the node's default: 0.3,0.5); its 3 seeds x 3 images x 10
 # Euler steps are most of that Run
 # ComfyUI's Train LoRA node on a CPU: fp32 without gradient checkpointing, the LoRA as a side branch (bypass),
-# about 2 s a step at 64 px here; its defaults (bf16, checkpointing, the LoRA merged into the weights) took 25 s
+# 2 to 3 s a step at 64 px here; with bypass off (its default, the LoRA merged into the weights) 23 to 37 s, in
+# bf16 with checkpointing (its defaults) and in fp32 without alike (each timed once, the machine shared)
 LORA_TRIAL = dict(steps=10, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False, bypass_mode=True,
                   control_after_generate="fixed")
 # A Protect node with a Save Image under it: tall enough that the preview it shows while it runs (drawn under
@@ -199,8 +200,8 @@ LORA = {
         note(27, (20, 1080), (1060, 160),
              "ComfyUI's own **Train LoRA** node, twice with identical settings and seed: only the training images "
              f"differ. A quick trial sized for a CPU: **steps {LORA_TRIAL['steps']}**; **training_dtype fp32** and "
-             "**lora_dtype fp32**, **gradient_checkpointing** off and **bypass_mode** on (on a CPU bf16 and merging "
-             f"the LoRA into the weights at every step are each many times slower); a {TRIAL} px picture "
+             "**lora_dtype fp32**, **gradient_checkpointing** off and **bypass_mode** on (with bypass_mode off a "
+             f"training step took about ten times as long on a CPU); a {TRIAL} px picture "
              "(**width**, **height**) in **steps 8**. For a real comparison (on a GPU): steps a few hundred, the "
              "node's defaults for the rest (bf16, gradient checkpointing on), and the model's size (512 for SD1.5) "
              "in 20 or more sampler steps."),
