@@ -10,10 +10,11 @@ needs a running ComfyUI with this pack in custom_nodes, ComfyUI's own input/exam
 input directory (the Load Image nodes show it in the thumbnails), playwright and Chromium (as
 test_comfyui_browser.py). A spec: nodes (id, type, position, size, title, widget values),
 links (from id, output slot, to id, input name), notes (Markdown), groups and the view the
-template opens at (zoomed so the notes read). Templates default to a 96 px trial copy of the
-artwork (Scale Image to Max Dimension, a stock node) so the first Run finishes on a CPU in
-minutes; their notes say to delete it on a GPU. Their counts (attack steps, draws, seeds,
-fine-tuning steps) are a quick trial too, and the notes say which values to raise for a real check.
+template opens at (zoomed so the notes read). Templates default to a small trial copy of the
+artwork (Scale Image to Max Dimension, a stock node: 96 px, 64 px where the Run fine-tunes or
+redraws) so the first Run finishes on a CPU in about five minutes; their notes say to delete it
+on a GPU. Their counts (attack steps, draws, seeds, strengths, fine-tuning and sampler steps) are
+a quick trial too, and the notes say which values to raise for a real check, and to what.
 """
 from __future__ import annotations
 
@@ -28,15 +29,29 @@ EXAMPLES = REPO / "example_workflows"
 CKPT = "v1-5-pruned-emaonly.safetensors"  # the stock loader's usual first entry
 APP = "window.comfyAPI.app.app"
 TRIAL = 96  # px: the trial copy's longer side
+# where the Run also fine-tunes or redraws: one SD1.5 call at 64 px costs about 0.6 of one at 96 px, a
+# training step (forward and backward) about 0.4
+TRIAL_SMALL = 64
 # The trial's counts, in the templates' widgets (the nodes keep their defaults for real use); each note
 # names them beside the value to raise them to.
 TRIAL_STEPS = 12  # Protect Image's attack steps (at step_size 1, just enough to reach epsilon 12; the balanced preset: 60)
 TRIAL_DRAWS = 16  # Measure Protection's max_samples: one round of its 16 starting draws (its default: 256)
+TRIAL_STRENGTHS = "0.5"  # img2img_check's one strength (the node's default: 0.3,0.5); its 3 seeds x 3 images x 10
+# Euler steps are most of that Run
+# ComfyUI's Train LoRA node on a CPU: fp32 without gradient checkpointing, the LoRA as a side branch (bypass),
+# 2 to 3 s a step at 64 px here; with bypass off (its default, the LoRA merged into the weights) 23 to 37 s, in
+# bf16 with checkpointing (its defaults) and in fp32 without alike (each timed once, the machine shared)
+LORA_TRIAL = dict(steps=10, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False, bypass_mode=True,
+                  control_after_generate="fixed")
+# A Protect node with a Save Image under it: tall enough that the preview it shows while it runs (drawn under
+# its widgets) stays inside it, not over the next node's title
+PROTECT_WITH_PREVIEW = (340, 720)
 THUMB = (640, 400)  # thumbnail size (the template cards are about 16:10)
 
-TRIAL_NOTE = (f"**Trial size** makes a {TRIAL} px copy so that a first Run finishes on a CPU in minutes. "
-              "**On a GPU, delete it** and connect the image straight on: the protection is computed for the "
-              "size you publish.")
+def trial_note(size: int) -> str:
+    return (f"**Trial size** makes a {size} px copy so that a first Run finishes on a CPU in about five minutes. "
+            "**On a GPU, delete it** and connect the image straight on: the protection is computed for the "
+            "size you publish.")
 SAVE_NOTE = ("**Save Image** writes a PNG: keep it PNG (JPEG and resizing weaken the protection). The grey image "
              "is the change, amplified.")
 MEASURE_NOTE = (
@@ -80,7 +95,7 @@ PROTECT_AND_SAVE = {
         note(8, (20, -100), (660, 180),
              "**Load Checkpoint**: the model the protection should work against (SD1.x, SD2.x, SDXL, SD3 or "
              "Flux.1); it is strongest against that family. The prompt is what AdvDM conditions on ('a painting' "
-             "is the paper's). **Load Image**: your artwork. " + TRIAL_NOTE),
+             "is the paper's). **Load Image**: your artwork. " + trial_note(TRIAL)),
         note(9, (720, -100), (340, 180),
              "**Protect Image** adds a change of at most *epsilon*/255 per pixel that raises the model's diffusion "
              f"loss on the image. **steps {TRIAL_STEPS}** is a quick trial sized for a CPU; for the image you "
@@ -107,27 +122,28 @@ MIMICRY_CHECK = {
         node(5, "ImageFlip", (720, 490), (300, 82), "Mirror (delete with your own artwork 2)", flip_method="y-axis: horizontally"),
         node(6, "BatchImagesNode", (720, 120), (300, 100), "Training images"),
         node(13, "ImageScaleToMaxDimension", (720, 270), (300, 110), "Trial size (delete on a GPU)",
-             upscale_method="area", largest_size=TRIAL),
-        node(7, "AdvDMProtect", (1060, 120), (340, 560), None, steps=TRIAL_STEPS),
-        node(8, "SaveImage", (1060, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
-        node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=10, draws=8, pictures=2,
-             picture_steps=4, picture_size=TRIAL),
+             upscale_method="area", largest_size=TRIAL_SMALL),
+        node(7, "AdvDMProtect", (1060, 120), PROTECT_WITH_PREVIEW, None, steps=TRIAL_STEPS),
+        node(8, "SaveImage", (1060, 880), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
+        node(10, "AdvDMMimicry", (1440, 120), (520, 900), None, seeds=1, steps=10, draws=4, pictures=2,
+             picture_steps=4, picture_size=TRIAL_SMALL),
         note(14, (20, -120), (1000, 200),
              "**Does a mimic still learn your style from the protected copies?** Load two or more artworks of one "
              "style (here the example image and its mirror image; replace them with yours). **Protect Image** "
              "protects them; **Mimicry Check** then fine-tunes a small LoRA on this model three times - on the "
              "clean images, on the protected copies and on *same-budget noise* copies - and tests each on clean "
-             "images it did not train on. " + TRIAL_NOTE),
+             "images it did not train on. " + trial_note(TRIAL_SMALL)),
         note(15, (1060, -120), (900, 200),
              "The report on **Mimicry Check**: *learned fraction (held out): protected ..., same-budget noise ...* "
              "[1 = learned as much as from clean images, 0 = nothing]. The protection works when the protected "
              "fraction's interval lies clearly below the noise one. The grid: rows base model, clean LoRA, protected "
              "LoRA, noise LoRA, and the *picture shift* (1 = what noise does). The values are a quick trial sized "
-             f"for a CPU: Protect **steps {TRIAL_STEPS}**; **seeds 1**, **steps 10**, **draws 8**, 2 small "
-             "pictures in 4 steps; with one seed the report says *the fine-tune's own randomness is NOT covered*, "
-             "and 10 steps may leave it saying *the clean fine-tune did not clearly lower the held-out loss*. For a real "
-             "check (on a GPU): Protect steps 60; seeds 3 or more, steps 300, draws 64, pictures 4 at "
-             "picture_size 0 (the model's) in 20 steps."),
+             f"for a CPU: Protect **steps {TRIAL_STEPS}**; **seeds 1**, **steps 10**, **draws 4** (the report's "
+             "last lines say *LoRA rank 8, 10 steps, ..., 1 seed(s), 4 draws per image*), **pictures 2** at "
+             f"**picture_size {TRIAL_SMALL}** in **picture_steps 4**. With one seed the report says *the fine-tune's own "
+             "randomness is NOT covered*, and 10 steps may leave it saying *the clean fine-tune did not clearly "
+             "lower the held-out loss*. For a real check (on a GPU): Protect steps 60; seeds 3 or more, steps 300, "
+             "draws 64, pictures 4 at picture_size 0 (the model's) in picture_steps 20."),
     ],
     "links": [(1, "CLIP", 2, "clip"), (1, "CLIP", 12, "clip"), (3, "IMAGE", 6, "images.image0"),
               (4, "IMAGE", 5, "image"), (5, "IMAGE", 6, "images.image1"), (6, "IMAGE", 13, "image"),
@@ -137,7 +153,7 @@ MIMICRY_CHECK = {
               (7, "protected", 10, "protected"), (12, "CONDITIONING", 10, "conditioning")],
     "groups": [group("1. Your artworks and the model", (0, -200, 1040, 1060), "#3f789e"),
                group("2. Protect, then ask what a mimic's LoRA learns from the protected copies",
-                     (1040, -200, 940, 1240), "#2b7a4b")],
+                     (1040, -200, 940, 1400), "#2b7a4b")],
     "view": (0.75, (60, 330)),
 }
 
@@ -151,19 +167,18 @@ LORA = {
         node(8, "ImageFlip", (720, 490), (300, 82), "Mirror (delete with your own artwork 2)", flip_method="y-axis: horizontally"),
         node(5, "BatchImagesNode", (720, 120), (300, 100), "The set (connect more images to grow it)"),
         node(9, "ImageScaleToMaxDimension", (720, 270), (300, 110), "Trial size (delete on a GPU)",
-             upscale_method="area", largest_size=TRIAL),
-        node(6, "AdvDMProtect", (1060, 120), (340, 560), "Protect the whole set", steps=TRIAL_STEPS),
-        node(7, "SaveImage", (1060, 720), (340, 300), "Save protected set (PNG)", filename_prefix="protected_set"),
+             upscale_method="area", largest_size=TRIAL_SMALL),
+        node(6, "AdvDMProtect", (1060, 120), PROTECT_WITH_PREVIEW, "Protect the whole set", steps=TRIAL_STEPS),
+        node(7, "SaveImage", (1440, 330), (300, 300), "Save protected set (PNG)", filename_prefix="protected_set"),
         node(10, "VAEEncode", (1440, 120), (300, 50), "Encode clean set"),
         node(11, "VAEEncode", (1440, 220), (300, 50), "Encode protected set"),
-        node(12, "TrainLoraNode", (20, 1300), (340, 620), "LoRA on the clean set", steps=20, control_after_generate="fixed"),
-        node(13, "TrainLoraNode", (400, 1300), (340, 620), "LoRA on the protected set (same settings)", steps=20,
-             control_after_generate="fixed"),
+        node(12, "TrainLoraNode", (20, 1300), (340, 620), "LoRA on the clean set", **LORA_TRIAL),
+        node(13, "TrainLoraNode", (400, 1300), (340, 620), "LoRA on the protected set (same settings)", **LORA_TRIAL),
         node(14, "LoraModelLoader", (780, 1300), (300, 100), "Apply the clean LoRA"),
         node(15, "LoraModelLoader", (780, 1450), (300, 100), "Apply the protected LoRA"),
         node(16, "CLIPTextEncode", (1120, 1300), (400, 150), "Generation prompt", text="a painting by sks artist, a castle"),
         node(17, "CLIPTextEncode", (1120, 1500), (400, 150), "Negative", text=""),
-        node(18, "EmptyLatentImage", (1120, 1700), (400, 110), None, width=128, height=128),
+        node(18, "EmptyLatentImage", (1120, 1700), (400, 110), None, width=TRIAL, height=TRIAL),
         node(19, "KSampler", (1560, 1300), (320, 262), "Generate with the clean LoRA", seed=42,
              control_after_generate="fixed", steps=8),
         node(20, "KSampler", (1560, 1610), (320, 262), "Generate with the protected LoRA (same seed)", seed=42,
@@ -176,7 +191,7 @@ LORA = {
         note(25, (20, -120), (1000, 200),
              "**Train one LoRA on your clean images and one on their protected copies, then compare what each "
              "generates.** Load your artworks (here the example image and its mirror image; replace them with "
-             "yours, and connect more to **The set**). The caption is also AdvDM's prompt. " + TRIAL_NOTE),
+             "yours, and connect more to **The set**). The caption is also AdvDM's prompt. " + trial_note(TRIAL_SMALL)),
         note(26, (1060, -120), (680, 200),
              "**Protect Image** protects each image of the set on its own; the set is saved as PNG. Against a LoRA "
              "like this one, try *method* **anti-dreambooth** or **mist-v2**: they attack through a LoRA that keeps "
@@ -184,8 +199,12 @@ LORA = {
              f"**steps {TRIAL_STEPS}** is a quick trial sized for a CPU; use 60 (the *balanced* preset) or more."),
         note(27, (20, 1080), (1060, 160),
              "ComfyUI's own **Train LoRA** node, twice with identical settings and seed: only the training images "
-             "differ. A quick trial sized for a CPU (**steps 20**, a 128 px picture in 8 steps): for a real "
-             "comparison (on a GPU) use a few hundred steps and the model's size (512 for SD1.5) in 20 or more."),
+             f"differ. A quick trial sized for a CPU: **steps {LORA_TRIAL['steps']}**; **training_dtype fp32** and "
+             "**lora_dtype fp32**, **gradient_checkpointing** off and **bypass_mode** on (with bypass_mode off a "
+             f"training step took about ten times as long on a CPU); a {TRIAL} px picture "
+             "(**width**, **height**) in **steps 8**. For a real comparison (on a GPU): steps a few hundred, the "
+             "node's defaults for the rest (bf16, gradient checkpointing on), and the model's size (512 for SD1.5) "
+             "in 20 or more sampler steps."),
         note(28, (1120, 1080), (1540, 160),
              "Both LoRAs on the same base model, then the same prompt, latent and seed. Left: the LoRA trained on "
              "the clean set; right: on the protected set. If the protection works, the right one imitates the style "
@@ -219,34 +238,37 @@ IMG2IMG_CHECK = {
         *model_nodes(),
         node(3, "LoadImage", (380, 120), (300, 330), "Your artwork", image="example.png"),
         node(11, "ImageScaleToMaxDimension", (380, 490), (300, 110), "Trial size (delete on a GPU)",
-             upscale_method="area", largest_size=TRIAL),
-        node(4, "AdvDMProtect", (720, 120), (340, 560), None, steps=TRIAL_STEPS),
-        node(5, "SaveImage", (720, 720), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
+             upscale_method="area", largest_size=TRIAL_SMALL),
+        node(4, "AdvDMProtect", (720, 120), PROTECT_WITH_PREVIEW, None, steps=TRIAL_STEPS),
+        node(5, "SaveImage", (720, 880), (340, 300), "Save protected (PNG)", filename_prefix="protected"),
         node(7, "AdvDMMeasure", (1100, 120), (460, 860), "Measure Protection, with the img2img check", img2img=True,
-             max_samples=TRIAL_DRAWS, img2img_seeds=3),
+             max_samples=TRIAL_DRAWS, img2img_strengths=TRIAL_STRENGTHS, img2img_seeds=3),
         node(8, "PreviewImage", (1600, 120), (420, 520), "The edits: rows clean / protected / noise"),
         note(9, (20, -100), (1040, 180),
              "**Does the protection change what img2img makes of the image?** img2img (SDEdit) is the paper's "
              "style-transfer threat: the model noises the image part-way (the *strength*) and redraws it. "
              "**Protect Image** protects your artwork; **Measure Protection** with *img2img* on then redraws the "
-             "clean, the protected and a same-budget noise image with the same seeds. " + TRIAL_NOTE),
+             "clean, the protected and a same-budget noise image with the same seeds. " + trial_note(TRIAL_SMALL)),
         note(10, (1100, -100), (920, 180),
              "The report's *img2img* lines give, per strength, how far the protected image's edit lands from the "
              "clean image's edit (RMSE in /255) beside *same-budget noise*, with 95% intervals over the seeds. Only "
              "*moves the img2img edit farther from the clean image's edit than same-budget noise does* counts as "
              "protection. The picture: rows clean / protected / noise, columns the input, then its edit at each "
              "strength. Above them, the diffusion-loss figures (*protected minus noise*). The values are a quick "
-             f"trial sized for a CPU: Protect **steps {TRIAL_STEPS}**, **max_samples {TRIAL_DRAWS}**, "
-             "**img2img_seeds 3** (the fewest that allow a verdict; the report's img2img line says *3 seeds*). "
-             "For a real check use steps 60, max_samples 256 and img2img_seeds 5 or more."),
+             f"trial sized for a CPU: Protect **steps {TRIAL_STEPS}**, **max_samples {TRIAL_DRAWS}** (the report "
+             f"says *... paired draws of at most {TRIAL_DRAWS}*), **img2img_strengths {TRIAL_STRENGTHS}** (one "
+             f"strength: one line *strength {TRIAL_STRENGTHS}*) and **img2img_seeds 3** (the fewest that allow a "
+             "verdict: the report says *3 seeds*); each redraw is 10 Euler steps, so this Run makes 90 of them. "
+             "For a real check use steps 60, max_samples 256, img2img_strengths 0.3,0.5 (the node's default) and "
+             "img2img_seeds 5 or more."),
     ],
     "links": [(1, "CLIP", 2, "clip"), (1, "MODEL", 4, "model"), (1, "VAE", 4, "vae"), (3, "IMAGE", 11, "image"),
               (11, "IMAGE", 4, "image"), (2, "CONDITIONING", 4, "conditioning"), (4, "protected", 5, "images"),
               (1, "MODEL", 7, "model"), (1, "VAE", 7, "vae"), (11, "IMAGE", 7, "original"),
               (4, "protected", 7, "protected"), (2, "CONDITIONING", 7, "conditioning"),
               (7, "img2img_picture", 8, "images")],
-    "groups": [group("1. Your artwork, protected", (0, -160, 1080, 1200), "#3f789e"),
-               group("2. What img2img makes of it, beside same-budget noise", (1080, -160, 960, 1200), "#2b7a4b")],
+    "groups": [group("1. Your artwork, protected", (0, -160, 1080, 1380), "#3f789e"),
+               group("2. What img2img makes of it, beside same-budget noise", (1080, -160, 960, 1380), "#2b7a4b")],
     "view": (0.8, (60, 285)),
 }
 

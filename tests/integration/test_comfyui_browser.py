@@ -233,10 +233,13 @@ def test_protect_node_shows_the_surrogate_inputs_and_old_workflows_get_their_def
     shot(page, "protect_node_old_workflow")
 
 
-# What each template's default Run must show on the node that reports, and the words it is read by.
-REPORTS = {"protect_and_save": ("AdvDMMeasure", "protected minus noise"),
-           "img2img_check": ("AdvDMMeasure", "img2img (SDEdit"),
-           "mimicry_check": ("AdvDMMimicry", "learned fraction")}
+# What each template's default Run shows: the node whose bar must move while it works, and the
+# words its report on the node is read by (None: protect_lora_clean_vs_protected's result is the
+# picture its two LoRA branches draw, not a report).
+SHOWS = {"protect_and_save": ("AdvDMMeasure", "protected minus noise"),
+         "img2img_check": ("AdvDMMeasure", "img2img (SDEdit"),
+         "mimicry_check": ("AdvDMMimicry", "learned fraction"),
+         "protect_lora_clean_vs_protected": ("AdvDMProtect", None)}
 
 
 def record_progress(pg) -> None:
@@ -244,18 +247,28 @@ def record_progress(pg) -> None:
         (e) => window.__progress.push([String(e.detail.node), e.detail.value, e.detail.max, performance.now()])); }""")
 
 
-@pytest.mark.parametrize("name", sorted(REPORTS))
+def centered_shot(pg, node_id: int, name: str) -> Path:
+    pg.evaluate(f"() => {{ const c = {APP}.canvas; c.ds.scale = 1.0; c.centerOnNode({APP}.graph.getNodeById({node_id})); c.setDirty(true, true); }}")
+    pg.wait_for_timeout(800)
+    return shot(pg, name)
+
+
+def widget(pg, node_id: int, name: str):
+    return pg.evaluate(f"{APP}.graph.getNodeById({node_id}).widgets.find(w => w.name === '{name}').value")
+
+
+@pytest.mark.parametrize("name", sorted(SHOWS))
 def test_template_default_run_finishes_with_moving_bars_and_the_report_on_the_node(comfy, page, name):
     """The template as it opens (the stock checkpoint name, the trial size, its own values) is
-    Run from the page: it finishes (the time is printed: what a CPU user waits), the reporting
-    node's bar moves through several values while it works, and its report (and the Mimicry
-    Check's grid) is shown on the node."""
-    node_type, words = REPORTS[name]
+    Run from the page: it finishes (the time is printed: what a CPU user waits), the working
+    node's bar moves through several values, and the result is shown on the node: the report
+    (and the Mimicry Check's grid), or the LoRA template's picture, clean | protected side by side."""
+    node_type, words = SHOWS[name]
     open_template(page, name)
     node_id = page.evaluate(f"{APP}.graph._nodes.find(n => n.type === '{node_type}').id")
     record_progress(page)
     t0 = time.time()
-    run_and_wait(page, comfy, timeout=1800)
+    entry = run_and_wait(page, comfy, timeout=1800)
     seconds = time.time() - t0
     page.wait_for_timeout(1500)
     events = page.evaluate("window.__progress")
@@ -265,11 +278,21 @@ def test_template_default_run_finishes_with_moving_bars_and_the_report_on_the_no
     print(f"\n{name}: default Run {seconds:.0f} s on this machine; {node_type}: {len(mine)} bar updates over "
           f"{times[-1] - times[0] if times else 0:.0f} s, longest pause {stall:.0f} s; values {mine}")
     assert len({v for v, m in mine if 0 < v < m}) >= 2, f"{node_type}'s bar did not move while it worked: {mine}"
+    if words is None:
+        save = page.evaluate(f"{APP}.graph._nodes.find(n => n.type === 'SaveImage' && "
+                             "n.widgets[0].value === 'lora_clean_vs_protected').id")
+        latent = page.evaluate(f"{APP}.graph._nodes.find(n => n.type === 'EmptyLatentImage').id")
+        size = (2 * widget(page, latent, "width"), widget(page, latent, "height"))  # the two pictures side by side
+        from PIL import Image
+
+        assert Image.open(comfy.output_file(entry, str(save))).size == size
+        centered_shot(page, save, f"{name}_default_run")
+        shown = page.evaluate(f"({APP}.graph.getNodeById({save}).imgs ?? []).map(i => [i.naturalWidth, i.naturalHeight])")
+        assert shown == [list(size)], f"the picture on the Save Image node: {shown}, expected {size}"
+        return
     report = page.evaluate(f"{APP}.graph.getNodeById({node_id}).widgets.find(w => w.name === 'report').value")
     assert words in report, report
-    page.evaluate(f"() => {{ const c = {APP}.canvas; c.ds.scale = 1.0; c.centerOnNode({APP}.graph.getNodeById({node_id})); c.setDirty(true, true); }}")
-    page.wait_for_timeout(800)
-    shot(page, f"{name}_default_run")
+    centered_shot(page, node_id, f"{name}_default_run")
     assert page.evaluate(SHOWN, words), "the report is not visible on the page"
     if node_type == "AdvDMMimicry":
         grid = page.evaluate(f"{APP}.nodeOutputs?.['{node_id}']?.images ?? []")
