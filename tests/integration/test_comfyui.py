@@ -219,7 +219,8 @@ def test_img2img_check_template(comfy):
     graph["7"]["inputs"]["img2img_seeds"] = 3
     entry = comfy.run(graph)
     text = entry["outputs"]["7"]["text"][0]
-    assert "img2img (SDEdit" in text and "strength 0.3" in text, text
+    strengths = graph["7"]["inputs"]["img2img_strengths"].split(",")  # the template's (a CPU trial: one)
+    assert "img2img (SDEdit" in text and all(f"strength {s:g}" in text for s in map(float, strengths)), text
     picture = load_png(comfy.output_file(entry, "8"))  # the Preview Image of img2img_picture
     assert picture.shape[0] >= 3 * 64 and picture.shape[1] >= 3 * 64  # rows clean / protected / noise
     saved = load_png(comfy.output_file(entry, "5"))
@@ -231,7 +232,8 @@ def test_lora_clean_vs_protected(comfy):
     t0 = time.time()
     entry = comfy.run(graph)
     print(f"lora workflow: {time.time() - t0:.1f} s")
-    assert load_png(comfy.output_file(entry, "24")).shape == (64, 64 * 2 + 8, 3)
+    gap = graph["23"]["inputs"]["spacing_width"]  # the ImageStitch's (the template's: 0)
+    assert load_png(comfy.output_file(entry, "24")).shape == (64, 64 * 2 + gap, 3)
     assert len(entry["outputs"]["7"]["images"]) == 2
 
 
