@@ -318,9 +318,10 @@ def mimicry_api(api, webui, monkeypatch, tiny):
     used = []
 
     @contextlib.contextmanager
-    def loaded_model(prompt, width, height):
+    def loaded_model(prompt, width, height, text=False):
         used.append((prompt, width, height))
-        yield tiny
+        state.text = text
+        yield getattr(state, "model", tiny)
 
     monkeypatch.setattr(webui, "loaded_model", loaded_model)
     state.used = used
