@@ -222,6 +222,40 @@ def mimicry_bad_fields_are_400s(client: Client) -> None:
     assert status == 401
 
 
+QUICK_TI = {**QUICK_MIMICRY, "mimic": "textual-inversion", "ti_prompt": "a painting in the style of sks", "ti_lr": 0.05}
+SKS_TXT2IMG_PROMPT = "a painting in the style of sks"  # the learned word: its own lookups must be as before
+
+
+def textual_inversion_clean_as_protected(client: Client) -> dict:
+    """mimic textual-inversion on the host's own text encoder: the clean images passed as the
+    protected ones learn the same word (pictures identical), the report says textual inversion."""
+    train, held = mimicry_images()
+    body = {"train": [png(a) for a in train], "protected": [png(a) for a in train], "held_out": [png(a) for a in held],
+            **QUICK_TI}
+    status, d = client.call("POST", "/advdm/v1/mimicry", body)
+    assert status == 200, d
+    print("textual inversion:", d.get("summary"))
+    assert d["interrupted"] is False and d["mimic"] == "textual-inversion", d
+    assert (d["ti_word"], d["ti_prompt"], d["ti_lr"]) == ("sks", QUICK_TI["ti_prompt"], QUICK_TI["ti_lr"])
+    assert "textual inversion of 'sks'" in d["summary"], d["summary"]
+    assert (d["seeds"], d["finetune"]["steps"], d["train_images"], d["held_out_images"]) == (3, 3, 2, 1)
+    assert d["picture_rmse_protected"] == 0 and d["picture_rmse_noise"] > 0, d["summary"]  # the words learned differ
+    if d["learned"]:
+        assert d["learned_fraction_low"] <= 1 <= d["learned_fraction_high"], d["summary"]
+    grid = decode(d["grid"])
+    assert grid.ndim == 3 and grid.shape[0] >= 4 * 64
+    return d
+
+
+def textual_inversion_bad_fields_are_400s(client: Client) -> None:
+    train, held = mimicry_images()
+    body = {"train": [png(train[0])], "protected": [png(train[0])], "held_out": [png(held[0])], **QUICK_TI}
+    for bad, field in (({"mimic": "dreambooth"}, "mimic"), ({"ti_lr": 0}, "ti_lr"), ({"ti_prompt": "a painting"}, "ti_prompt"),
+                       ({"ti_word": "zqxjkvbwpf", "ti_prompt": "a painting of zqxjkvbwpf"}, "'zqxjkvbwpf' is")):
+        status, d = client.call("POST", "/advdm/v1/mimicry", {**body, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
+
+
 def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
     """10000 fine-tuning steps a LoRA: progress shows through /sdapi/v1/progress as the job
     advdm_mimicry, counting the fine-tuning and sampler steps; /sdapi/v1/interrupt stops it soon,
