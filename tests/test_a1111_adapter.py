@@ -489,10 +489,12 @@ class HijackedCLIP(torch.nn.Module):
             vocab_size=len(tokenizer), hidden_size=CONTEXT_DIM, intermediate_size=64, num_hidden_layers=1,
             num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id))
-        embeddings = transformer.text_model.embeddings
-        embeddings.token_embedding = EmbeddingsWithFixes(embeddings.token_embedding)
         self.wrapped = torch.nn.Module()
-        self.wrapped.transformer, self.wrapped.tokenizer = transformer, tokenizer
+        self.wrapped.transformer, self.wrapped.tokenizer = torch.nn.Module(), tokenizer
+        # transformers 4 (A1111's) nests the text model in CLIPTextModel.text_model; 5 does not
+        self.wrapped.transformer.text_model = getattr(transformer, "text_model", transformer)
+        embeddings = self.wrapped.transformer.text_model.embeddings
+        embeddings.token_embedding = EmbeddingsWithFixes(embeddings.token_embedding)
         self.hijack = types.SimpleNamespace(embedding_db=embedding_db)
 
     def tokenize(self, texts):
@@ -501,12 +503,17 @@ class HijackedCLIP(torch.nn.Module):
     def forward(self, texts):
         t = self.wrapped.tokenizer
         rows = [[t.bos_token_id] + ids[:14] + [t.eos_token_id] * (15 - len(ids[:14])) for ids in self.tokenize(texts)]
-        return self.wrapped.transformer(input_ids=torch.tensor(rows)).last_hidden_state
+        return self.wrapped.transformer.text_model(input_ids=torch.tensor(rows)).last_hidden_state
 
 
 def tiny_ldm_with_clip(**kw):
     m = tiny_ldm()
     m.cond_stage_model = HijackedCLIP(**kw).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # ldm zero-initialises the attention blocks' proj_out: the prompt would not matter
+        for p in m.model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     for p in m.cond_stage_model.parameters():  # ldm's FrozenCLIPEmbedder.freeze()
         p.requires_grad_(False)
     return m
