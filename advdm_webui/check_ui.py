@@ -137,7 +137,7 @@ def section(prompt):
                 "edit lands from the clean one's, beside noise's. The <b>mimicry check</b> fine-tunes a LoRA on the "
                 "clean, the protected and same-budget noise copies and reports how much of the style it still "
                 "learns (1 = all of it), with pictures each LoRA draws; or, as the AdvDM paper measures it, textual inversion "
-                "learns a word for the style (SD1.x, SD2.x). Slow: seeds x 3 fine-tunes.</p>")
+                "learns a word for the style (SD1.x, SD2.x; SDXL in Forge). Slow: seeds x 3 fine-tunes.</p>")
         with gr.Row():
             with gr.Column(scale=1):
                 clean = gr.File(label="Clean images (the originals)", elem_id="advdm_check_clean", **file_kw)

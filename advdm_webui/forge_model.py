@@ -211,10 +211,17 @@ def conditioning(sd_model: Any, prompt: str, width: int, height: int) -> Any:
     @torch.inference_mode(), so its body is called (`__wrapped__`)."""
     method = type(sd_model).get_learned_conditioning
     body = getattr(method, "__wrapped__", method)
+    with after_lora(sd_model):
+        return ordinary(body(sd_model, Conditioning([prompt], width, height)), detach=False)
+
+
+@contextlib.contextmanager
+def after_lora(sd_model: Any) -> Iterator[None]:
+    """sd_model.forge_objects are the last generation's (its LoRAs applied), for the duration."""
     objects = sd_model.forge_objects
     sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()
     try:
-        return ordinary(body(sd_model, Conditioning([prompt], width, height)), detach=False)
+        yield
     finally:
         sd_model.forge_objects = objects
 
@@ -263,12 +270,8 @@ def loaded_model(sd_model: Any, prompt: str, width: int, height: int, *, name: s
     loads CLIP, which may evict the UNet."""
     prediction(sd_model)
     models = text_models(sd_model) if text else None
-    objects = sd_model.forge_objects
-    sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()
-    try:
+    with after_lora(sd_model):
         cond = learned_conditioning(sd_model, prompt, width, height)
-    finally:
-        sd_model.forge_objects = objects
     load(sd_model, text)
     with attack_mode(sd_model, text=text):
         model = build(sd_model, cond, name=name)

@@ -186,6 +186,19 @@ def test_mimicry_check_with_textual_inversion_runs_on_forges_text_encoder_and_le
     assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
 
 
+def test_sdxl_textual_inversion_learns_the_word_in_both_encoders_and_leaves_them_as_they_were(server):
+    """SDXL's CLIP-L and CLIP-G (Forge's text_processing_engine_l / _g) learn the word together."""
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
+    assert status == 200, d
+    try:
+        before = _txt2img(server, SKS_TXT2IMG_PROMPT)
+        d = textual_inversion_clean_as_protected(server)
+        assert "SDXL" in d["summary"], d["summary"]
+        assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
+    finally:
+        server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD15_NAME}.safetensors"})
+
+
 def test_textual_inversion_bad_fields_are_400s_naming_them(server):
     textual_inversion_bad_fields_are_400s(server)
 
