@@ -132,8 +132,8 @@ def section(prompt):
                 "protected and a same-budget noise image alike (SDEdit) and reports how far the protected image's "
                 "edit lands from the clean one's, beside noise's. The <b>mimicry check</b> fine-tunes a LoRA on the "
                 "clean, the protected and same-budget noise copies and reports how much of the style it still "
-                "learns (1 = all of it), with pictures each LoRA draws; or, as the AdvDM paper measures it, textual inversion "
-                "learns a word for the style (SD1.x, SD2.x; SDXL in Forge). Slow: seeds x 3 fine-tunes.</p>")
+                "learns (1 = all of it), with pictures each LoRA draws; or, as the AdvDM paper measures it, "
+                "textual inversion learns a word for the style (SD1.x, SD2.x; SDXL in Forge). Slow: seeds x 3 fine-tunes.</p>")
         with gr.Row():
             with gr.Column(scale=1):
                 clean = gr.File(label="Clean images (the originals)", elem_id="advdm_check_clean", **file_kw)
@@ -201,7 +201,8 @@ def section(prompt):
             inputs=[id_task, clean, source, protected, prompt, strengths, i2i_seeds, i2i_steps, i2i_seed, i2i_view],
             outputs=[gallery, report], **progress_js,
         )
-        mimic.change(lambda m: [gr.update(visible=MIMICS_SHOWN[m] == "lora"), gr.update(visible=MIMICS_SHOWN[m] != "lora")],
+        mimic.change(lambda m: [gr.update(visible=MIMICS_SHOWN[m] == "lora"),
+                                gr.update(visible=MIMICS_SHOWN[m] != "lora")],
                      inputs=[mimic], outputs=[lora_settings, ti_settings])
         go_mimicry.click(
             fn=call_queue.wrap_gradio_gpu_call(run_mimicry, extra_outputs=[None]),

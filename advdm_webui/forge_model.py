@@ -149,7 +149,8 @@ def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
 
     flow = pred == "flow"
     return DiffusionModel(
-        encode=_encoder(fsm, scale, shift, None, False), denoise=denoiser(sd_model, cond), decode=decode, prediction=pred,
+        encode=_encoder(fsm, scale, shift, None, False), denoise=denoiser(sd_model, cond), decode=decode,
+        prediction=pred,
         sigmas=None if flow else kmodel.predictor.sigmas.detach().float().cpu().clone(),
         flow_shift=flow_shift(kmodel.predictor) if flow else 1.0, flow_logit_normal=flow,
         pixel_multiple=16 if flow else 8 * downsample_multiple(kmodel.diffusion_model),
