@@ -33,6 +33,7 @@ import pytest
 from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
 from webui_client import surrogate_protection_holds, wait_for_route
 from webui_client import (check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
+                          check_section_runs_textual_inversion,
                           img2img_bad_fields_are_400s, img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           mimicry_bad_fields_are_400s, mimicry_clean_as_protected, SKS_TXT2IMG_PROMPT,
                           textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected)
@@ -480,3 +481,8 @@ def test_sd3_protect_over_http_holds_the_budget(server):
     status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
     assert status == 200 and p["state"]["job"] == "", p
     _txt2img_works(server)
+
+
+def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
+    text = check_section_runs_textual_inversion(server, tmp_path / "check-ti", ARTIFACTS, "a1111")
+    assert "learned fraction (held out): protected 1.00" in text, text

@@ -357,6 +357,29 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
         return text
 
 
+def check_section_runs_textual_inversion(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """The Check section's Mimic choice in headless Chromium: Textual inversion shows the word's
+    prompt and learning rate in place of the LoRA's rank and learning rate; Run mimicry check
+    reports textual inversion of 'sks'. Returns the report's text."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with check_section(client, folder) as (pg, tab):
+        _open(tab, "advdm_check_mimicry_settings", "Mimicry check settings", "advdm_check_seeds")
+        assert not tab.locator("#advdm_check_ti_prompt").first.is_visible()
+        tab.locator("#advdm_check_mimic").get_by_text("Textual inversion").first.click()
+        tab.locator("#advdm_check_ti_prompt textarea, #advdm_check_ti_prompt input").first.wait_for(
+            state="visible", timeout=30_000)
+        assert not tab.locator("#advdm_check_rank").first.is_visible()  # the LoRA's settings step aside
+        for name in ("seeds", "steps", "draws", "pictures", "picture_steps", "picture_size"):
+            _set_number(tab, f"advdm_check_{name}", QUICK_TI[name])
+        _set_number(tab, "advdm_check_ti_lr", QUICK_TI["ti_lr"])
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_ti_settings.png"), full_page=True)
+        text = _run_until_reported(pg, tab, "advdm_check_mimicry", "learned fraction",
+                                   artifacts / f"{host}_check_ti_failed.png")
+        assert "textual inversion of 'sks'" in text, text
+        return text
+
+
 def check_section_runs_the_img2img_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
     """The Check section in headless Chromium: strengths 0.5, 3 seeds of 2 steps, Run img2img
     check; the report has a row per image and the gallery a picture per image."""
