@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 import advdm
 from advdm import images as advdm_images
 from advdm.attack.pgd import SURROGATE_FIELDS
-from advdm.settings import IMG2IMG, MEASURE, MIMICRY, PRESETS, PROTECT, check
+from advdm.settings import IMG2IMG, MEASURE, MIMICRY, MIMICS, PRESETS, PROTECT, check
 
 from modules import shared  # noqa: E402
 
@@ -101,6 +101,11 @@ class MimicryRequest(BaseModel):
     picture_steps: int = _knob("picture_steps", MIMICRY)
     picture_size: Optional[int] = _knob("picture_size", MIMICRY)
     prompt: str = _knob("prompt")
+    mimic: Literal[tuple(MIMICS["mimic"].choices)] = _knob("mimic", MIMICS)
+    ti_prompt: str = _knob("ti_prompt", MIMICS)
+    ti_word: str = _knob("ti_word", MIMICS)
+    ti_init: str = _knob("ti_init", MIMICS)
+    ti_lr: float = _knob("ti_lr", MIMICS)
 
     class Config:
         extra = "forbid"
@@ -351,7 +356,7 @@ def mimicry_endpoint(req: MimicryRequest) -> dict:
     from advdm_webui import webui
 
     try:
-        config = config_from_options({name: getattr(req, name) for name in MIMICRY})
+        config = config_from_options({name: getattr(req, name) for name in (*MIMICRY, *MIMICS)})
     except ValueError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
     train, protected = paired_images(req, "train", "protected")

@@ -11,12 +11,13 @@ from typing import List, Tuple
 import gradio as gr
 
 from advdm import images as advdm_images
-from advdm.settings import IMG2IMG, MIMICRY, check, parse_strengths, strengths_text
+from advdm.settings import IMG2IMG, MIMICRY, MIMICS, check, parse_strengths, strengths_text
 from advdm_webui.ui import GRADIO4, _js_kw, _slider, _uploaded, submit_js
 
 from modules import call_queue, shared  # noqa: E402
 
 UPLOADED, JUST_PROTECTED = "Upload", "The ones just protected above"
+MIMICS_SHOWN = {"LoRA": "lora", "Textual inversion": "textual-inversion"}  # the mimic control's labels
 # (original, protected) files of the tab's last protection, for "The ones just protected above"
 _just_protected: List[Tuple[Path, Path]] = []
 
@@ -54,25 +55,38 @@ def _report(text: str) -> str:
     return f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre>"
 
 
+def mimicry_config(seeds, steps, rank, lr, draws, seed, pictures, picture_steps, picture_size, resolution,
+                   mimic=next(iter(MIMICS_SHOWN)), ti_prompt=MIMICS["ti_prompt"].default, ti_lr=MIMICS["ti_lr"].default):
+    """The section's controls -> the check's config (a ValueError naming a bad one)."""
+    from advdm.evaluation.mimicry import config_from_options
+
+    return config_from_options({
+        "seeds": int(seeds), "steps": int(steps), "rank": int(rank), "lr": float(lr), "draws": int(draws),
+        "seed": int(seed), "pictures": int(pictures), "picture_steps": int(picture_steps),
+        "picture_size": int(picture_size) or None, "resolution": int(resolution) or None,
+        "mimic": MIMICS_SHOWN.get(mimic, mimic), "ti_prompt": ti_prompt, "ti_lr": float(ti_lr)},
+        label=lambda name: {"ti_prompt": "Textual-inversion prompt", "ti_lr": "Textual-inversion learning rate"}
+        .get(name, name))
+
+
 def run_mimicry(id_task, clean_files, source, protected_files, held_files, prompt, seeds, steps, rank, lr, draws,
-                seed, pictures, picture_steps, picture_size, resolution):
+                seed, pictures, picture_steps, picture_size, resolution, mimic, ti_prompt, ti_lr):
     """Runs inside wrap_gradio_gpu_call: the queue lock is held and shared.state has begun."""
-    from advdm.evaluation.mimicry import config_from_options, format_mimicry
+    from advdm.evaluation.mimicry import format_mimicry
+    from advdm.evaluation.pictures import LABELS, TI_LABELS
 
     from advdm_webui import webui
 
-    config = config_from_options({
-        "seeds": int(seeds), "steps": int(steps), "rank": int(rank), "lr": float(lr), "draws": int(draws),
-        "seed": int(seed), "pictures": int(pictures), "picture_steps": int(picture_steps),
-        "picture_size": int(picture_size) or None, "resolution": int(resolution) or None})
+    config = mimicry_config(seeds, steps, rank, lr, draws, seed, pictures, picture_steps, picture_size, resolution,
+                            mimic, ti_prompt, ti_lr)
     clean, protected, held = image_sets(clean_files, source, protected_files, held_files)
     try:
         result = webui.mimicry(clean, protected, held, config, prompt=prompt)
     except webui.Interrupted:
         return [], "<p>Interrupted: the mimicry check stopped before its report.</p>"
     grid = result.pop("grid")
-    gallery = [] if grid is None else [(webui.to_pil(grid), "mimicry check: base model / clean / protected / "
-                                        "noise LoRA")]
+    rows = " / ".join((LABELS if config.mimic == "lora" else TI_LABELS).values())
+    gallery = [] if grid is None else [(webui.to_pil(grid), f"mimicry check: {rows}")]
     return gallery, "<h3>Mimicry check</h3>" + _report(format_mimicry(result))
 
 
@@ -118,7 +132,8 @@ def section(prompt):
                 "protected and a same-budget noise image alike (SDEdit) and reports how far the protected image's "
                 "edit lands from the clean one's, beside noise's. The <b>mimicry check</b> fine-tunes a LoRA on the "
                 "clean, the protected and same-budget noise copies and reports how much of the style it still "
-                "learns (1 = all of it), with pictures each LoRA draws. Slow: seeds x 3 fine-tunes.</p>")
+                "learns (1 = all of it), with pictures each LoRA draws; or, as the AdvDM paper measures it, "
+                "textual inversion learns a word for the style (SD1.x, SD2.x; SDXL in Forge). Slow: seeds x 3 fine-tunes.</p>")
         with gr.Row():
             with gr.Column(scale=1):
                 clean = gr.File(label="Clean images (the originals)", elem_id="advdm_check_clean", **file_kw)
@@ -142,13 +157,21 @@ def section(prompt):
                         i2i_view = gr.Dropdown(list(i2i["view"].choices), value=i2i["view"].default, label="View",
                                                info=i2i["view"].help, elem_id="advdm_check_img2img_view")
                 with gr.Accordion("Mimicry check settings", open=False, elem_id="advdm_check_mimicry_settings"):
+                    mimic = gr.Radio(list(MIMICS_SHOWN), value=next(iter(MIMICS_SHOWN)), label="Mimic",
+                                     info=MIMICS["mimic"].help, elem_id="advdm_check_mimic")
                     with gr.Row():
                         seeds = _knob_slider("seeds", "Fine-tune seeds")
                         steps = _knob_slider("steps", "Fine-tuning steps")
-                    with gr.Row():
+                    with gr.Row(elem_id="advdm_check_lora_settings") as lora_settings:
                         rank = _knob_slider("rank", "LoRA rank")
                         lr = gr.Number(value=MIMICRY["lr"].default, label="Learning rate",
                                        elem_id="advdm_check_lr")
+                    with gr.Row(visible=False, elem_id="advdm_check_ti_settings") as ti_settings:
+                        ti_prompt = gr.Textbox(value=MIMICS["ti_prompt"].default, label="Textual-inversion prompt",
+                                               info=MIMICS["ti_prompt"].help + f" ({MIMICS['ti_word'].default!r})",
+                                               elem_id="advdm_check_ti_prompt")
+                        ti_lr = gr.Number(value=MIMICS["ti_lr"].default, label="Learning rate of the word",
+                                          info=MIMICS["ti_lr"].help, elem_id="advdm_check_ti_lr")
                     with gr.Row():
                         draws = _knob_slider("draws", "Loss draws per image")
                         seed = gr.Number(value=MIMICRY["seed"].default, precision=0, label="Seed",
@@ -178,9 +201,12 @@ def section(prompt):
             inputs=[id_task, clean, source, protected, prompt, strengths, i2i_seeds, i2i_steps, i2i_seed, i2i_view],
             outputs=[gallery, report], **progress_js,
         )
+        mimic.change(lambda m: [gr.update(visible=MIMICS_SHOWN[m] == "lora"),
+                                gr.update(visible=MIMICS_SHOWN[m] != "lora")],
+                     inputs=[mimic], outputs=[lora_settings, ti_settings])
         go_mimicry.click(
             fn=call_queue.wrap_gradio_gpu_call(run_mimicry, extra_outputs=[None]),
             inputs=[id_task, clean, source, protected, held, prompt, seeds, steps, rank, lr, draws, seed, pictures,
-                    picture_steps, picture_size, resolution],
+                    picture_steps, picture_size, resolution, mimic, ti_prompt, ti_lr],
             outputs=[gallery, report], **progress_js,
         )

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, Iterator
+from dataclasses import replace
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ from torch import Tensor
 from advdm import DiffusionModel
 from advdm.models.host_tensors import AugmentedAssignOutOfPlace, frozen, make_trainable_copies, ordinary
 from advdm_webui.ldm_model import BatchedCond, Conditioning, UnsupportedModel, _encoder, _module_dtype
+from advdm_webui.text_route import TextModel, route, token_table
 
 FAMILIES = {"StableDiffusion": "SD1.x", "StableDiffusion2": "SD2.x", "StableDiffusionXL": "SDXL",
             "StableDiffusion3": "SD3", "Flux": "Flux"}
@@ -39,6 +41,9 @@ REFUSED = {
 }
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "const": "flow"}
 TRAIN_RESOLUTION = {"SD1.x": 512, "SD2.x": 512, "SDXL": 1024, "SD3": 1024, "Flux": 1024}
+# The engines' text-processing engines (backend/text_processing/classic_engine.py), by attribute.
+TEXT_ENGINES = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g")
+TEXT_FAMILIES = ("SD1.x", "SD2.x", "SDXL")
 # Module globals Forge binds its attention function to at import (backend/attention.py picks it).
 ATTENTION_USERS = ("backend.attention", "backend.nn.unet", "backend.nn.flux", "backend.nn.chroma")
 
@@ -109,17 +114,13 @@ def _module_device(m: torch.nn.Module) -> torch.device:
     return next((p.device for p in m.parameters()), torch.device("cpu"))
 
 
-def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
-    """A DiffusionModel over the loaded model. Use inside attack_mode(sd_model)."""
-    pred = prediction(sd_model)
-    fam = family(sd_model)
-    objects = sd_model.forge_objects_after_applying_lora
-    unet, vae = objects.unet, objects.vae
-    kmodel, fsm = unet.model, vae.first_stage_model
+def denoiser(sd_model: Any, cond: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """D(x, sigma) of the KModel with this conditioning (its graph kept: a learned word's)."""
+    unet = sd_model.forge_objects_after_applying_lora.unet
+    kmodel = unet.model
     device = _module_device(kmodel)
     conds = BatchedCond({k: v.to(device) for k, v in model_conds(cond).items()})
     transformer_options = dict(unet.model_options.get("transformer_options", {}))
-    scale, shift = float(fsm.scaling_factor), float(fsm.shift_factor or 0.0)
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         sigma = sigma.to(device, torch.float32).reshape(-1)
@@ -128,6 +129,19 @@ def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
         return kmodel.apply_model(x.to(device), sigma, transformer_options=transformer_options,
                                   **conds(x.shape[0])).float()
 
+    return denoise
+
+
+def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
+    """A DiffusionModel over the loaded model. Use inside attack_mode(sd_model)."""
+    pred = prediction(sd_model)
+    fam = family(sd_model)
+    objects = sd_model.forge_objects_after_applying_lora
+    unet, vae = objects.unet, objects.vae
+    kmodel, fsm = unet.model, vae.first_stage_model
+    device = _module_device(kmodel)
+    scale, shift = float(fsm.scaling_factor), float(fsm.shift_factor or 0.0)
+
     def decode(latent: Tensor) -> Tensor:
         with torch.no_grad():
             pixels = vae.decode(fsm.process_out(latent.to(device)))  # NHWC in [0, 1]
@@ -135,7 +149,8 @@ def build(sd_model: Any, cond: Any, *, name: str = "Forge") -> DiffusionModel:
 
     flow = pred == "flow"
     return DiffusionModel(
-        encode=_encoder(fsm, scale, shift, None, False), denoise=denoise, decode=decode, prediction=pred,
+        encode=_encoder(fsm, scale, shift, None, False), denoise=denoiser(sd_model, cond), decode=decode,
+        prediction=pred,
         sigmas=None if flow else kmodel.predictor.sigmas.detach().float().cpu().clone(),
         flow_shift=flow_shift(kmodel.predictor) if flow else 1.0, flow_logit_normal=flow,
         pixel_multiple=16 if flow else 8 * downsample_multiple(kmodel.diffusion_model),
@@ -179,32 +194,68 @@ def backward_safe_backend() -> Iterator[None]:
         yield
 
 
-def load(sd_model: Any) -> None:
-    """Forge loads models lazily and evicts them for others: load the UNet (with the last
-    generation's LoRAs merged) and the VAE together, as a generation does."""
-    from backend import memory_management
+def text_models(sd_model: Any) -> List[TextModel]:
+    """The engine's CLIP text-processing engines (SD1.x: clip_l, SD2.x: clip_h, SDXL: clip_l and
+    clip_g); a refusal naming the family elsewhere (SD3, Flux: their T5 encoder has no route)."""
+    fam = family(sd_model)
+    engines = [getattr(sd_model, n) for n in TEXT_ENGINES if getattr(sd_model, n, None) is not None]
+    if fam not in TEXT_FAMILIES or not engines:
+        raise ValueError(f"textual inversion on Forge {fam} models is not supported (only {', '.join(TEXT_FAMILIES)}); "
+                         "use the LoRA mimic")
+    return [TextModel(e.tokenize, token_table(e.text_encoder.transformer.text_model.embeddings.token_embedding),
+                      e.text_encoder, getattr(e, "embeddings", None)) for e in engines]
 
-    objects = sd_model.forge_objects_after_applying_lora
-    memory_management.load_models_gpu([objects.unet, objects.vae.patcher])
+
+def conditioning(sd_model: Any, prompt: str, width: int, height: int) -> Any:
+    """The prompt's conditioning through the last generation's (LoRA-patched) CLIP, as Forge's
+    get_learned_conditioning computes it but with gradients: Forge decorates it with
+    @torch.inference_mode(), so its body is called (`__wrapped__`)."""
+    method = type(sd_model).get_learned_conditioning
+    body = getattr(method, "__wrapped__", method)
+    with after_lora(sd_model):
+        return ordinary(body(sd_model, Conditioning([prompt], width, height)), detach=False)
 
 
 @contextlib.contextmanager
-def attack_mode(sd_model: Any, *, vae_fp32: bool = True) -> Iterator[None]:
+def after_lora(sd_model: Any) -> Iterator[None]:
+    """sd_model.forge_objects are the last generation's (its LoRAs applied), for the duration."""
+    objects = sd_model.forge_objects
+    sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()
+    try:
+        yield
+    finally:
+        sd_model.forge_objects = objects
+
+
+def load(sd_model: Any, text: bool = False) -> None:
+    """Forge loads models lazily and evicts them for others: load the UNet (with the last
+    generation's LoRAs merged) and the VAE together, as a generation does; with text, the CLIP
+    too (so encoding a prompt evicts nothing)."""
+    from backend import memory_management
+
+    objects = sd_model.forge_objects_after_applying_lora
+    memory_management.load_models_gpu([objects.unet, objects.vae.patcher] + ([objects.clip.patcher] if text else []))
+
+
+@contextlib.contextmanager
+def attack_mode(sd_model: Any, *, vae_fp32: bool = True, text: bool = False) -> Iterator[None]:
     """Outside inference mode with grad, ordinary copies of the inference weights (same values;
     Forge keeps sampling with them), every parameter frozen (flags restored after), the VAE in
-    fp32 (cast back after), eval mode, out-of-place residuals, backward-safe attention."""
+    fp32 (cast back after), eval mode, out-of-place residuals, backward-safe attention. With
+    text, the CLIP's text encoders alike (a textual-inversion mimic learns through them)."""
     objects = sd_model.forge_objects_after_applying_lora
     kmodel, fsm = objects.unet.model, objects.vae.first_stage_model
+    networks = [kmodel, fsm] + ([objects.clip.cond_stage_model] if text else [])
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        make_trainable_copies([kmodel, fsm])
-        stack.enter_context(frozen([kmodel, fsm]))
+        make_trainable_copies(networks)
+        stack.enter_context(frozen(networks))
         vae_dtype = _module_dtype(fsm)
         if vae_fp32 and vae_dtype != torch.float32:
             fsm.float()
             stack.callback(fsm.to, vae_dtype)
-        for m in (kmodel, fsm):
+        for m in networks:
             stack.callback(m.train, m.training)
             m.eval()
         stack.enter_context(backward_safe_backend())
@@ -213,16 +264,19 @@ def attack_mode(sd_model: Any, *, vae_fp32: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def loaded_model(sd_model: Any, prompt: str, width: int, height: int, *, name: str = "Forge") -> Iterator[DiffusionModel]:
+def loaded_model(sd_model: Any, prompt: str, width: int, height: int, *, name: str = "Forge",
+                 text: bool = False) -> Iterator[DiffusionModel]:
     """The model of the last generation (its LoRAs applied) as a DiffusionModel, for the
-    duration. The conditioning is computed first: it loads CLIP, which may evict the UNet."""
+    duration; with text, its textual-inversion route. The conditioning is computed first: it
+    loads CLIP, which may evict the UNet."""
     prediction(sd_model)
-    objects = sd_model.forge_objects
-    sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()
-    try:
+    models = text_models(sd_model) if text else None
+    with after_lora(sd_model):
         cond = learned_conditioning(sd_model, prompt, width, height)
-    finally:
-        sd_model.forge_objects = objects
-    load(sd_model)
-    with attack_mode(sd_model):
-        yield build(sd_model, cond, name=name)
+    load(sd_model, text)
+    with attack_mode(sd_model, text=text):
+        model = build(sd_model, cond, name=name)
+        if text:
+            model = replace(model, text=route(models, lambda p: conditioning(sd_model, p, width, height),
+                                              lambda c: denoiser(sd_model, c), model, model.name))
+        yield model

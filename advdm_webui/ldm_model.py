@@ -17,7 +17,8 @@ What it relies on (A1111 v1.10, see the project notes):
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, Optional
+from dataclasses import replace
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from torch import Tensor
 from advdm import DiffusionModel, Latent, sigmas_from_alphas_cumprod
 from advdm.models.frozen import recomputed
 from advdm.models.host_tensors import frozen
+from advdm_webui.text_route import TextModel, route, token_table
 
 
 class UnsupportedModel(ValueError):
@@ -229,6 +231,25 @@ def _decoder(fsm: Any, scale: float, shift: float, before_encode: Optional[Calla
     return decode
 
 
+def denoiser(sd_model: Any, sigmas: Tensor, pred: str, cond: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """D(x, sigma) of an eps / v model with this conditioning (its graph kept: a learned word's)."""
+    batched = BatchedCond(cond)
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = sigma.to(x.device, torch.float32).reshape(-1)
+        if sigma.numel() == 1 and x.shape[0] > 1:
+            sigma = sigma.expand(x.shape[0])
+        s = sigma.view(-1, 1, 1, 1)
+        c_in = 1 / (s**2 + 1).sqrt()
+        t = sigma_to_t(sigma, sigmas).to(x.device)
+        out = sd_model.apply_model(x * c_in, t, batched(x.shape[0])).float()
+        if pred == "v":
+            return x / (s**2 + 1) - out * s / (s**2 + 1).sqrt()
+        return x - s * out
+
+    return denoise
+
+
 def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
           before_encode: Optional[Callable[[], None]] = None,
           recompute_encode: bool = False, name: str = "webui") -> DiffusionModel:
@@ -249,29 +270,45 @@ def build(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,
     fsm = sd_model.first_stage_model
     if device is None:
         device = _module_device(sd_model.model) if hasattr(sd_model, "model") else _module_device(fsm)
-    batched = BatchedCond(cond)
-
     encode = _encoder(fsm, scale, 0.0, before_encode, recompute_encode)
-
-    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.to(x.device, torch.float32).reshape(-1)
-        if sigma.numel() == 1 and x.shape[0] > 1:
-            sigma = sigma.expand(x.shape[0])
-        s = sigma.view(-1, 1, 1, 1)
-        c_in = 1 / (s**2 + 1).sqrt()
-        t = sigma_to_t(sigma, sigmas).to(x.device)
-        out = sd_model.apply_model(x * c_in, t, batched(x.shape[0])).float()
-        if pred == "v":
-            return x / (s**2 + 1) - out * s / (s**2 + 1).sqrt()
-        return x - s * out
-
     return DiffusionModel(
-        encode=encode, decode=_decoder(fsm, scale, 0.0, before_encode), denoise=denoise, prediction=pred, sigmas=sigmas,
+        encode=encode, decode=_decoder(fsm, scale, 0.0, before_encode), denoise=denoiser(sd_model, sigmas, pred, cond),
+        prediction=pred, sigmas=sigmas,
         pixel_multiple=8 * unet_multiple(sd_model), train_resolution=1024 if fam == "SDXL" else (768 if pred == "v" else 512),
         latent_channels=4, name=f"{name} {fam}{' v' if pred == 'v' else ''}",
         device=torch.device(device), dtype=torch.float32,
         denoiser_network=getattr(getattr(sd_model, "model", None), "diffusion_model", None),
     )
+
+
+def text_models(sd_model: Any) -> List[TextModel]:
+    """The loaded checkpoint's text model as A1111 hijacks it (sd_hijack_clip): SD1.x's CLIP
+    (FrozenCLIPEmbedderWithCustomWords over transformers' CLIPTextModel) or SD2.x's OpenCLIP
+    (FrozenOpenCLIPEmbedderWithCustomWords); a refusal naming the family elsewhere."""
+    fam = family(sd_model)
+    if fam in ("SDXL", "SD3"):
+        # SDXL: sgm's conditioner runs frozen embedders under no_grad; SD3: a T5 encoder too
+        raise ValueError(f"textual inversion on {fam} models is not supported in the A1111 extension (SD1.x and SD2.x "
+                         "are); use the LoRA mimic, or the advdm ComfyUI nodes / command line for this model")
+    cond = getattr(sd_model, "cond_stage_model", None)
+    wrapped = getattr(cond, "wrapped", None)
+    clip = getattr(getattr(getattr(wrapped, "transformer", None), "text_model", None), "embeddings", None)
+    table = getattr(clip if clip is not None else getattr(wrapped, "model", None), "token_embedding", None)
+    if table is None or not callable(getattr(cond, "tokenize", None)):
+        raise ValueError(f"textual inversion: the text encoder of this checkpoint ({type(cond).__name__}) is not one "
+                         "the A1111 extension knows (SD1.x CLIP, SD2.x OpenCLIP as the web UI wraps them)")
+    return [TextModel(cond.tokenize, token_table(table), wrapped, getattr(getattr(cond, "hijack", None), "embedding_db", None))]
+
+
+def with_text_route(model: DiffusionModel, sd_model: Any, width: int, height: int) -> DiffusionModel:
+    """The model with its textual-inversion route: each prompt encoded by the web UI's own
+    get_learned_conditioning (prompt parsing, emphasis, clip skip), with gradients."""
+    def encode(prompt: str) -> Any:
+        return sd_model.get_learned_conditioning(Conditioning([prompt], width, height))
+
+    text = route(text_models(sd_model), encode, lambda c: denoiser(sd_model, model.sigmas, model.prediction, c),
+                 model, model.name)
+    return replace(model, text=text)
 
 
 def build_sd3(sd_model: Any, cond: Any, *, device: Optional[torch.device] = None,

@@ -115,28 +115,35 @@ def _checkpoint_name(sd_model: Any) -> str:
 
 
 @contextlib.contextmanager
-def loaded_model(prompt: str, width: int, height: int):
-    """The loaded checkpoint as an advdm.DiffusionModel, with the web UI's model put back
-    exactly as it was afterwards. Call with the queue lock held."""
+def loaded_model(prompt: str, width: int, height: int, text: bool = False):
+    """The loaded checkpoint as an advdm.DiffusionModel (with text, its textual-inversion route
+    through the checkpoint's text encoder), with the web UI's model put back exactly as it was
+    afterwards. Call with the queue lock held."""
     check_supported()
     ensure_loaded()
     sd_model = shared.sd_model
     if sd_model is None:
         raise UnsupportedModel("no checkpoint is loaded: choose one in the checkpoint menu first")
     if is_forge():
-        with forge_model.loaded_model(sd_model, prompt, width, height, name=_checkpoint_name(sd_model)) as model:
+        with forge_model.loaded_model(sd_model, prompt, width, height, name=_checkpoint_name(sd_model),
+                                      text=text) as model:
             yield model
         devices.torch_gc()
         return
     ldm_model.prediction(sd_model)
     medvram = _medvram(sd_model)
+    if text and medvram:
+        # --medvram moves the text encoder off the GPU before the UNet runs, under the learned
+        # word's graph, whose backward would then find its weights elsewhere
+        raise ValueError("textual inversion does not run under --medvram: restart the web UI without it, or use "
+                         "the LoRA mimic")
     cond = ldm_model.learned_conditioning(sd_model, prompt, width, height)
     with backward_safe_attention(), ldm_model.attack_mode(sd_model):
         model = ldm_model.build(
             sd_model, cond, device=devices.device,
             before_encode=_vae_to_gpu(sd_model) if medvram else None,
             recompute_encode=medvram, name=_checkpoint_name(sd_model))
-        yield model
+        yield ldm_model.with_text_route(model, sd_model, width, height) if text else model
     devices.torch_gc()
 
 
@@ -184,7 +191,7 @@ def mimicry(train: List[torch.Tensor], protected: List[torch.Tensor], held_out: 
 
     shared.state.job_count = 1
     h, w = train[0].shape[-2:]
-    with loaded_model(prompt, w, h) as model:
+    with loaded_model(prompt, w, h, text=config.mimic != "lora") as model:
         note = ""
         if not held_out:
             train, held_out, protected, note = split_for_held_out(train, protected, model.pixel_multiple)

@@ -455,3 +455,141 @@ def test_refuses_other_latent_channel_counts():
     m.is_sd3 = False  # e.g. a host that does not set the flag
     with pytest.raises(lm.UnsupportedModel, match="16 latent channels"):
         lm.prediction(m)
+
+
+# --- textual inversion through the web UI's hijacked CLIP -----------------------------------------
+
+class EmbeddingsWithFixes(torch.nn.Module):
+    """As A1111's sd_hijack.EmbeddingsWithFixes: splices embedding files' vectors (none here)
+    into the output of the real table, which it calls as wrapped(input_ids)."""
+
+    def __init__(self, wrapped):
+        super().__init__()
+        self.wrapped = wrapped
+
+    def forward(self, input_ids):
+        return self.wrapped(input_ids)
+
+
+class HijackedCLIP(torch.nn.Module):
+    """Stands in for A1111's FrozenCLIPEmbedderWithCustomWords (modules/sd_hijack_clip.py) over
+    ldm's FrozenCLIPEmbedder (`wrapped`: transformers' CLIPTextModel + CLIPTokenizer, the
+    test-bed's tokenizer): tokenize without special tokens, then one chunk through the
+    transformer, its token embedding wrapped as sd_hijack wraps it."""
+
+    def __init__(self, embedding_db=None):
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+        from test_textual_inversion import TESTBED
+
+        super().__init__()
+        tokenizer = CLIPTokenizer.from_pretrained(TESTBED / "tokenizer")
+        torch.manual_seed(3)
+        transformer = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=CONTEXT_DIM, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id))
+        self.wrapped = torch.nn.Module()
+        self.wrapped.transformer, self.wrapped.tokenizer = torch.nn.Module(), tokenizer
+        # transformers 4 (A1111's) nests the text model in CLIPTextModel.text_model; 5 does not
+        self.wrapped.transformer.text_model = getattr(transformer, "text_model", transformer)
+        embeddings = self.wrapped.transformer.text_model.embeddings
+        embeddings.token_embedding = EmbeddingsWithFixes(embeddings.token_embedding)
+        self.hijack = types.SimpleNamespace(embedding_db=embedding_db)
+
+    def tokenize(self, texts):
+        return self.wrapped.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
+
+    def forward(self, texts):
+        t = self.wrapped.tokenizer
+        rows = [[t.bos_token_id] + ids[:14] + [t.eos_token_id] * (15 - len(ids[:14])) for ids in self.tokenize(texts)]
+        return self.wrapped.transformer.text_model(input_ids=torch.tensor(rows)).last_hidden_state
+
+
+def tiny_ldm_with_clip(**kw):
+    m = tiny_ldm()
+    m.cond_stage_model = HijackedCLIP(**kw).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # ldm zero-initialises the attention blocks' proj_out: the prompt would not matter
+        for p in m.model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    for p in m.cond_stage_model.parameters():  # ldm's FrozenCLIPEmbedder.freeze()
+        p.requires_grad_(False)
+    return m
+
+
+def _with_text(m, h=32, w=48):
+    from advdm_webui import ldm_model
+
+    return ldm_model.with_text_route(_build(m, h=h, w=w), m, w, h)
+
+
+def test_text_route_is_the_real_table_under_the_hijack_and_learns_through_get_learned_conditioning():
+    from advdm import diffusion_loss
+    from advdm.mimic.textual_inversion import substituted
+    from advdm_webui import ldm_model
+
+    m = tiny_ldm_with_clip()
+    table = m.cond_stage_model.wrapped.transformer.text_model.embeddings.token_embedding.wrapped
+    with ldm_model.attack_mode(m):
+        model = _with_text(m)
+        route = model.text
+        assert list(route.embeddings) == [table] and type(table) is torch.nn.Embedding
+        assert list(route.encoders) == [m.cond_stage_model.wrapped]
+        (sks,) = route.token_ids("sks")
+        assert sks == m.cond_stage_model.tokenize(["sks"])[0][0]
+        z = model.encode(_image()).mean.detach()
+        sigma, noise = torch.tensor([2.0]), torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+        vector = torch.nn.Parameter(table.weight[sks].detach().clone())
+        with substituted(route, "sks", [vector]):
+            loss = diffusion_loss(route.prompted("a painting in style sks"), z, sigma, noise).mean()
+            loss.backward()
+            assert vector.grad is not None and vector.grad.abs().sum() > 0  # through A1111's own encoding
+            vector.grad = None
+            diffusion_loss(route.prompted("a painting"), z, sigma, noise).mean().backward()
+            assert vector.grad is None or vector.grad.abs().sum() == 0  # a prompt without the word: no gradient
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_textual_inversion_mimicry_check_leaves_the_model_its_clip_and_tokenizer_as_they_were():
+    from advdm.evaluation.mimicry import MimicryConfig, mimicry_check
+    from advdm.mimic.finetune import FinetuneConfig
+    from advdm_webui import ldm_model
+    from test_lora import assert_as_before, snapshot
+
+    m = tiny_ldm_with_clip()
+    clip = m.cond_stage_model
+    vocabulary = dict(clip.wrapped.tokenizer.get_vocab())
+    before = snapshot(m)
+    config = MimicryConfig(seeds=1, draws=4, finetune=FinetuneConfig(steps=2, batch=1), pictures=1, picture_steps=2,
+                           picture_size=32, mimic="textual-inversion", ti_prompt="a painting in style sks", ti_lr=0.05)
+    x = [_image(32, 32, seed=s) for s in range(3)]
+    with ldm_model.attack_mode(m):
+        r = mimicry_check(_with_text(m, 32, 32), x[:2], x[2:], x[:2], config)
+    assert r["mimic"] == "textual-inversion" and r["picture_rmse_protected"] == 0
+    assert_as_before(m, before)  # UNet, VAE and CLIP: weights, flags, no hook left, modes
+    assert clip.wrapped.tokenizer.get_vocab() == vocabulary
+
+
+def test_textual_inversion_is_refused_by_name_where_there_is_no_route():
+    from advdm_webui import ldm_model
+
+    with pytest.raises(ValueError, match="textual inversion on SDXL models is not supported in the A1111 extension"):
+        ldm_model.text_models(types.SimpleNamespace(is_sdxl=True))
+    with pytest.raises(ValueError, match="TinyEmbedder.*is not one the A1111 extension knows"):
+        ldm_model.text_models(tiny_ldm())
+
+    class Files:  # the web UI's embedding database, with a file named sks
+        def find_embedding_at_position(self, tokens, offset):
+            return (types.SimpleNamespace(name="sks"), 1) if tokens == clip.tokenize(["sks"])[0] else (None, None)
+
+    m = tiny_ldm_with_clip(embedding_db=Files())
+    clip = m.cond_stage_model
+    with ldm_model.attack_mode(m):
+        route = _with_text(m).text
+        assert route.token_ids("painting")
+        with pytest.raises(ValueError, match="'sks' is the name of the textual-inversion embedding 'sks'"):
+            route.token_ids("sks")
+        with pytest.raises(ValueError, match="'zqxjkvbwpf' is .* tokens"):
+            route.token_ids("zqxjkvbwpf")

@@ -380,3 +380,108 @@ def test_protect_when_forge_attention_would_chunk_keys(backend, monkeypatch):
         attention.attention_sub_quad(q, q, q, heads=2).sum().backward()
     out = _protect(sd, x)
     assert (out != x).any() and ((out - x).abs() * 255).round().max() <= 8
+
+
+# --- textual inversion through Forge's own CLIP and classic text engine ---------------------------
+
+@pytest.fixture(scope="module")
+def web_ui_opts():
+    """backend/text_processing/classic_engine.py reads the web UI's opts.emphasis (the only
+    thing it imports from the web UI): a stand-in modules.shared while these tests build it."""
+    import types
+
+    saved = sys.modules.get("modules.shared")
+    sys.modules["modules.shared"] = types.SimpleNamespace(opts=types.SimpleNamespace(emphasis="Original"))
+    yield
+    if saved is None:
+        sys.modules.pop("modules.shared", None)
+    else:
+        sys.modules["modules.shared"] = saved
+
+
+def tiny_forge_sd15_with_clip(backend):
+    """The SD1.x engine above with Forge's CLIP patcher over an IntegratedCLIP (transformers'
+    CLIPTextModel, the test-bed's tokenizer) built under inference mode as Forge loads it, and a
+    ClassicTextProcessingEngine; get_learned_conditioning as Forge's sd15.py has it."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from backend import memory_management
+    from backend.nn.clip import IntegratedCLIP
+    from backend.patcher.clip import CLIP
+    from backend.text_processing.classic_engine import ClassicTextProcessingEngine
+    from test_textual_inversion import TESTBED
+
+    tokenizer = CLIPTokenizer.from_pretrained(TESTBED / "tokenizer")
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=CONTEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(3)
+    weights = IntegratedCLIP(CLIPTextModel, config).state_dict()
+    with torch.inference_mode():
+        encoder = IntegratedCLIP(CLIPTextModel, config)
+        encoder.load_state_dict(weights)
+        clip = CLIP(model_dict={"clip_l": encoder}, tokenizer_dict={"clip_l": tokenizer})
+
+    class StableDiffusion(type(tiny_forge_model(backend))):
+        @torch.inference_mode()
+        def get_learned_conditioning(self, prompt):
+            memory_management.load_model_gpu(self.forge_objects.clip.patcher)
+            return self.text_processing_engine(prompt)
+
+    sd = tiny_forge_model(backend)
+    sd.__class__ = StableDiffusion
+    for objects in (sd.forge_objects, sd.forge_objects_original, sd.forge_objects_after_applying_lora):
+        objects.clip = clip
+    sd.text_processing_engine = ClassicTextProcessingEngine(
+        text_encoder=clip.cond_stage_model.clip_l, tokenizer=tokenizer, embedding_key="clip_l",
+        embedding_expected_shape=CONTEXT_DIM, emphasis_name="Original", clip_skip=1, final_layer_norm=True)
+    return sd
+
+
+def _clip_snapshot(sd):
+    clip = sd.forge_objects_after_applying_lora.clip.cond_stage_model
+    return ({k: v.detach().clone() for k, v in clip.state_dict().items()},
+            {n: p.requires_grad for n, p in clip.named_parameters()},
+            [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in clip.modules()])
+
+
+def test_text_route_learns_through_forges_own_text_engine_and_leaves_everything_as_it_was(backend, web_ui_opts):
+    from advdm.evaluation.mimicry import MimicryConfig, mimicry_check
+    from advdm.mimic.finetune import FinetuneConfig
+    from advdm_webui import forge_model as fm
+
+    sd = tiny_forge_sd15_with_clip(backend)
+    engine = sd.text_processing_engine
+    table = engine.text_encoder.transformer.text_model.embeddings.token_embedding.wrapped
+    assert type(table) is torch.nn.Embedding  # under Forge's CLIPEmbeddingForTextualInversion
+    vocabulary = dict(engine.tokenizer.get_vocab())
+    before, clip_before = _snapshot(sd), _clip_snapshot(sd)
+    objects = sd.forge_objects
+    config = MimicryConfig(seeds=1, draws=4, finetune=FinetuneConfig(steps=2, batch=1), pictures=1, picture_steps=2,
+                           picture_size=32, mimic="textual-inversion", ti_prompt="a painting in style sks", ti_lr=0.05)
+    x = [_image(32, 32, seed=s) for s in range(3)]
+    seen = []
+    with fm.loaded_model(sd, "a painting", 32, 32, text=True) as model:
+        assert list(model.text.embeddings) == [table] and list(model.text.encoders) == [engine.text_encoder]
+        assert model.text.token_ids("sks") == [engine.tokenize(["sks"])[0][0]]
+        wrapper = engine.text_encoder.transformer.text_model.embeddings.token_embedding  # its output: after the word's
+        wrapper.register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+        r = mimicry_check(model, x[:2], x[2:], x[:2], config)
+    assert True in seen  # the learned word's lookups were part of the graph: gradients reached the table's output
+    assert r["mimic"] == "textual-inversion" and r["picture_rmse_protected"] == 0
+    wrapper._forward_hooks.clear()  # this test's own hook
+    assert sd.forge_objects is objects
+    for (w0, f0), (w1, f1) in zip(before, _snapshot(sd)):
+        assert f0 == f1 and all(torch.equal(w0[k], w1[k]) for k in w0)
+    w0, f0, h0 = clip_before
+    w1, f1, h1 = _clip_snapshot(sd)
+    assert f0 == f1 and h0 == h1 and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert engine.tokenizer.get_vocab() == vocabulary
+
+
+def test_textual_inversion_is_refused_by_name_on_forges_t5_families(backend):
+    from advdm_webui import forge_model as fm
+
+    for make, name in ((tiny_sd3, "SD3"), (tiny_flux, "Flux")):
+        with pytest.raises(ValueError, match=f"textual inversion on Forge {name} models is not supported"):
+            fm.text_models(make(backend))

@@ -47,6 +47,17 @@ def test_make_trainable_copies_allows_backward_and_keeps_values():
         net(torch.rand(1, 3, 8, 8))
 
 
+def test_a_parameter_two_modules_register_stays_one_copy():
+    """Forge's CLIPEmbeddingForTextualInversion registers its wrapped table's weight as its own:
+    one copy for both, so they stay the same tensor (and memory grows by one table, not two)."""
+    with torch.inference_mode():
+        table = torch.nn.Embedding(10, 4)
+        wrapper = torch.nn.Module()
+        wrapper.wrapped, wrapper.weight = table, table.weight
+    counts = ht.make_trainable_copies([wrapper])
+    assert counts["parameters"] == 1 and wrapper.weight is table.weight and not table.weight.is_inference()
+
+
 def test_make_trainable_copies_refuses_inference_mode():
     with torch.inference_mode():
         with pytest.raises(RuntimeError):

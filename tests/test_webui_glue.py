@@ -299,6 +299,27 @@ def test_mimicry_request_has_the_clis_names_defaults_and_bounds(api):
     assert req.held_out == [] and req.prompt == "a painting"
 
 
+@pytest.mark.parametrize("bad,field", [
+    ({"mimic": "dreambooth"}, "mimic"), ({"ti_lr": 0}, "ti_lr"), ({"ti_lr": 2}, "ti_lr"), ({"ti_lr": "fast"}, "ti_lr"),
+    ({"ti_prompt": 3}, "ti_prompt"), ({"ti_words": "sks"}, "ti_words"),
+])
+def test_mimicry_request_refuses_bad_textual_inversion_fields_by_name(api, bad, field):
+    with pytest.raises(api.ValidationError) as e:
+        api.MimicryRequest(**{"train": ["x"], "protected": ["x"], **bad})
+    assert api._field_errors(e.value.errors()).split(":")[0].split(".")[0] == field
+
+
+def test_mimicry_request_has_the_mimic_fields_with_the_cores_defaults_and_help(api):
+    from advdm.settings import MIMICS
+
+    model = api.MimicryRequest
+    props = (model.model_json_schema() if hasattr(model, "model_json_schema") else model.schema())["properties"]
+    for name, k in MIMICS.items():
+        assert props[name].get("default") == k.default and props[name].get("description") == k.help, name
+    assert set(props["mimic"].get("enum", [])) == {"lora", "textual-inversion"}
+    assert (props["ti_lr"]["minimum"], props["ti_lr"]["maximum"]) == (MIMICS["ti_lr"].low, MIMICS["ti_lr"].high)
+
+
 @pytest.fixture
 def mimicry_api(api, webui, monkeypatch, tiny):
     """The route with a queue lock, the web UI's job state and its loaded model stood in by the
@@ -318,9 +339,10 @@ def mimicry_api(api, webui, monkeypatch, tiny):
     used = []
 
     @contextlib.contextmanager
-    def loaded_model(prompt, width, height):
+    def loaded_model(prompt, width, height, text=False):
         used.append((prompt, width, height))
-        yield tiny
+        state.text = text
+        yield getattr(state, "model", tiny)
 
     monkeypatch.setattr(webui, "loaded_model", loaded_model)
     state.used = used
@@ -379,6 +401,50 @@ def test_mimicry_route_answers_the_clis_figures_and_the_grid_under_the_lock(mimi
     assert state.used == [("a painting", 32, 32)]
     after = _weights(tiny.denoiser_network)
     assert all(torch_equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    """The test-bed model (tests/test_textual_inversion.py): its text encoder is a route."""
+    import torch
+
+    from advdm.models.checkpoints import load_model
+    from test_textual_inversion import TESTBED
+
+    return load_model(str(TESTBED), torch.device("cpu"), torch.float32, keep_text=True)
+
+
+def test_mimicry_route_runs_textual_inversion_on_the_loaded_models_text_route(mimicry_api, testbed):
+    from sample_images import smooth_image
+    from test_lora import assert_as_before, snapshot
+
+    api, state, _ = mimicry_api
+    state.model = testbed
+    (encoder,) = testbed.text.encoders
+    before = snapshot(encoder), snapshot(testbed.denoiser_network)
+    train = [_png_b64(smooth_image(32, 32, seed=s)) for s in range(2)]
+    d = api.mimicry_endpoint(api.MimicryRequest(
+        train=train, protected=train, held_out=[_png_b64(smooth_image(32, 32, 9))], **{**QUICK_MIMICRY, "pictures": 1},
+        mimic="textual-inversion", ti_prompt="a painting in style sks", ti_lr=0.05))
+    assert state.text is True  # the host was asked for its text encoder
+    assert d["mimic"] == "textual-inversion" and (d["ti_word"], d["ti_lr"]) == ("sks", 0.05)
+    assert "textual inversion of 'sks'" in d["summary"] and d["picture_rmse_protected"] == 0
+    assert_as_before(encoder, before[0])
+    assert_as_before(testbed.denoiser_network, before[1])
+
+
+def test_mimicry_route_refuses_a_prompt_without_the_word_as_a_400_naming_ti_prompt(mimicry_api):
+    from sample_images import smooth_image
+
+    api, state, _ = mimicry_api
+    image = _png_b64(smooth_image(32, 32))
+    with pytest.raises(api.HTTPException) as e:
+        api.mimicry_endpoint(api.MimicryRequest(train=[image], protected=[image], mimic="textual-inversion",
+                                                ti_prompt="a painting"))
+    assert e.value.status_code == 400 and e.value.detail.startswith("ti_prompt: ") and "'sks'" in e.value.detail
+    assert state.jobs == []  # refused before the lock
+    d = api.MimicryRequest(train=[image], protected=[image], ti_prompt="a painting")  # the LoRA mimic ignores it
+    assert d.mimic == "lora"
 
 
 def torch_equal(a, b):
@@ -550,3 +616,15 @@ def test_api_budget_field_reaches_the_config_and_a_bad_one_is_a_400_naming_it(ap
     config = api.make_config(_request(api, budget="perceptual", epsilon=16))
     assert (config.budget, config.epsilon) == ("perceptual", 16) and set(BUDGETS) == {"uniform", "perceptual"}
     assert api.config_dict(config, "a painting")["budget"] == "perceptual"  # in the response and the PNG's metadata
+
+
+def test_check_section_reads_the_mimic_control_and_names_a_bad_prompt(check_ui):
+    sliders = dict(seeds=2, steps=3, rank=4, lr=1e-4, draws=8, seed=0, pictures=1, picture_steps=2, picture_size=0,
+                   resolution=0)
+    assert check_ui.mimicry_config(**sliders, mimic="LoRA", ti_prompt="anything").mimic == "lora"
+    c = check_ui.mimicry_config(**sliders, mimic="Textual inversion", ti_prompt="a sks painting", ti_lr=0.01)
+    assert (c.mimic, c.ti_prompt, c.ti_lr, c.finetune.steps) == ("textual-inversion", "a sks painting", 0.01, 3)
+    with pytest.raises(ValueError, match="does not contain the learned word 'sks'"):
+        check_ui.mimicry_config(**sliders, mimic="Textual inversion", ti_prompt="a painting")
+    with pytest.raises(ValueError, match="Textual-inversion learning rate must be between"):
+        check_ui.mimicry_config(**sliders, mimic="Textual inversion", ti_lr=0)

@@ -82,10 +82,15 @@ FINETUNE_OPTIONS = ("steps", "rank", "lr", "batch", "convs", "resolution")
 def config_from_options(options: dict, label=lambda name: name) -> MimicryConfig:
     """The config from the flat options the command line and the web API take (the names of
     advdm.settings.MIMICRY; a missing one is its default), each checked against its bounds:
-    a ValueError names label(name)."""
+    a ValueError names label(name) (a textual-inversion prompt without its word: label('ti_prompt'))."""
     knobs = {**MIMICRY, **MIMICS}
     values = {name: options.get(name, k.default) for name, k in knobs.items()}
     check(knobs, values, label)
+    if values["mimic"] != "lora":
+        try:
+            check_prompt(values["ti_prompt"], values["ti_word"])
+        except ValueError as e:
+            raise ValueError(f"{label('ti_prompt')}: {e}") from None
     tune = {name: values.pop(name) for name in FINETUNE_OPTIONS}
     return MimicryConfig(finetune=FinetuneConfig(**tune), **values)
 

@@ -38,6 +38,7 @@ def make_trainable_copies(modules: Iterable[torch.nn.Module]) -> Dict[str, int]:
         raise RuntimeError("make_trainable_copies must run under torch.inference_mode(False)")
     counts = {"parameters": 0, "buffers": 0}
     seen = set()
+    copies: Dict[int, torch.nn.Parameter] = {}  # a parameter two modules register stays one (Forge's CLIP wrapper)
     for root in modules:
         for module in root.modules():
             if id(module) in seen:
@@ -45,8 +46,10 @@ def make_trainable_copies(modules: Iterable[torch.nn.Module]) -> Dict[str, int]:
             seen.add(id(module))
             for name, p in list(module._parameters.items()):
                 if is_inference(p):
-                    module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-                    counts["parameters"] += 1
+                    if id(p) not in copies:
+                        copies[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                        counts["parameters"] += 1
+                    module._parameters[name] = copies[id(p)]
             for name, b in list(module._buffers.items()):
                 if is_inference(b):
                     module._buffers[name] = b.clone()

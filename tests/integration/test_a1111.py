@@ -33,8 +33,10 @@ import pytest
 from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
 from webui_client import surrogate_protection_holds, wait_for_route
 from webui_client import (check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
+                          check_section_runs_textual_inversion,
                           img2img_bad_fields_are_400s, img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
-                          mimicry_bad_fields_are_400s, mimicry_clean_as_protected)
+                          mimicry_bad_fields_are_400s, mimicry_clean_as_protected, SKS_TXT2IMG_PROMPT,
+                          textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected)
 from webui_client import decode as _decode, image as _image, png as _png
 
 A1111_DIR = os.environ.get("A1111_DIR")
@@ -357,8 +359,8 @@ def test_interrupt_stops_a_long_protection(server):
 TXT2IMG = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler"}
 
 
-def _seeded_txt2img(server):
-    status, d = server.call("POST", "/sdapi/v1/txt2img", TXT2IMG)
+def _seeded_txt2img(server, prompt=TXT2IMG["prompt"]):
+    status, d = server.call("POST", "/sdapi/v1/txt2img", {**TXT2IMG, "prompt": prompt})
     assert status == 200, d
     return _decode(d["images"][0])
 
@@ -385,6 +387,19 @@ def test_mimicry_check_with_clean_as_protected_learns_all_and_leaves_txt2img_ide
     before = _seeded_txt2img(server)
     mimicry_clean_as_protected(server)
     assert np.array_equal(before, _seeded_txt2img(server))
+
+
+def test_mimicry_check_with_textual_inversion_runs_on_the_web_uis_text_encoder_and_leaves_it_as_it_was(server):
+    """mimic textual-inversion learns the word 'sks' through the checkpoint's own CLIP (A1111's
+    hijacked FrozenCLIPEmbedderWithCustomWords): the report says textual inversion, and txt2img
+    with the learned word in its prompt is bit-identical afterwards (UNet, CLIP, no hook left)."""
+    before = _seeded_txt2img(server, SKS_TXT2IMG_PROMPT)
+    textual_inversion_clean_as_protected(server)
+    assert np.array_equal(before, _seeded_txt2img(server, SKS_TXT2IMG_PROMPT))
+
+
+def test_textual_inversion_bad_fields_are_400s_naming_them(server):
+    textual_inversion_bad_fields_are_400s(server)
 
 
 def test_mimicry_bad_fields_are_400s_naming_them(server):
@@ -466,3 +481,8 @@ def test_sd3_protect_over_http_holds_the_budget(server):
     status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
     assert status == 200 and p["state"]["job"] == "", p
     _txt2img_works(server)
+
+
+def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
+    text = check_section_runs_textual_inversion(server, tmp_path / "check-ti", ARTIFACTS, "a1111")
+    assert "learned fraction (held out): protected 1.00" in text, text

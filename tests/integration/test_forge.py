@@ -37,7 +37,8 @@ from webui_client import (AUTH, start_forge, LONG_SURROGATE, Client, check_secti
                           check_section_runs_the_mimicry_check, decode, free_port, image, img2img_bad_fields_are_400s,
                           img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           interrupt_stops_a_long_protection, mimicry_bad_fields_are_400s, mimicry_clean_as_protected,
-                          png, stop, surrogate_protection_holds, wait_for_route)
+                          png, SKS_TXT2IMG_PROMPT, stop, surrogate_protection_holds,
+                          textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected, wait_for_route)
 
 FORGE_DIR = os.environ.get("FORGE_DIR")
 FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, "venv", "bin", "python"))
@@ -174,6 +175,32 @@ def test_mimicry_check_with_clean_as_protected_learns_all_and_leaves_txt2img_ide
     before = _txt2img(server)
     mimicry_clean_as_protected(server)
     assert np.array_equal(before, _txt2img(server))
+
+
+def test_mimicry_check_with_textual_inversion_runs_on_forges_text_encoder_and_leaves_it_as_it_was(server):
+    """mimic textual-inversion learns the word 'sks' through Forge's own CLIP (its classic text
+    engine): the report says textual inversion, and txt2img with the learned word in its prompt
+    is bit-identical afterwards (UNet, CLIP, no hook left)."""
+    before = _txt2img(server, SKS_TXT2IMG_PROMPT)
+    textual_inversion_clean_as_protected(server)
+    assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
+
+
+def test_sdxl_textual_inversion_learns_the_word_in_both_encoders_and_leaves_them_as_they_were(server):
+    """SDXL's CLIP-L and CLIP-G (Forge's text_processing_engine_l / _g) learn the word together."""
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
+    assert status == 200, d
+    try:
+        before = _txt2img(server, SKS_TXT2IMG_PROMPT)
+        d = textual_inversion_clean_as_protected(server)
+        assert "SDXL" in d["summary"], d["summary"]
+        assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
+    finally:
+        server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD15_NAME}.safetensors"})
+
+
+def test_textual_inversion_bad_fields_are_400s_naming_them(server):
+    textual_inversion_bad_fields_are_400s(server)
 
 
 def test_mimicry_bad_fields_are_400s_naming_them(server):

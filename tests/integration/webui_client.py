@@ -222,6 +222,40 @@ def mimicry_bad_fields_are_400s(client: Client) -> None:
     assert status == 401
 
 
+QUICK_TI = {**QUICK_MIMICRY, "mimic": "textual-inversion", "ti_prompt": "a painting in the style of sks", "ti_lr": 0.05}
+SKS_TXT2IMG_PROMPT = "a painting in the style of sks"  # the learned word: its own lookups must be as before
+
+
+def textual_inversion_clean_as_protected(client: Client) -> dict:
+    """mimic textual-inversion on the host's own text encoder: the clean images passed as the
+    protected ones learn the same word (pictures identical), the report says textual inversion."""
+    train, held = mimicry_images()
+    body = {"train": [png(a) for a in train], "protected": [png(a) for a in train], "held_out": [png(a) for a in held],
+            **QUICK_TI}
+    status, d = client.call("POST", "/advdm/v1/mimicry", body)
+    assert status == 200, d
+    print("textual inversion:", d.get("summary"))
+    assert d["interrupted"] is False and d["mimic"] == "textual-inversion", d
+    assert (d["ti_word"], d["ti_prompt"], d["ti_lr"]) == ("sks", QUICK_TI["ti_prompt"], QUICK_TI["ti_lr"])
+    assert "textual inversion of 'sks'" in d["summary"], d["summary"]
+    assert (d["seeds"], d["finetune"]["steps"], d["train_images"], d["held_out_images"]) == (3, 3, 2, 1)
+    assert d["picture_rmse_protected"] == 0 and d["picture_rmse_noise"] > 0, d["summary"]  # the words learned differ
+    if d["learned"]:
+        assert d["learned_fraction_low"] <= 1 <= d["learned_fraction_high"], d["summary"]
+    grid = decode(d["grid"])
+    assert grid.ndim == 3 and grid.shape[0] >= 4 * 64
+    return d
+
+
+def textual_inversion_bad_fields_are_400s(client: Client) -> None:
+    train, held = mimicry_images()
+    body = {"train": [png(train[0])], "protected": [png(train[0])], "held_out": [png(held[0])], **QUICK_TI}
+    for bad, field in (({"mimic": "dreambooth"}, "mimic"), ({"ti_lr": 0}, "ti_lr"), ({"ti_prompt": "a painting"}, "ti_prompt"),
+                       ({"ti_word": "zqxjkvbwpf", "ti_prompt": "a painting of zqxjkvbwpf"}, "'zqxjkvbwpf' is")):
+        status, d = client.call("POST", "/advdm/v1/mimicry", {**body, **bad})
+        assert status == 400 and field in json.dumps(d), (bad, d)
+
+
 def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
     """10000 fine-tuning steps a LoRA: progress shows through /sdapi/v1/progress as the job
     advdm_mimicry, counting the fine-tuning and sampler steps; /sdapi/v1/interrupt stops it soon,
@@ -320,6 +354,29 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
         tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"))
+        return text
+
+
+def check_section_runs_textual_inversion(client: Client, folder: Path, artifacts: Path, host: str) -> str:
+    """The Check section's Mimic choice in headless Chromium: Textual inversion shows the word's
+    prompt and learning rate in place of the LoRA's rank and learning rate; Run mimicry check
+    reports textual inversion of 'sks'. Returns the report's text."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with check_section(client, folder) as (pg, tab):
+        _open(tab, "advdm_check_mimicry_settings", "Mimicry check settings", "advdm_check_seeds")
+        assert not tab.locator("#advdm_check_ti_prompt").first.is_visible()
+        tab.locator("#advdm_check_mimic").get_by_text("Textual inversion").first.click()
+        tab.locator("#advdm_check_ti_prompt textarea, #advdm_check_ti_prompt input").first.wait_for(
+            state="visible", timeout=30_000)
+        assert not tab.locator("#advdm_check_rank").first.is_visible()  # the LoRA's settings step aside
+        for name in ("seeds", "steps", "draws", "pictures", "picture_steps", "picture_size"):
+            _set_number(tab, f"advdm_check_{name}", QUICK_TI[name])
+        _set_number(tab, "advdm_check_ti_lr", QUICK_TI["ti_lr"])
+        pg.wait_for_timeout(1000)
+        pg.screenshot(path=str(artifacts / f"{host}_check_ti_settings.png"), full_page=True)
+        text = _run_until_reported(pg, tab, "advdm_check_mimicry", "learned fraction",
+                                   artifacts / f"{host}_check_ti_failed.png")
+        assert "textual inversion of 'sks'" in text, text
         return text
 
 
