@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -325,10 +326,18 @@ def _run_until_reported(pg, tab, button_id: str, text: str, failed_shot: Path, t
     seen = len(pg.console_seen)
     tab.locator(f"#{button_id}").click()
     deadline = time.time() + timeout
+    bar = pg.locator("#advdm_check_progress .progressDiv")
+    pg.check_bar_seen = []  # the percentages the bar under the buttons showed while it ran
     while True:
         now = report.inner_text()
         if text in now:
             return now
+        try:
+            shown = re.search(r"(\d+)%", bar.first.inner_text(timeout=1000)) if bar.count() else None
+        except Exception:  # playwright's timeout: the bar went away between count() and inner_text()
+            shown = None
+        if shown:
+            pg.check_bar_seen.append(int(shown.group(1)))
         problem = errors.first.inner_text() if errors.count() else None
         problem = problem or next((m for m in pg.console_seen[seen:] if m.startswith("page error")), None)
         if problem is not None or time.time() > deadline:
@@ -351,6 +360,8 @@ def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts
         pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_settings.png"), full_page=True)
         text = _run_until_reported(pg, tab, "advdm_check_mimicry", "learned fraction",
                                    artifacts / f"{host}_check_mimicry_failed.png")
+        moving = sorted({v for v in pg.check_bar_seen if 0 < v < 100})
+        assert len(moving) >= 3, f"the bar under the buttons did not move while the check ran: {pg.check_bar_seen}"
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
         tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"))
