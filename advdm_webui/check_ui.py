@@ -65,7 +65,7 @@ def mimicry_config(seeds, steps, rank, lr, draws, seed, pictures, picture_steps,
         "seed": int(seed), "pictures": int(pictures), "picture_steps": int(picture_steps),
         "picture_size": int(picture_size) or None, "resolution": int(resolution) or None,
         "mimic": MIMICS_SHOWN.get(mimic, mimic), "ti_prompt": ti_prompt, "ti_lr": float(ti_lr)},
-        label=lambda name: {"ti_prompt": "Textual-inversion prompt", "ti_lr": "Textual-inversion learning rate"}
+        label=lambda name: {"ti_prompt": "Textual-inversion prompt", "ti_lr": "Learning rate of the word"}
         .get(name, name))
 
 

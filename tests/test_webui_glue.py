@@ -626,5 +626,5 @@ def test_check_section_reads_the_mimic_control_and_names_a_bad_prompt(check_ui):
     assert (c.mimic, c.ti_prompt, c.ti_lr, c.finetune.steps) == ("textual-inversion", "a sks painting", 0.01, 3)
     with pytest.raises(ValueError, match="does not contain the learned word 'sks'"):
         check_ui.mimicry_config(**sliders, mimic="Textual inversion", ti_prompt="a painting")
-    with pytest.raises(ValueError, match="Textual-inversion learning rate must be between"):
+    with pytest.raises(ValueError, match="Learning rate of the word must be between"):
         check_ui.mimicry_config(**sliders, mimic="Textual inversion", ti_lr=0)
