@@ -233,6 +233,11 @@ def test_check_section_runs_the_mimicry_check_in_chromium(server, tmp_path):
     assert "learned fraction (held out): protected 1.00" in text, text
 
 
+def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
+    text = check_section_runs_the_mimicry_check(server, tmp_path / "check-ti", ARTIFACTS, "forge", "textual-inversion")
+    assert "learned fraction (held out): protected 1.00" in text, text
+
+
 def _tab_protect(server, tmp_path, src, method="advdm", budget="uniform"):
     """The Protect button's Gradio event, called with Gradio's own client and an uploaded file:
     the saved file is within the budget. (The last three inputs are the surrogate's sliders and

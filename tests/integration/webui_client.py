@@ -316,17 +316,23 @@ def _open(tab, elem_id: str, title: str, first_input: str) -> None:
     tab.locator(f"#{first_input} input, #{first_input} textarea").first.wait_for(state="visible", timeout=30_000)
 
 
-def _run_until_reported(pg, tab, button_id: str, text: str, failed_shot: Path, timeout: float = 900) -> str:
+def _run_until_reported(pg, tab, button_id: str, text: str, failed_shot: Path, running_shot: Path = None,
+                        timeout: float = 900) -> str:
     """Presses the button; the report's text once it shows `text`. Fails at once on an error on the
     page (the web UI's error block in the report, a Gradio 4 error toast, a script error after the
     press: e.g. the web UI's own scripts missing), else after `timeout` s, with a screenshot and
-    what the report and the page's console said."""
+    what the report and the page's console said. Records the bar's percentages in
+    pg.check_bar_seen; `running_shot`: the whole page the first time the bar is part way.
+
+    No full-page screenshot before the press: in headless Chromium a real click after one does
+    not reach Gradio 4's button (Forge: no request was sent; a dispatched click still works)."""
     report = tab.locator("#advdm_check_report").last  # Gradio 3 gives the HTML block and its content the id
     errors = pg.locator("#advdm_check_report .error, .toast-body.error")
     seen = len(pg.console_seen)
     tab.locator(f"#{button_id}").click()
     deadline = time.time() + timeout
-    bar = pg.locator("#advdm_check_progress .progressDiv")
+    # the web UI's requestProgress puts the bar beside its container (#advdm_check_progress), not in it
+    bar = pg.locator("#advdm_check .progressDiv")
     pg.check_bar_seen = []  # the percentages the bar under the buttons showed while it ran
     while True:
         now = report.inner_text()
@@ -338,6 +344,9 @@ def _run_until_reported(pg, tab, button_id: str, text: str, failed_shot: Path, t
             shown = None
         if shown:
             pg.check_bar_seen.append(int(shown.group(1)))
+            if running_shot is not None and 0 < pg.check_bar_seen[-1] < 100:
+                pg.screenshot(path=str(running_shot), full_page=True)
+                running_shot = None
         problem = errors.first.inner_text() if errors.count() else None
         problem = problem or next((m for m in pg.console_seen[seen:] if m.startswith("page error")), None)
         if problem is not None or time.time() > deadline:
@@ -347,47 +356,38 @@ def _run_until_reported(pg, tab, button_id: str, text: str, failed_shot: Path, t
         pg.wait_for_timeout(2000)
 
 
-def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str) -> str:
-    """The Check section in headless Chromium: the quick settings, Run mimicry check; the report
-    shows the learned fraction and the gallery the grid. Returns the report's text."""
+def check_section_runs_the_mimicry_check(client: Client, folder: Path, artifacts: Path, host: str,
+                                         mimic: str = "lora") -> str:
+    """The Check section in headless Chromium: the quick settings, Run mimicry check; the bar under
+    the buttons moves, the report shows the learned fraction and the gallery the grid. With
+    mimic="textual-inversion", the Mimic choice first: it shows the word's prompt and learning rate
+    in place of the LoRA's rank and learning rate, and the report names the word. Returns the
+    report's text."""
     artifacts.mkdir(parents=True, exist_ok=True)
+    tag = f"{host}_check_{'mimicry' if mimic == 'lora' else 'ti'}"
     with check_section(client, folder) as (pg, tab):
         _open(tab, "advdm_check_mimicry_settings", "Mimicry check settings", "advdm_check_seeds")
-        for name in ("seeds", "steps", "rank", "draws", "pictures", "picture_steps", "picture_size"):
-            _set_number(tab, f"advdm_check_{name}", QUICK_MIMICRY[name])
-        _set_number(tab, "advdm_check_lr", QUICK_MIMICRY["lr"])
+        if mimic == "lora":
+            quick, numbers = QUICK_MIMICRY, ("rank", "lr")
+        else:
+            assert not tab.locator("#advdm_check_ti_prompt").first.is_visible()
+            tab.locator("#advdm_check_mimic").get_by_text("Textual inversion").first.click()
+            tab.locator("#advdm_check_ti_prompt textarea, #advdm_check_ti_prompt input").first.wait_for(
+                state="visible", timeout=30_000)
+            assert not tab.locator("#advdm_check_rank").first.is_visible()  # the LoRA's settings step aside
+            quick, numbers = QUICK_TI, ("ti_lr",)
+        for name in ("seeds", "steps", "draws", "pictures", "picture_steps", "picture_size") + numbers:
+            _set_number(tab, f"advdm_check_{name}", quick[name])
         pg.wait_for_timeout(1000)
-        pg.screenshot(path=str(artifacts / f"{host}_check_mimicry_settings.png"), full_page=True)
         text = _run_until_reported(pg, tab, "advdm_check_mimicry", "learned fraction",
-                                   artifacts / f"{host}_check_mimicry_failed.png")
+                                   artifacts / f"{tag}_failed.png", artifacts / f"{tag}_running.png")
         moving = sorted({v for v in pg.check_bar_seen if 0 < v < 100})
         assert len(moving) >= 3, f"the bar under the buttons did not move while the check ran: {pg.check_bar_seen}"
+        if mimic != "lora":
+            assert "textual inversion of 'sks'" in text, text
         tab.locator("#advdm_check_gallery img").first.wait_for(timeout=60_000)
         pg.wait_for_timeout(1000)
-        tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{host}_check_mimicry_done.png"))
-        return text
-
-
-def check_section_runs_textual_inversion(client: Client, folder: Path, artifacts: Path, host: str) -> str:
-    """The Check section's Mimic choice in headless Chromium: Textual inversion shows the word's
-    prompt and learning rate in place of the LoRA's rank and learning rate; Run mimicry check
-    reports textual inversion of 'sks'. Returns the report's text."""
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with check_section(client, folder) as (pg, tab):
-        _open(tab, "advdm_check_mimicry_settings", "Mimicry check settings", "advdm_check_seeds")
-        assert not tab.locator("#advdm_check_ti_prompt").first.is_visible()
-        tab.locator("#advdm_check_mimic").get_by_text("Textual inversion").first.click()
-        tab.locator("#advdm_check_ti_prompt textarea, #advdm_check_ti_prompt input").first.wait_for(
-            state="visible", timeout=30_000)
-        assert not tab.locator("#advdm_check_rank").first.is_visible()  # the LoRA's settings step aside
-        for name in ("seeds", "steps", "draws", "pictures", "picture_steps", "picture_size"):
-            _set_number(tab, f"advdm_check_{name}", QUICK_TI[name])
-        _set_number(tab, "advdm_check_ti_lr", QUICK_TI["ti_lr"])
-        pg.wait_for_timeout(1000)
-        pg.screenshot(path=str(artifacts / f"{host}_check_ti_settings.png"), full_page=True)
-        text = _run_until_reported(pg, tab, "advdm_check_mimicry", "learned fraction",
-                                   artifacts / f"{host}_check_ti_failed.png")
-        assert "textual inversion of 'sks'" in text, text
+        tab.locator("#advdm_check").first.screenshot(path=str(artifacts / f"{tag}_done.png"))
         return text
 
 
