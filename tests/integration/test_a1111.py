@@ -33,10 +33,10 @@ import pytest
 from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
 from webui_client import surrogate_protection_holds, wait_for_route
 from webui_client import (check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
-                          check_section_runs_textual_inversion,
                           img2img_bad_fields_are_400s, img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           mimicry_bad_fields_are_400s, mimicry_clean_as_protected, SKS_TXT2IMG_PROMPT,
-                          textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected)
+                          textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected,
+                          mimicry_images, QUICK_TI)
 from webui_client import decode as _decode, image as _image, png as _png
 
 A1111_DIR = os.environ.get("A1111_DIR")
@@ -54,6 +54,12 @@ pytestmark = pytest.mark.skipif(not A1111_DIR, reason="A1111_DIR not set (path t
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
+    yield from _server(tmp_path_factory, request)
+
+
+def _server(tmp_path_factory, request, *extra_args: str):
+    """A1111 on loopback with this repository as an extension, a random SD1.5 loaded and random SDXL
+    and SD3 checkpoints beside it; `extra_args` go on its command line. Yields the API client."""
     data = tmp_path_factory.mktemp("a1111-data")
     (data / "extensions").mkdir()
     # under the name "Install from URL" gives it (the repository's), not the package's: A1111 names
@@ -94,7 +100,7 @@ def server(tmp_path_factory, request):
         [A1111_PYTHON, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--test-server",
          "--do-not-download-clip", "--no-half", "--use-cpu", "all", "--api", "--skip-version-check",
          "--no-download-sd-model", "--skip-install", "--data-dir", str(data), "--ckpt", ckpt,
-         "--port", str(port), "--api-auth", f"{AUTH[0]}:{AUTH[1]}"],
+         "--port", str(port), "--api-auth", f"{AUTH[0]}:{AUTH[1]}", *extra_args],
         cwd=A1111_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
     client = Client(f"http://127.0.0.1:{port}")
     client.data = data
@@ -484,5 +490,41 @@ def test_sd3_protect_over_http_holds_the_budget(server):
 
 
 def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
-    text = check_section_runs_textual_inversion(server, tmp_path / "check-ti", ARTIFACTS, "a1111")
+    text = check_section_runs_the_mimicry_check(server, tmp_path / "check-ti", ARTIFACTS, "a1111",
+                                                "textual-inversion")
     assert "learned fraction (held out): protected 1.00" in text, text
+
+
+# --- --medvram: the VAE, text encoder and UNet take turns on the device -----------------------------
+
+@pytest.fixture(scope="module")
+def medvram_server(tmp_path_factory, request):
+    yield from _server(tmp_path_factory, request, "--medvram")
+
+
+def test_medvram_protects_within_the_budget_and_refuses_textual_inversion_by_name(medvram_server):
+    """Under --medvram the attack moves the VAE on itself and runs its encoder again in backward:
+    the protection still holds its budget and raises the loss; textual inversion, whose learned
+    word's graph the text encoder's move would break, is a 400 naming --medvram; txt2img gives
+    the same pixels after both."""
+    def txt2img():
+        status, d = medvram_server.call("POST", "/sdapi/v1/txt2img", {"prompt": SKS_TXT2IMG_PROMPT, "steps": 2,
+                                                                        "width": 64, "height": 64, "seed": 5})
+        assert status == 200, d
+        return _decode(d["images"][0])
+
+    before = txt2img()
+    src = _image(48, 64)
+    status, d = medvram_server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["art.png"],
+                                                                  **FAST, "steps": 10})
+    assert status == 200, d
+    (item,) = d["images"]
+    diff = np.abs(_decode(item["image"])[..., :3].astype(int) - src[..., :3].astype(int))
+    assert 0 < diff.max() <= 8
+    assert item["measurement"]["loss_protected"] > item["measurement"]["loss_clean"], item["summary"]
+    train, held = mimicry_images()
+    status, d = medvram_server.call("POST", "/advdm/v1/mimicry", {
+        "train": [_png(a) for a in train], "protected": [_png(a) for a in train], "held_out": [_png(held[0])],
+        **QUICK_TI})
+    assert status == 400 and "--medvram" in json.dumps(d), d
+    assert (txt2img() == before).all()
