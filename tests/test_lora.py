@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from advdm.evaluation.measure import DrawLosses
-from advdm.mimic.finetune import FinetuneConfig, LossScaler, lora_finetuned, mimic_view, train
+from advdm.mimic.finetune import FinetuneConfig, FineTuneDiverged, LossScaler, lora_finetuned, mimic_view, train
 from advdm.mimic.lora import lora_adapters
 
 from sample_images import smooth_image
@@ -146,6 +146,19 @@ def test_loss_scaling_keeps_float16_gradients_that_would_underflow():
         assert torch.allclose(g16, g32, rtol=1e-2, atol=1e-3 * g32.abs().max().item())
     unscaled = _half_net_gradients(lambda: LossScaler(scale=1.0))
     assert all(g.abs().sum() == 0 for g in unscaled[torch.float16][:2])  # what it guards against
+
+
+def test_gradients_not_finite_unscaled_are_a_setting_error_naming_the_learning_rate():
+    """At scale 1 a non-finite gradient is the fine-tune's own divergence: a ValueError (the API's
+    400, the command line's message) that says to lower the learning rate; above 1 the step is redone."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    scaler = LossScaler(scale=2.0)
+    assert not scaler.unscale([p]) and scaler.scale == 1.0 and p.grad is None
+    p.grad = torch.tensor([float("inf"), 0.0, 0.0])
+    with pytest.raises(ValueError, match="lower learning rate") as caught:
+        scaler.unscale([p])
+    assert isinstance(caught.value, FineTuneDiverged)
 
 
 def test_float32_gradients_are_the_same_scaled_or_not_and_an_overflow_redoes_its_step(tiny):

@@ -58,6 +58,12 @@ def _batches(count: int, batch: int, steps: int, gen: torch.Generator) -> Iterat
         yield [order.pop(0) for _ in range(min(batch, count))]
 
 
+class FineTuneDiverged(ValueError):
+    """A fine-tune whose gradients are not finite even unscaled: its settings (the learning rate)
+    make the loss diverge. A ValueError, so that each entry point reports it as a bad setting
+    (the API's 400, the command line's message) rather than a crash."""
+
+
 class LossScaler:
     """Dynamic loss scaling (as torch.amp.GradScaler, on any device and any torch): the loss
     is multiplied by a power of two before backward, so gradients through a float16 network
@@ -81,8 +87,8 @@ class LossScaler:
         grads = [p.grad for p in params if p.grad is not None]
         if grads and not bool(torch.isfinite(torch.stack([g.detach().abs().amax().float() for g in grads])).all()):
             if self.scale <= 1:
-                raise FloatingPointError("the fine-tune's gradients are not finite even unscaled: the loss "
-                                         "diverged (try a lower learning rate)")
+                raise FineTuneDiverged("the fine-tune's gradients are not finite even unscaled: the loss "
+                                       "diverged (try a lower learning rate)")
             self.scale /= 2
             self.clean_steps = 0
             for p in params:

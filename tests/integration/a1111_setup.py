@@ -22,6 +22,12 @@
         (conditioner present, middle-block attention present: not SSD-1B). About 230M
         parameters (half of them CLIP-L), 460 MB. A full-size SDXL (3.5B parameters, 14 GB in fp32 under --no-half,
         plus the state dict while loading) does not fit beside anything else on a 24 GB machine.
+    python tests/integration/a1111_setup.py sd2-checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
+        a random-weight, seeded, reduced SD2.x checkpoint (ldm key layout) plus OUT.yaml beside it:
+        the web UI's own v2-inference.yaml (eps, FrozenOpenCLIPEmbedder, penultimate layer) with
+        UNet model_channels 64, transformer depth 1, the OpenCLIP ViT-B-32 text tower (width 512,
+        so context 512) and a 32-wide VAE. The web UI wraps it as SD2 (is_sd2, its OpenCLIP
+        embedder under FrozenOpenCLIPEmbedderWithCustomWords). About 100M parameters, 200 MB.
     python tests/integration/a1111_setup.py sd3-checkpoint OUT.safetensors [--seed 0] [--a1111 DIR]
         a random-weight SD3 checkpoint in the SD3-medium key layout the web UI detects as SD3
         (model.diffusion_model.x_embedder.proj.weight) and builds with its own SD3Inferencer:
@@ -116,8 +122,12 @@ def _clip_l_without_download():
     return lambda: setattr(transformers.CLIPTextModel, "from_pretrained", real)
 
 
+FINAL_TEXT_NORM_BIASES = ("final_layer_norm.bias", "ln_final.bias")  # CLIP's, OpenCLIP's
+
+
 def _random_state_dict(model, seed: int) -> dict:
-    """Fan-in scaled normal weights, norms at 1, biases at 0, fp16; position ids kept."""
+    """Fan-in scaled normal weights, norms at 1, biases at 0 (the text encoders' final norm's
+    small and random), fp16; position ids kept."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -128,7 +138,11 @@ def _random_state_dict(model, seed: int) -> dict:
         if "position_ids" in k:  # real files carry them; without, the web UI leaves them uninitialised
             tensors[k] = torch.arange(v.shape[-1], dtype=torch.int64).reshape(v.shape)
             continue
-        if k.endswith("bias") or v.dim() == 0:
+        if k.endswith(FINAL_TEXT_NORM_BIASES):
+            # real text encoders' final LayerNorm has a bias, so the conditioning's mean is not ~0:
+            # the web UI's emphasis rescales by that mean, and at ~0 its gradient is not finite
+            t = 0.1 * torch.randn(v.shape, generator=g)
+        elif k.endswith("bias") or v.dim() == 0:
             t = torch.zeros(v.shape)
         elif "norm" in k or k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or k.endswith("ln_final.weight"):
             t = torch.ones(v.shape)
@@ -212,25 +226,57 @@ def sdxl_config(a1111: str):
     return cfg
 
 
-def sdxl_checkpoint(out: str, seed: int, a1111: str) -> None:
+def sd2_config(a1111: str):
+    """The web UI's v2-inference.yaml at reduced size (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(a1111, "repositories", "stable-diffusion-stability-ai", "configs",
+                                      "stable-diffusion", "v2-inference.yaml"))
+    p = cfg.model.params
+    unet = p.unet_config.params
+    unet.model_channels = 64
+    unet.transformer_depth = 1
+    unet.context_dim = G_WIDTH
+    unet.use_checkpoint = False
+    text = p.cond_stage_config.params
+    assert p.cond_stage_config.target.endswith("FrozenOpenCLIPEmbedder")
+    text.arch = G_ARCH
+    text.version = None  # no pretrained weights (the web UI's --do-not-download-clip does the same)
+    vae = p.first_stage_config.params.ddconfig
+    vae.ch = 32
+    vae.num_res_blocks = 1
+    return cfg
+
+
+def sd2_checkpoint(out: str, seed: int, a1111: str) -> None:
+    _with_yaml(out, seed, sd2_config(a1111), os.path.join(a1111, "repositories", "stable-diffusion-stability-ai"),
+               "ldm.util")
+
+
+def _with_yaml(out: str, seed: int, cfg, repository: str, util: str) -> None:
+    """A random checkpoint of the model `cfg` describes (built by `util`.instantiate_from_config from
+    `repository`), with the config beside it as OUT.yaml."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
     yaml_path = os.path.splitext(out)[0] + ".yaml"
     if os.path.exists(out) and os.path.exists(yaml_path):
         return
-    sys.path[:0] = [os.path.join(a1111, "repositories", "generative-models")]
-    from omegaconf import OmegaConf
-
-    cfg = sdxl_config(a1111)
+    sys.path[:0] = [repository]
     restore = _clip_l_without_download()
     try:
-        from sgm.util import instantiate_from_config
-
-        model = instantiate_from_config(cfg.model)
+        model = importlib.import_module(util).instantiate_from_config(cfg.model)
     finally:
         restore()
     _save(_random_state_dict(model, seed), out)
     tmp = yaml_path + ".tmp"
     OmegaConf.save(cfg, tmp)
     os.replace(tmp, yaml_path)
+
+
+def sdxl_checkpoint(out: str, seed: int, a1111: str) -> None:
+    _with_yaml(out, seed, sdxl_config(a1111), os.path.join(a1111, "repositories", "generative-models"), "sgm.util")
 
 
 def sd3_checkpoint(out: str, seed: int, a1111: str, depth: int = 2) -> None:
@@ -305,6 +351,10 @@ def main() -> None:
     c.add_argument("out")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
+    e = sub.add_parser("sd2-checkpoint")
+    e.add_argument("out")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
     d = sub.add_parser("sd3-checkpoint")
     d.add_argument("out")
     d.add_argument("--seed", type=int, default=0)
@@ -315,6 +365,9 @@ def main() -> None:
         print(t5_tokenizer_cache(args.hf_home))
     elif args.cmd == "sd3-checkpoint":
         sd3_checkpoint(args.out, args.seed, args.a1111)
+        print(args.out)
+    elif args.cmd == "sd2-checkpoint":
+        sd2_checkpoint(args.out, args.seed, args.a1111)
         print(args.out)
     elif args.cmd == "checkpoint":
         checkpoint(args.out, args.seed, args.a1111)

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SDXL_NAME = "advdm_random_sdxl"
 SD3_NAME = "advdm_random_sd3"
+SD2_NAME = "advdm_random_sd2"
 EXTENSION_FOLDER = "sd-advdm-protect"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
@@ -82,10 +83,12 @@ def _server(tmp_path_factory, request, *extra_args: str):
     ckpt = checkpoint("A1111_CKPT", "checkpoint", "random_sd15.safetensors")
     sdxl = checkpoint("A1111_SDXL_CKPT", "sdxl-checkpoint", "random_sdxl.safetensors")
     sd3 = checkpoint("A1111_SD3_CKPT", "sd3-checkpoint", "random_sd3.safetensors")
+    sd2 = checkpoint("A1111_SD2_CKPT", "sd2-checkpoint", "random_sd2.safetensors")
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
-    for src in (Path(sdxl), Path(sdxl).with_suffix(".yaml")):  # the web UI reads the config beside the file
-        os.symlink(src.resolve(), models / f"{SDXL_NAME}{src.suffix}")
+    for ckpt_file, name in ((sdxl, SDXL_NAME), (sd2, SD2_NAME)):
+        for src in (Path(ckpt_file), Path(ckpt_file).with_suffix(".yaml")):  # the web UI reads the config beside it
+            os.symlink(src.resolve(), models / f"{name}{src.suffix}")
     os.symlink(Path(sd3).resolve(), models / f"{SD3_NAME}.safetensors")
     (data / "advdm-in" / "sub").mkdir(parents=True)
     _png(_image(40, 40, seed=3), data / "advdm-in" / "sub" / "a.png")
@@ -438,6 +441,12 @@ def test_check_section_runs_the_mimicry_check_in_chromium(server, tmp_path):
     assert "learned fraction (held out): protected 1.00" in text, text
 
 
+def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
+    text = check_section_runs_the_mimicry_check(server, tmp_path / "check-ti", ARTIFACTS, "a1111",
+                                                "textual-inversion")
+    assert "learned fraction (held out): protected 1.00" in text, text
+
+
 def _protect_with_checkpoint(server, name, src, label):
     """Switch the web UI to checkpoint `name`, protect `src` over HTTP and check the result:
     made by that checkpoint, same size, 8-bit, within the budget, a finite measurement."""
@@ -489,10 +498,15 @@ def test_sd3_protect_over_http_holds_the_budget(server):
     _txt2img_works(server)
 
 
-def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
-    text = check_section_runs_the_mimicry_check(server, tmp_path / "check-ti", ARTIFACTS, "a1111",
-                                                "textual-inversion")
-    assert "learned fraction (held out): protected 1.00" in text, text
+def test_sd2_protect_and_textual_inversion_over_http(server):
+    """SD2.x (OpenCLIP text encoder under the web UI's FrozenOpenCLIPEmbedderWithCustomWords): the
+    protection holds its budget; textual inversion learns its word through the web UI's own
+    OpenCLIP route and leaves the model as it was (a seeded txt2img with the word, same pixels)."""
+    _protect_with_checkpoint(server, SD2_NAME, _image(40, 72, seed=7), "SD2.x")
+    before = _seeded_txt2img(server, SKS_TXT2IMG_PROMPT)
+    d = textual_inversion_clean_as_protected(server)
+    assert "SD2.x" in d["summary"], d["summary"]
+    assert np.array_equal(before, _seeded_txt2img(server, SKS_TXT2IMG_PROMPT))
 
 
 # --- --medvram: the VAE, text encoder and UNet take turns on the device -----------------------------
@@ -507,13 +521,7 @@ def test_medvram_protects_within_the_budget_and_refuses_textual_inversion_by_nam
     the protection still holds its budget and raises the loss; textual inversion, whose learned
     word's graph the text encoder's move would break, is a 400 naming --medvram; txt2img gives
     the same pixels after both."""
-    def txt2img():
-        status, d = medvram_server.call("POST", "/sdapi/v1/txt2img", {"prompt": SKS_TXT2IMG_PROMPT, "steps": 2,
-                                                                        "width": 64, "height": 64, "seed": 5})
-        assert status == 200, d
-        return _decode(d["images"][0])
-
-    before = txt2img()
+    before = _seeded_txt2img(medvram_server, SKS_TXT2IMG_PROMPT)
     src = _image(48, 64)
     status, d = medvram_server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": ["art.png"],
                                                                   **FAST, "steps": 10})
@@ -527,4 +535,4 @@ def test_medvram_protects_within_the_budget_and_refuses_textual_inversion_by_nam
         "train": [_png(a) for a in train], "protected": [_png(a) for a in train], "held_out": [_png(held[0])],
         **QUICK_TI})
     assert status == 400 and "--medvram" in json.dumps(d), d
-    assert (txt2img() == before).all()
+    assert np.array_equal(before, _seeded_txt2img(medvram_server, SKS_TXT2IMG_PROMPT))
