@@ -339,41 +339,22 @@ def sd3_checkpoint(out: str, seed: int, a1111: str, depth: int = 2) -> None:
 
 
 def main() -> None:
+    builders = {"checkpoint": checkpoint, "sd2-checkpoint": sd2_checkpoint, "sdxl-checkpoint": sdxl_checkpoint,
+                "sd3-checkpoint": sd3_checkpoint}
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("hf-cache")
-    a.add_argument("hf_home")
-    b = sub.add_parser("checkpoint")
-    b.add_argument("out")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
-    c = sub.add_parser("sdxl-checkpoint")
-    c.add_argument("out")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
-    e = sub.add_parser("sd2-checkpoint")
-    e.add_argument("out")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
-    d = sub.add_parser("sd3-checkpoint")
-    d.add_argument("out")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
+    sub.add_parser("hf-cache").add_argument("hf_home")
+    for name in builders:
+        b = sub.add_parser(name)
+        b.add_argument("out")
+        b.add_argument("--seed", type=int, default=0)
+        b.add_argument("--a1111", default=os.environ.get("A1111_DIR", "."))
     args = ap.parse_args()
     if args.cmd == "hf-cache":
         print(hf_cache(args.hf_home))
         print(t5_tokenizer_cache(args.hf_home))
-    elif args.cmd == "sd3-checkpoint":
-        sd3_checkpoint(args.out, args.seed, args.a1111)
-        print(args.out)
-    elif args.cmd == "sd2-checkpoint":
-        sd2_checkpoint(args.out, args.seed, args.a1111)
-        print(args.out)
-    elif args.cmd == "checkpoint":
-        checkpoint(args.out, args.seed, args.a1111)
-        print(args.out)
     else:
-        sdxl_checkpoint(args.out, args.seed, args.a1111)
+        builders[args.cmd](args.out, args.seed, args.a1111)
         print(args.out)
 
 
