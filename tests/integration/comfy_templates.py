@@ -43,8 +43,8 @@ TRIAL_STRENGTHS = "0.5"  # img2img_check's one strength (the node's default: 0.3
 # bf16 with checkpointing (its defaults) and in fp32 without alike (each timed once, the machine shared)
 LORA_TRIAL = dict(steps=10, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False, bypass_mode=True,
                   control_after_generate="fixed")
-# A Protect node with a Save Image under it: tall enough that the preview it shows while it runs (drawn under
-# its widgets) stays inside it, not over the next node's title
+# A Protect node: tall enough that the preview it shows while it runs (drawn under its widgets) stays inside
+# it, not over the title of a node under it, nor out of its group
 PROTECT_WITH_PREVIEW = (340, 720)
 THUMB = (640, 400)  # thumbnail size (the template cards are about 16:10)
 
@@ -88,10 +88,10 @@ PROTECT_AND_SAVE = {
         node(3, "LoadImage", (380, 120), (300, 330), "Your artwork", image="example.png"),
         node(11, "ImageScaleToMaxDimension", (380, 490), (300, 110), "Trial size (delete on a GPU)",
              upscale_method="area", largest_size=TRIAL),
-        node(4, "AdvDMProtect", (720, 120), (340, 560), None, steps=TRIAL_STEPS),
+        node(4, "AdvDMProtect", (720, 120), PROTECT_WITH_PREVIEW, None, steps=TRIAL_STEPS),
         node(5, "SaveImage", (1100, 120), (300, 300), "Save protected (PNG)", filename_prefix="protected"),
         node(6, "PreviewImage", (1100, 460), (300, 260), "Perturbation (amplified)"),
-        node(7, "AdvDMMeasure", (1440, 120), (460, 600), None, max_samples=TRIAL_DRAWS),
+        node(7, "AdvDMMeasure", (1440, 120), (460, 680), None, max_samples=TRIAL_DRAWS),
         note(8, (20, -100), (660, 180),
              "**Load Checkpoint**: the model the protection should work against (SD1.x, SD2.x, SDXL, SD3 or "
              "Flux.1); it is strongest against that family. The prompt is what AdvDM conditions on ('a painting' "
@@ -107,9 +107,10 @@ PROTECT_AND_SAVE = {
               (11, "IMAGE", 4, "image"), (2, "CONDITIONING", 4, "conditioning"), (4, "protected", 5, "images"),
               (4, "perturbation", 6, "images"), (1, "MODEL", 7, "model"), (1, "VAE", 7, "vae"),
               (11, "IMAGE", 7, "original"), (4, "protected", 7, "protected"), (2, "CONDITIONING", 7, "conditioning")],
-    "groups": [group("1. Your artwork and the model", (0, -180, 700, 820), "#3f789e"),
-               group("2. Protect", (700, -180, 380, 880), "#8a5a2b"),
-               group("3. Save losslessly and check", (1080, -180, 840, 920), "#2b7a4b")],
+    # tall enough for Protect with its preview and Measure as the page draws them (the browser test checks)
+    "groups": [group("1. Your artwork and the model", (0, -180, 700, 1040), "#3f789e"),
+               group("2. Protect", (700, -180, 380, 1040), "#8a5a2b"),
+               group("3. Save losslessly and check", (1080, -180, 840, 1040), "#2b7a4b")],
     "view": (0.8, (60, 305)),
 }
 

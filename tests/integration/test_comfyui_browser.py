@@ -120,6 +120,19 @@ def test_template_opens_with_every_node(comfy, page, name):
     mine = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
             for k, v in comfy.example(name).items()}
     assert frontend_prompt(page) == mine, "comfy_workflows.to_api disagrees with the frontend's prompt"
+    loose = {i: v for i, v in group_of_each_node(page).items() if v[1] < 0}
+    assert not loose, f"{name}: nodes not inside a group as the page draws them: {loose}"
+
+
+def group_of_each_node(pg) -> dict:
+    """{node id: (type, index of the group its whole box lies in, or -1; its box)}, as drawn."""
+    return {int(k): tuple(v) for k, v in pg.evaluate(f"""() => {{
+        const g = {APP}.graph, box = (o) => Array.from(o.boundingRect ?? o._bounding);
+        const inside = (a, b) => a[0] >= b[0] && a[1] >= b[1] && a[0] + a[2] <= b[0] + b[2] && a[1] + a[3] <= b[1] + b[3];
+        for (const n of g._nodes) n.updateArea?.();  // a node's box is measured when drawn: off-screen ones too
+        return Object.fromEntries(g._nodes.map(n => [n.id, [n.type, g._groups.findIndex(G => inside(box(n), box(G))),
+                                                            box(n).map(Math.round)]]));
+    }}""").items()}
 
 
 def set_widget(pg, node_id: int, name: str, value) -> None:
@@ -267,10 +280,15 @@ def test_template_default_run_finishes_with_moving_bars_and_the_report_on_the_no
     open_template(page, name)
     node_id = page.evaluate(f"{APP}.graph._nodes.find(n => n.type === '{node_type}').id")
     record_progress(page)
+    groups = group_of_each_node(page)
     t0 = time.time()
     entry = run_and_wait(page, comfy, timeout=1800)
     seconds = time.time() - t0
     page.wait_for_timeout(1500)
+    page.evaluate(f"{APP}.canvas.setDirty(true, true)")
+    page.wait_for_timeout(500)
+    moved = {i: (v, groups[i]) for i, v in group_of_each_node(page).items() if v[1] != groups[i][1]}
+    assert not moved, f"nodes that grew out of their group in the Run (now, before): {moved}"
     events = page.evaluate("window.__progress")
     mine = [(v, m) for n, v, m, _ in events if n == str(node_id)]
     times = [t / 1000 for n, _, _, t in events if n == str(node_id)]
