@@ -12,7 +12,7 @@ import json, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pathlib import Path
 from playwright.sync_api import sync_playwright
-from webui_client import CHROMIUM_FLAGS, Client, free_port, image, png, start_forge, stop, wait_for_route
+from webui_client import CHROMIUM, CHROMIUM_FLAGS, Client, free_port, image, png, start_forge, stop, wait_for_route
 ext, data, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 out.mkdir(parents=True, exist_ok=True)
 (data / "extensions").mkdir(parents=True)
@@ -27,7 +27,7 @@ c = Client(f"http://127.0.0.1:{port}")
 try:
     wait_for_route(c, proc, data / "server.log")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         pg = b.new_page(viewport={"width": 1400, "height": 900})
         pg.goto(c.base, timeout=180000)
         pg.get_by_role("tab", name="Protect", exact=True).first.click()
