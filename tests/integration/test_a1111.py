@@ -107,6 +107,7 @@ def _server(tmp_path_factory, request, *extra_args: str):
         cwd=A1111_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
     client = Client(f"http://127.0.0.1:{port}")
     client.data = data
+    client.checkpoint = Path(ckpt).stem  # the one it starts on
     try:
         wait_for_route(client, proc, data / "server.log")
         # the start-up checkpoint loads in a background thread; a checkpoint switch meanwhile is
@@ -447,15 +448,28 @@ def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
     assert "learned fraction (held out): protected 1.00" in text, text
 
 
-def _protect_with_checkpoint(server, name, src, label):
-    """Switch the web UI to checkpoint `name`, protect `src` over HTTP and check the result:
-    made by that checkpoint, same size, 8-bit, within the budget, a finite measurement."""
-    from PIL import Image
-
+@contextlib.contextmanager
+def _checkpoint(server, name):
+    """The web UI on checkpoint `name` for the duration, then back on the one it had (the SD1.5 the
+    other tests expect, whatever order they run in)."""
+    status, opts = server.call("GET", "/sdapi/v1/options")
+    assert status == 200, opts
+    before = opts["sd_model_checkpoint"]
     status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{name}.safetensors"})
     assert status == 200, d
-    status, opts = server.call("GET", "/sdapi/v1/options")
-    assert status == 200 and opts["sd_model_checkpoint"].startswith(name), opts["sd_model_checkpoint"]
+    try:
+        status, opts = server.call("GET", "/sdapi/v1/options")
+        assert status == 200 and opts["sd_model_checkpoint"].startswith(name), opts["sd_model_checkpoint"]
+        yield
+    finally:
+        server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": before})
+
+
+def _protect_with_checkpoint(server, name, src, label):
+    """Protect `src` over HTTP with the loaded checkpoint, `name`, and check the result: made by
+    that checkpoint, same size, 8-bit, within the budget, a finite measurement."""
+    from PIL import Image
+
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": [f"{label}.png"], **FAST})
     assert status == 200, d
     assert not d["interrupted"]
@@ -485,28 +499,41 @@ def _txt2img_works(server):
 
 def test_sdxl_protect_over_http_holds_the_budget(server):
     """SDXL (sgm DiffusionEngine, conditioning {'crossattn', 'vector'}) through the extension."""
-    # neither side a multiple of the SDXL UNet's 32 px
-    _protect_with_checkpoint(server, SDXL_NAME, _image(40, 72, seed=5), "SDXL")
-    _txt2img_works(server)  # the SDXL model still generates afterwards
+    with _checkpoint(server, SDXL_NAME):
+        # neither side a multiple of the SDXL UNet's 32 px
+        _protect_with_checkpoint(server, SDXL_NAME, _image(40, 72, seed=5), "SDXL")
+        _txt2img_works(server)  # the SDXL model still generates afterwards
 
 
 def test_sd3_protect_over_http_holds_the_budget(server):
     """SD3 (the web UI's SD3Inferencer: a flow model whose apply_model takes sigma) through the extension."""
-    _protect_with_checkpoint(server, SD3_NAME, _image(40, 72, seed=6), "SD3")  # neither side a multiple of 16 px
-    status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
-    assert status == 200 and p["state"]["job"] == "", p
-    _txt2img_works(server)
+    with _checkpoint(server, SD3_NAME):
+        _protect_with_checkpoint(server, SD3_NAME, _image(40, 72, seed=6), "SD3")  # neither side a multiple of 16 px
+        status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
+        assert status == 200 and p["state"]["job"] == "", p
+        _txt2img_works(server)
 
 
 def test_sd2_protect_and_textual_inversion_over_http(server):
     """SD2.x (OpenCLIP text encoder under the web UI's FrozenOpenCLIPEmbedderWithCustomWords): the
     protection holds its budget; textual inversion learns its word through the web UI's own
     OpenCLIP route and leaves the model as it was (a seeded txt2img with the word, same pixels)."""
-    _protect_with_checkpoint(server, SD2_NAME, _image(40, 72, seed=7), "SD2.x")
-    before = _seeded_txt2img(server, SKS_TXT2IMG_PROMPT)
-    d = textual_inversion_clean_as_protected(server)
-    assert "SD2.x" in d["summary"], d["summary"]
-    assert np.array_equal(before, _seeded_txt2img(server, SKS_TXT2IMG_PROMPT))
+    with _checkpoint(server, SD2_NAME):
+        _protect_with_checkpoint(server, SD2_NAME, _image(40, 72, seed=7), "SD2.x")
+        before = _seeded_txt2img(server, SKS_TXT2IMG_PROMPT)
+        d = textual_inversion_clean_as_protected(server)
+        assert "SD2.x" in d["summary"], d["summary"]
+        assert np.array_equal(before, _seeded_txt2img(server, SKS_TXT2IMG_PROMPT))
+
+
+def test_the_other_tests_find_sd15_loaded_again(server):
+    """After the checkpoint switches above, the web UI is back on the SD1.5 it started with."""
+    from PIL import Image
+
+    status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(32, 32))], "names": ["a.png"], **FAST})
+    assert status == 200, d
+    png = Image.open(io.BytesIO(base64.b64decode(d["images"][0]["image"])))
+    assert json.loads(png.info["advdm"])["checkpoint"] == server.checkpoint
 
 
 # --- --medvram: the VAE, text encoder and UNet take turns on the device -----------------------------
