@@ -82,7 +82,10 @@ class Ranks:
         return torch.device("cuda", self.local_rank)
 
     def close(self) -> None:
+        """Leave the group once every rank is done with it: the barrier lets each rank's gloo
+        worker threads finish with the last collective before any rank tears its group down."""
         if self.world > 1:
             import torch.distributed as dist
 
+            dist.barrier()
             dist.destroy_process_group()
