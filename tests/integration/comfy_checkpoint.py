@@ -13,6 +13,11 @@ channel counts and block depths from the keys, see comfy/model_detection.py):
   flux       Flux.1-dev layout (guidance_in, vector_in 768) with hidden size 128 (one head of
              the real 16/56/56 RoPE axes), one double and one single block, a 64-wide
              txt_in, and a 16-channel Flux-shaped VAE (~85M parameters, 170 MB);
+  sd2, sd2_v SD2 UNet (model_channels 320, context 1024, linear transformer projections
+             -> supported_models.SD20) with channel_mult [1,1,1,1]; SD VAE; no text encoder
+             (~70M parameters). ComfyUI takes SD2 for v-prediction when the spread of
+             output_blocks.11.1.transformer_blocks.0.norm1.bias exceeds 0.09 (the 768-v
+             checkpoint's does): sd2_v sets that bias at std 0.2, sd2 leaves it 0 (eps);
   sd3        SD3-medium layout (MMDiT: x_embedder 16 -> 2x2 patches, context_embedder 4096,
              y_embedder 2048, pos_embed 192x192) with depth 2 (detection reads the hidden
              size as 64 x depth: hidden 128, two heads, two joint blocks, the last one
@@ -67,6 +72,14 @@ SDXL_TINY_UNET = dict(
     use_checkpoint=False, legacy=False, use_linear_in_transformer=True, adm_in_channels=2816,
     num_classes="sequential", use_temporal_attention=False, use_temporal_resblock=False,
 )
+# Reduced SD2 (v2-inference.yaml with 320 channels at every level): SD20's detection keys kept.
+SD2_TINY_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+    num_res_blocks=2, channel_mult=[1, 1, 1, 1], num_heads=-1, num_head_channels=64,
+    use_spatial_transformer=True, transformer_depth=1, context_dim=1024, use_checkpoint=False,
+    legacy=False, use_linear_in_transformer=True, adm_in_channels=None, use_temporal_attention=False,
+)
+SD2_V_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 FLUX_TINY = dict(
     image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=64,
     hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1,
@@ -80,7 +93,7 @@ SD3_TINY = dict(
     num_patches=192 * 192, pos_embed_max_size=192, pos_embed_scaling_factor=None,
     x_block_self_attn_layers=[],
 )
-FAMILIES = ("sd15", "sdxl", "sdxl_edm", "flux", "sd3")
+FAMILIES = ("sd15", "sd2", "sd2_v", "sdxl", "sdxl_edm", "flux", "sd3")
 
 
 def shapes(family: str = "sd15") -> dict[str, tuple]:
@@ -142,10 +155,12 @@ def _reduced_shapes(family: str) -> dict[str, tuple]:
     ops = comfy.ops.disable_weight_init
     meta = torch.device("meta")
     out: dict[str, tuple] = {}
-    if family in ("sdxl", "sdxl_edm"):
+    if family in ("sdxl", "sdxl_edm", "sd2", "sd2_v"):
+        from comfy import model_detection
         from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-        unet = UNetModel(**dict(SDXL_TINY_UNET), device=meta, operations=ops)
+        config = dict(SDXL_TINY_UNET) if family.startswith("sdxl") else model_detection.convert_config(dict(SD2_TINY_UNET))
+        unet = UNetModel(**config, device=meta, operations=ops)
         out.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in unet.state_dict().items()})
         with torch.device(meta):
             vae = AutoencoderKL(ddconfig=dict(SD15_VAE), embed_dim=4)
@@ -172,9 +187,11 @@ def _reduced_shapes(family: str) -> dict[str, tuple]:
     return out
 
 
-def random_tensor(key: str, shape: tuple, gen):
+def random_tensor(key: str, shape: tuple, gen, family: str = "sd15"):
     import torch
 
+    if family == "sd2_v" and key == SD2_V_KEY:
+        return torch.randn(shape, generator=gen) * 0.2
     if key in ("edm_mean", "edm_std"):
         return torch.zeros(shape) if key == "edm_mean" else torch.ones(shape)
     if key.endswith("position_ids"):
@@ -199,7 +216,7 @@ def write(path: str, seed: int = 0, family: str = "sd15") -> str:
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for key, shape in sorted(shapes(family).items()):
-        t = random_tensor(key, shape, gen)
+        t = random_tensor(key, shape, gen, family)
         sd[key] = t.to(torch.int64) if key.endswith("position_ids") else t.to(torch.float16)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".partial"

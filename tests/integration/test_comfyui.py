@@ -9,8 +9,9 @@ links this repository into COMFYUI_DIR/custom_nodes for the run, starts the serv
 and the step counts cut down, checks the saved PNGs (size, budget on the 8-bit file), runs a KSampler afterwards in the same server, and
 checks that POST /interrupt stops a long protection run. Then the other families, with
 reduced-size random checkpoints that ComfyUI's model detection still classifies as the real
-family (comfy_checkpoint.py): SDXL, Flux.1 and SD3 protect through the Protect node (budget
-held on the saved PNG), and an EDM model (SDXL layout + edm_mean/edm_std, which ComfyUI loads as
+family (comfy_checkpoint.py): SD2.x (eps, and v as ComfyUI detects it), SDXL, Flux.1 and SD3
+protect through the Protect node (budget held on the saved PNG, the node's model line naming
+the family and prediction ComfyUI gave it), and an EDM model (SDXL layout + edm_mean/edm_std, which ComfyUI loads as
 Playground v2.5) is refused with a one-line node error.
 
 Environment: COMFYUI_DIR (required), COMFYUI_PYTHON (default: this interpreter),
@@ -38,7 +39,7 @@ import comfy_workflows
 
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
 
-FAMILIES = ("sdxl", "sdxl_edm", "flux", "sd3")
+FAMILIES = ("sd2", "sd2_v", "sdxl", "sdxl_edm", "flux", "sd3")
 EPSILON = 16
 
 
@@ -422,7 +423,7 @@ def test_view_and_jpeg_eot_reach_the_attack(comfy):
 
 
 @pytest.mark.parametrize("family,model_name", [
-    ("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)"), ("sd3", "ComfyUI SD3 (flow)")])
+    ("sd2", "ComfyUI SD2.x (eps)"), ("sd2_v", "ComfyUI SD2.x (v)"), ("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)"), ("sd3", "ComfyUI SD3 (flow)")])
 def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
     h, w = 40, 56  # not multiples of 16: the flow models' 2x2 patches need padding
     src = artwork(h, w, 10)
