@@ -14,8 +14,9 @@ channel counts and block depths from the keys, see comfy/model_detection.py):
              the real 16/56/56 RoPE axes), one double and one single block, a 64-wide
              txt_in, and a 16-channel Flux-shaped VAE (~85M parameters, 170 MB);
   sd2, sd2_v SD2 UNet (model_channels 320, context 1024, linear transformer projections
-             -> supported_models.SD20) with channel_mult [1,1,1,1]; SD VAE; no text encoder
-             (~70M parameters). ComfyUI takes SD2 for v-prediction when the spread of
+             -> supported_models.SD20) with channel_mult [1,1,1,1] and the SD VAE (~200M
+             parameters); sd2 also carries the full-size OpenCLIP ViT-H text tower in its
+             original layout (ComfyUI's SD2 CLIP has a fixed size; +354M, 0.7 GB). ComfyUI takes SD2 for v-prediction when the spread of
              output_blocks.11.1.transformer_blocks.0.norm1.bias exceeds 0.09 (the 768-v
              checkpoint's does): sd2_v sets that bias at std 0.2, sd2 leaves it 0 (eps);
   sd3        SD3-medium layout (MMDiT: x_embedder 16 -> 2x2 patches, context_embedder 4096,
@@ -143,6 +144,27 @@ def _vae16_shapes(prefix: str, engine, meta) -> dict[str, tuple]:
     return {prefix + k: tuple(v.shape) for k, v in vae.state_dict().items()}
 
 
+def _openclip_text_shapes(prefix: str) -> dict[str, tuple]:
+    """OpenCLIP's text tower in its own key layout, sized by ComfyUI's SD2 CLIP config."""
+    import comfy.text_encoders.sd2_clip
+
+    with open(os.path.join(os.path.dirname(comfy.text_encoders.sd2_clip.__file__), "sd2_clip_config.json")) as f:
+        cfg = json.load(f)
+    width, wide, tokens = cfg["hidden_size"], cfg["intermediate_size"], cfg["max_position_embeddings"]
+    out = {"token_embedding.weight": (cfg["vocab_size"], width), "positional_embedding": (tokens, width),
+           "ln_final.weight": (width,), "ln_final.bias": (width,), "text_projection": (width, cfg["projection_dim"]),
+           "logit_scale": ()}
+    for i in range(cfg["num_hidden_layers"]):
+        block = f"transformer.resblocks.{i}."
+        out.update({block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
+                    block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
+                    block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
+                    block + "ln_2.weight": (width,), block + "ln_2.bias": (width,),
+                    block + "mlp.c_fc.weight": (wide, width), block + "mlp.c_fc.bias": (wide,),
+                    block + "mlp.c_proj.weight": (width, wide), block + "mlp.c_proj.bias": (width,)})
+    return {prefix + k: v for k, v in out.items()}
+
+
 def _reduced_shapes(family: str) -> dict[str, tuple]:
     _comfy_on_path()
     import torch
@@ -165,6 +187,8 @@ def _reduced_shapes(family: str) -> dict[str, tuple]:
         with torch.device(meta):
             vae = AutoencoderKL(ddconfig=dict(SD15_VAE), embed_dim=4)
         out.update({"first_stage_model." + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+        if family == "sd2":
+            out.update(_openclip_text_shapes("cond_stage_model.model."))
         if family == "sdxl_edm":
             out["edm_mean"] = (1, 4, 1, 1)
             out["edm_std"] = (1, 4, 1, 1)

@@ -453,18 +453,20 @@ def test_unsupported_model_is_refused_in_one_line(comfy):
     assert "\n" not in msg and "EDM" in msg and "not supported" in msg
 
 
-def test_mimicry_node_runs_textual_inversion_and_leaves_unet_and_clip_as_they_were():
+@pytest.mark.parametrize("family", ["sd15", "sd2"])
+def test_mimicry_node_runs_textual_inversion_and_leaves_unet_and_clip_as_they_were(family):
     """The textual-inversion mimic through the node in ComfyUI's own interpreter (no server;
     CLIP from ComfyUI's checkpoint loader, weights loaded in inference mode, its CLIP layers
     adding to their residual stream in place): it runs, names the mimic, and the UNet and CLIP
-    are bit-identical afterwards with no hook left."""
+    are bit-identical afterwards with no hook left. SD1.5's CLIP-L and SD2's OpenCLIP-H, as
+    ComfyUI loads each."""
     import os
     import subprocess
     import sys
 
     from comfy_server import cache_dir
 
-    ckpt = cache_dir() / checkpoint(CKPT_NAME, "sd15")
+    ckpt = cache_dir() / (checkpoint(CKPT_NAME, "sd15") if family == "sd15" else family_ckpt(family))
     proc = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable),
                            str(Path(__file__).parent / "comfy_textual_inversion.py"), str(ckpt)],
                           capture_output=True, text=True, timeout=3000, env={**os.environ, "OMP_NUM_THREADS": "1"})
