@@ -1,6 +1,5 @@
 """advdm.images: every awkward input is generated here at test time (no binary fixtures)."""
 import hashlib
-import io
 import os
 import struct
 import zlib

@@ -1,7 +1,6 @@
 """The img2img (SDEdit) check on the tiny model: its figures, intervals and verdict, its
 picture, its view of a large image, and its refusals."""
 import pytest
-import torch
 
 from advdm.evaluation.img2img import MIN_SEEDS, format_img2img, img2img_check
 from advdm.evaluation.measure import noise_control

@@ -6,7 +6,7 @@ import torch
 
 from advdm.evaluation.measure import (NEGLIGIBLE, DrawLosses, format_measurement, measure, noise_control,
                                       paired_figures)
-from advdm.evaluation.stats import difference_of_ratios, ratio_of_means
+from advdm.evaluation.stats import ratio_of_means
 from sample_images import smooth_image
 
 

@@ -2,7 +2,6 @@
 tiny model at a small analogue of a large image (128 px image, R = 32: the 4x downscale
 of a 2048 px image to SD1.x's 512)."""
 import pytest
-import torch
 
 from advdm import ProtectConfig, protect
 from advdm.evaluation.robustness import (
