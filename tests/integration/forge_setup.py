@@ -9,6 +9,12 @@
         Segmind Vega's (model_channels 320, transformer depths [0, 0, 1, 1, 2, 2], context 2048,
         adm 2816), with one transformer block in the middle. About 1.6B parameters (CLIP-G is
         0.7B), 3.2 GB in fp16; Forge runs it in fp32 on the CPU (about 7 GB).
+    python tests/integration/forge_setup.py sd2-checkpoint FORGE_DIR OUT.safetensors [--seed 0]
+        a reduced SD2 (eps) checkpoint Forge detects as SD2 (huggingface_guess's SD20 reads only
+        the UNet's channels, context width and projections, so its levels can shrink): 320
+        channels at every level, the full-size VAE and OpenCLIP-H text encoder Forge builds from
+        backend/huggingface/stabilityai/stable-diffusion-2-1 (23 layers), written in the
+        open_clip layout. About 0.6B parameters, 1.2 GB in fp16.
     python tests/integration/forge_setup.py lora SD15.safetensors OUT.safetensors [--seed 0]
         a random kohya-format LoRA (rank 4, lora_unet_* keys) on every cross-attention
         projection of the SD1.5 checkpoint's UNet, strong enough to change what it generates.
@@ -22,13 +28,29 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SDXL_REPO = ("backend", "huggingface", "stabilityai", "stable-diffusion-xl-base-1.0")
 VEGA_UNET = dict(
     in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
     transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
     transformer_depth_middle=1, context_dim=2048, num_head_channels=64, use_linear_in_transformer=True,
     use_spatial_transformer=True, adm_in_channels=2816, num_classes="sequential",
 )
+# SD2 at SD20's detected shape (320 channels, context 1024, linear projections) with one
+# channel width at every level: ComfyUI's convert_config of v2-inference.yaml so reduced.
+SD2_UNET = dict(
+    in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 1, 1, 1],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    transformer_depth_middle=1, context_dim=1024, num_head_channels=64, use_linear_in_transformer=True,
+    use_spatial_transformer=True,
+)
+# family -> UNet config, Forge's folder of full-size configs, text encoders {prefix: (folder, class)}, the
+# model_list class that saves the text encoders, and the class huggingface_guess must take the file for
+FAMILIES = {
+    "sdxl": (VEGA_UNET, ("backend", "huggingface", "stabilityai", "stable-diffusion-xl-base-1.0"),
+             {"clip_l.transformer.": ("text_encoder", "CLIPTextModel"),
+              "clip_g.transformer.": ("text_encoder_2", "CLIPTextModelWithProjection")}, "SDXL", "Segmind_Vega"),
+    "sd2": (SD2_UNET, ("backend", "huggingface", "stabilityai", "stable-diffusion-2-1"),
+            {"clip_h.transformer.": ("text_encoder", "CLIPTextModel")}, "SD20", "SD20"),
+}
 
 
 def _forge_path(forge: str) -> None:
@@ -38,7 +60,8 @@ def _forge_path(forge: str) -> None:
     sys.argv[1:] = ["--always-cpu"]  # Forge's backend parses the command line at import
 
 
-def sdxl_checkpoint(forge: str, out: str, seed: int) -> None:
+def checkpoint(family: str, forge: str, out: str, seed: int) -> None:
+    """A reduced random checkpoint of that family (sdxl or sd2), in the original layout."""
     if os.path.exists(out):
         return
     import torch
@@ -54,13 +77,13 @@ def sdxl_checkpoint(forge: str, out: str, seed: int) -> None:
     sys.path.insert(0, HERE)
     from a1111_setup import _random_state_dict, _save
 
-    repo = os.path.join(forge, *SDXL_REPO)
+    unet_config, repo_path, encoders, kind, guessed = FAMILIES[family]
+    repo = os.path.join(forge, *repo_path)
     with torch.device("meta"):
-        unet = IntegratedUNet2DConditionModel(**VEGA_UNET)
+        unet = IntegratedUNet2DConditionModel(**unet_config)
         vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(os.path.join(repo, "vae")))
-        clip_l = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(os.path.join(repo, "text_encoder")))
-        clip_g = transformers.CLIPTextModelWithProjection(
-            transformers.CLIPTextConfig.from_pretrained(os.path.join(repo, "text_encoder_2")))
+        text = {prefix: getattr(transformers, model)(transformers.CLIPTextConfig.from_pretrained(os.path.join(repo, folder)))
+                for prefix, (folder, model) in encoders.items()}
 
     class Parts(torch.nn.Module):
         def state_dict(self, *a, **k):
@@ -69,12 +92,12 @@ def sdxl_checkpoint(forge: str, out: str, seed: int) -> None:
             return sd
 
     tensors = _random_state_dict(Parts(), seed)
-    text = _random_state_dict(_Prefixed({"clip_l.transformer.": clip_l, "clip_g.transformer.": clip_g}), seed + 1)
-    # Forge's own conversion back to the sgm / open_clip layout (what its save_checkpoint writes)
+    text = _random_state_dict(_Prefixed(text), seed + 1)
+    # Forge's own conversion back to the original (ldm / sgm, open_clip) layout, what its save_checkpoint writes
     tensors.update({k: v.to(torch.float16) if v.is_floating_point() else v
-                    for k, v in model_list.SDXL.process_clip_state_dict_for_saving(None, text).items()})
+                    for k, v in getattr(model_list, kind).process_clip_state_dict_for_saving(None, text).items()})
     guess = huggingface_guess.guess(tensors)
-    assert isinstance(guess, model_list.SDXL) and not isinstance(guess, model_list.SDXLRefiner), type(guess)
+    assert type(guess).__name__ == guessed, type(guess)
     _save(tensors, out)
 
 
@@ -114,17 +137,18 @@ def lora(ckpt: str, out: str, seed: int, rank: int = 4) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("sdxl-checkpoint")
-    a.add_argument("forge")
-    a.add_argument("out")
-    a.add_argument("--seed", type=int, default=0)
+    for family in FAMILIES:
+        a = sub.add_parser(f"{family}-checkpoint")
+        a.add_argument("forge")
+        a.add_argument("out")
+        a.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("lora")
     b.add_argument("ckpt")
     b.add_argument("out")
     b.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.cmd == "sdxl-checkpoint":
-        sdxl_checkpoint(args.forge, args.out, args.seed)
+    if args.cmd.endswith("-checkpoint"):
+        checkpoint(args.cmd[: -len("-checkpoint")], args.forge, args.out, args.seed)
     else:
         lora(args.ckpt, args.out, args.seed)
     print(args.out)

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
 from webui_client import surrogate_protection_holds, wait_for_route
-from webui_client import (check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
+from webui_client import (checkpoint_loaded, check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
                           img2img_bad_fields_are_400s, img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           mimicry_bad_fields_are_400s, mimicry_clean_as_protected, SKS_TXT2IMG_PROMPT,
                           textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected,
@@ -448,23 +448,6 @@ def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
     assert "learned fraction (held out): protected 1.00" in text, text
 
 
-@contextlib.contextmanager
-def _checkpoint(server, name):
-    """The web UI on checkpoint `name` for the duration, then back on the one it had (the SD1.5 the
-    other tests expect, whatever order they run in)."""
-    status, opts = server.call("GET", "/sdapi/v1/options")
-    assert status == 200, opts
-    before = opts["sd_model_checkpoint"]
-    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{name}.safetensors"})
-    assert status == 200, d
-    try:
-        status, opts = server.call("GET", "/sdapi/v1/options")
-        assert status == 200 and opts["sd_model_checkpoint"].startswith(name), opts["sd_model_checkpoint"]
-        yield
-    finally:
-        server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": before})
-
-
 def _protect_with_checkpoint(server, name, src, label):
     """Protect `src` over HTTP with the loaded checkpoint, `name`, and check the result: made by
     that checkpoint, same size, 8-bit, within the budget, a finite measurement."""
@@ -499,7 +482,7 @@ def _txt2img_works(server):
 
 def test_sdxl_protect_over_http_holds_the_budget(server):
     """SDXL (sgm DiffusionEngine, conditioning {'crossattn', 'vector'}) through the extension."""
-    with _checkpoint(server, SDXL_NAME):
+    with checkpoint_loaded(server, SDXL_NAME):
         # neither side a multiple of the SDXL UNet's 32 px
         _protect_with_checkpoint(server, SDXL_NAME, _image(40, 72, seed=5), "SDXL")
         _txt2img_works(server)  # the SDXL model still generates afterwards
@@ -507,7 +490,7 @@ def test_sdxl_protect_over_http_holds_the_budget(server):
 
 def test_sd3_protect_over_http_holds_the_budget(server):
     """SD3 (the web UI's SD3Inferencer: a flow model whose apply_model takes sigma) through the extension."""
-    with _checkpoint(server, SD3_NAME):
+    with checkpoint_loaded(server, SD3_NAME):
         _protect_with_checkpoint(server, SD3_NAME, _image(40, 72, seed=6), "SD3")  # neither side a multiple of 16 px
         status, p = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")
         assert status == 200 and p["state"]["job"] == "", p
@@ -518,7 +501,7 @@ def test_sd2_protect_and_textual_inversion_over_http(server):
     """SD2.x (OpenCLIP text encoder under the web UI's FrozenOpenCLIPEmbedderWithCustomWords): the
     protection holds its budget; textual inversion learns its word through the web UI's own
     OpenCLIP route and leaves the model as it was (a seeded txt2img with the word, same pixels)."""
-    with _checkpoint(server, SD2_NAME):
+    with checkpoint_loaded(server, SD2_NAME):
         _protect_with_checkpoint(server, SD2_NAME, _image(40, 72, seed=7), "SD2.x")
         before = _seeded_txt2img(server, SKS_TXT2IMG_PROMPT)
         d = textual_inversion_clean_as_protected(server)

@@ -9,15 +9,16 @@ bad input answers 400, a seeded txt2img gives the same image before and after a 
 protects an uploaded image, a protection after a generation with a LoRA uses the LoRA's weights
 (and one after a generation without it does not); and after a generation with the LoRA, and on
 a reduced SDXL checkpoint Forge detects as SDXL, all of it again: a 96 x 64 PNG over HTTP within
-the budget, the tab, Interrupt, txt2img identical before and after. The fine-tune-aware methods
+the budget, the tab, Interrupt, txt2img identical before and after. A reduced SD2.x Forge detects
+as SD2 protects within the budget and learns a word in its OpenCLIP-H (textual inversion). The fine-tune-aware methods
 (anti-dreambooth, mist-v2: a LoRA surrogate trained on Forge's UNet during the attack) hold the
 budget on a 96 x 64 PNG and leave txt2img identical, through the API and the tab, and Interrupt
 stops one while it fine-tunes.
 
     FORGE_DIR=... FORGE_PY=.../venv/bin/python [FORGE_HF_HOME=...] [FORGE_CKPT=...] \
-        [FORGE_SDXL_CKPT=...] [FORGE_LORA=...] python -m pytest -q tests/integration/test_forge.py
+        [FORGE_SDXL_CKPT=...] [FORGE_SD2_CKPT=...] [FORGE_LORA=...] python -m pytest -q tests/integration/test_forge.py
 
-The SD1.5 checkpoint (FORGE_CKPT) comes from forge.sh; the SDXL checkpoint and the LoRA are
+The SD1.5 checkpoint (FORGE_CKPT) comes from forge.sh; the SDXL and SD2 checkpoints and the LoRA are
 built once into the pytest cache by forge_setup.py unless given. Run pytest with an interpreter
 that has numpy and PIL (and gradio_client for the tab test), e.g. a venv that sees Forge's.
 The server peaks at about 9 GB RSS with the SDXL checkpoint.
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import (AUTH, start_forge, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
+from webui_client import (AUTH, checkpoint_loaded, start_forge, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
                           check_section_runs_the_mimicry_check, decode, free_port, image, img2img_bad_fields_are_400s,
                           img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           interrupt_stops_a_long_protection, mimicry_bad_fields_are_400s, mimicry_clean_as_protected,
@@ -45,7 +46,7 @@ FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
-SD15_NAME, SDXL_NAME, LORA_NAME = "advdm_random_sd15", "advdm_random_sdxl", "advdm_random_lora"
+SD15_NAME, SDXL_NAME, SD2_NAME, LORA_NAME = "advdm_random_sd15", "advdm_random_sdxl", "advdm_random_sd2", "advdm_random_lora"
 FAST = {"steps": 2, "epsilon": 8, "view": "full", "measure": False}
 TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler", "cfg_scale": 5,
            "override_settings": {"show_progress_type": "Approx cheap"}}
@@ -69,11 +70,13 @@ def server(tmp_path_factory, request):
 
     ckpt = os.environ.get("FORGE_CKPT") or os.path.join(FORGE_DIR, "models", "Stable-diffusion", "random-sd15.safetensors")
     sdxl = built("FORGE_SDXL_CKPT", "sdxl-checkpoint", "random_sdxl.safetensors", FORGE_DIR)
+    sd2 = built("FORGE_SD2_CKPT", "sd2-checkpoint", "random_sd2.safetensors", FORGE_DIR)
     lora = built("FORGE_LORA", "lora", "random_lora.safetensors", ckpt)
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     (data / "models" / "Lora").mkdir()
     for src, dst in ((ckpt, models / f"{SD15_NAME}.safetensors"), (sdxl, models / f"{SDXL_NAME}.safetensors"),
+                     (sd2, models / f"{SD2_NAME}.safetensors"),
                      (lora, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")):
         os.symlink(Path(src).resolve(), dst)
     (data / "config.json").write_text(json.dumps({
@@ -97,6 +100,13 @@ def _protect(server, src, name="art.png", **extra):
     assert not d["interrupted"]
     (item,) = d["images"]
     return item, decode(item["image"])
+
+
+def _checkpoint_of(item) -> str:
+    """The checkpoint a protected image says it was made with (its PNG's advdm metadata)."""
+    from PIL import Image
+
+    return json.loads(Image.open(io.BytesIO(base64.b64decode(item["image"]))).info["advdm"])["checkpoint"]
 
 
 def _within_budget(src, out):
@@ -188,15 +198,26 @@ def test_mimicry_check_with_textual_inversion_runs_on_forges_text_encoder_and_le
 
 def test_sdxl_textual_inversion_learns_the_word_in_both_encoders_and_leaves_them_as_they_were(server):
     """SDXL's CLIP-L and CLIP-G (Forge's text_processing_engine_l / _g) learn the word together."""
-    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
-    assert status == 200, d
-    try:
+    with checkpoint_loaded(server, SDXL_NAME):
         before = _txt2img(server, SKS_TXT2IMG_PROMPT)
         d = textual_inversion_clean_as_protected(server)
         assert "SDXL" in d["summary"], d["summary"]
         assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
-    finally:
-        server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD15_NAME}.safetensors"})
+
+
+def test_sd2_protects_and_its_openclip_learns_the_word_and_is_left_as_it_was(server):
+    """A reduced SD2.x Forge detects as SD2 (its StableDiffusion2 engine, OpenCLIP-H text engine):
+    the protection holds its budget; textual inversion learns 'sks' in the OpenCLIP encoder, and
+    txt2img with the word is bit-identical afterwards."""
+    with checkpoint_loaded(server, SD2_NAME):
+        before = _txt2img(server, SKS_TXT2IMG_PROMPT)
+        src = image(40, 72, seed=7)
+        item, out = _protect(server, src, name="sd2.png")
+        assert _checkpoint_of(item) == SD2_NAME
+        _within_budget(src, out)
+        d = textual_inversion_clean_as_protected(server)
+        assert "SD2.x" in d["summary"], d["summary"]
+        assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
 
 
 def test_textual_inversion_bad_fields_are_400s_naming_them(server):
@@ -306,13 +327,9 @@ def test_after_a_generation_with_a_lora_everything_works(server, tmp_path):
 
 def test_sdxl_everything_works(server, tmp_path):
     """A reduced SDXL checkpoint Forge detects as SDXL (its StableDiffusionXL engine)."""
-    from PIL import Image
-
-    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SDXL_NAME}.safetensors"})
-    assert status == 200, d
-    item = _everything_works(server, tmp_path, "a cat")
-    assert "'text_encoder_2'" in (server.data / "server.log").read_text()  # split as SDXL: CLIP-L + CLIP-G
-    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(item["image"]))).info["advdm"])
-    assert meta["checkpoint"] == SDXL_NAME, meta  # that model was the one used
-    src = image(40, 72, seed=5)  # neither side a multiple of the UNet's 32 px
-    _within_budget(src, _protect(server, src, name="sdxl.png")[1])
+    with checkpoint_loaded(server, SDXL_NAME):
+        item = _everything_works(server, tmp_path, "a cat")
+        assert "'text_encoder_2'" in (server.data / "server.log").read_text()  # split as SDXL: CLIP-L + CLIP-G
+        assert _checkpoint_of(item) == SDXL_NAME  # that model was the one used
+        src = image(40, 72, seed=5)  # neither side a multiple of the UNet's 32 px
+        _within_budget(src, _protect(server, src, name="sdxl.png")[1])

@@ -461,3 +461,20 @@ def start_forge(forge_py: str, forge_dir: str, data, ckpt, port: int, *extra: st
              "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
              "--gradio-allowed-path", str(forge_dir), "--ckpt", str(ckpt), *extra],
             cwd=forge_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def checkpoint_loaded(server, name):
+    """The web UI on checkpoint `name` for the duration, then back on the one it had (the SD1.5 the
+    other tests expect, whatever order they run in)."""
+    status, opts = server.call("GET", "/sdapi/v1/options")
+    assert status == 200, opts
+    before = opts["sd_model_checkpoint"]
+    status, d = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{name}.safetensors"})
+    assert status == 200, d
+    try:
+        status, opts = server.call("GET", "/sdapi/v1/options")
+        assert status == 200 and opts["sd_model_checkpoint"].startswith(name), opts["sd_model_checkpoint"]
+        yield
+    finally:
+        server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": before})
