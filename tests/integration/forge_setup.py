@@ -9,12 +9,14 @@
         Segmind Vega's (model_channels 320, transformer depths [0, 0, 1, 1, 2, 2], context 2048,
         adm 2816), with one transformer block in the middle. About 1.6B parameters (CLIP-G is
         0.7B), 3.2 GB in fp16; Forge runs it in fp32 on the CPU (about 7 GB).
-    python tests/integration/forge_setup.py sd2-checkpoint FORGE_DIR OUT.safetensors [--seed 0]
+    python tests/integration/forge_setup.py sd2-checkpoint|sd2_v-checkpoint FORGE_DIR OUT.safetensors [--seed 0]
         a reduced SD2 (eps) checkpoint Forge detects as SD2 (huggingface_guess's SD20 reads only
         the UNet's channels, context width and projections, so its levels can shrink): 320
         channels at every level, the full-size VAE and OpenCLIP-H text encoder Forge builds from
         backend/huggingface/stabilityai/stable-diffusion-2-1 (23 layers), written in the
-        open_clip layout. About 0.6B parameters, 1.2 GB in fp16.
+        open_clip layout. About 0.6B parameters, 1.2 GB in fp16. sd2_v-checkpoint: the same,
+        with the norm bias by which huggingface_guess (like ComfyUI) tells a 768-v checkpoint;
+        Forge itself takes v from a .yaml beside the file, as users set up a 768-v model.
     python tests/integration/forge_setup.py lora SD15.safetensors OUT.safetensors [--seed 0]
         a random kohya-format LoRA (rank 4, lora_unet_* keys) on every cross-attention
         projection of the SD1.5 checkpoint's UNet, strong enough to change what it generates.
@@ -51,6 +53,10 @@ FAMILIES = {
     "sd2": (SD2_UNET, ("backend", "huggingface", "stabilityai", "stable-diffusion-2-1"),
             {"clip_h.transformer.": ("text_encoder", "CLIPTextModel")}, "SD20", "SD20"),
 }
+FAMILIES["sd2_v"] = FAMILIES["sd2"]
+# SD20 takes a checkpoint for v-prediction when this norm bias spreads by more than 0.09, as the
+# 768-v checkpoint's does (huggingface_guess, like ComfyUI): sd2_v sets it at std 0.2
+SD2_V_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 
 
 def _forge_path(forge: str) -> None:
@@ -92,12 +98,16 @@ def checkpoint(family: str, forge: str, out: str, seed: int) -> None:
             return sd
 
     tensors = _random_state_dict(Parts(), seed)
+    if family == "sd2_v":
+        tensors[SD2_V_KEY] = (torch.randn(tensors[SD2_V_KEY].shape, generator=torch.Generator().manual_seed(seed)) * 0.2
+                              ).to(tensors[SD2_V_KEY].dtype)
     text = _random_state_dict(_Prefixed(text), seed + 1)
     # Forge's own conversion back to the original (ldm / sgm, open_clip) layout, what its save_checkpoint writes
     tensors.update({k: v.to(torch.float16) if v.is_floating_point() else v
                     for k, v in getattr(model_list, kind).process_clip_state_dict_for_saving(None, text).items()})
     guess = huggingface_guess.guess(tensors)
     assert type(guess).__name__ == guessed, type(guess)
+    assert (guess.model_type(tensors, "model.diffusion_model.").name == "V_PREDICTION") == (family == "sd2_v")
     _save(tensors, out)
 
 

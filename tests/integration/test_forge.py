@@ -16,7 +16,7 @@ budget on a 96 x 64 PNG and leave txt2img identical, through the API and the tab
 stops one while it fine-tunes.
 
     FORGE_DIR=... FORGE_PY=.../venv/bin/python [FORGE_HF_HOME=...] [FORGE_CKPT=...] \
-        [FORGE_SDXL_CKPT=...] [FORGE_SD2_CKPT=...] [FORGE_LORA=...] python -m pytest -q tests/integration/test_forge.py
+        [FORGE_SDXL_CKPT=...] [FORGE_SD2_CKPT=...] [FORGE_SD2_V_CKPT=...] [FORGE_LORA=...] python -m pytest -q tests/integration/test_forge.py
 
 The SD1.5 checkpoint (FORGE_CKPT) comes from forge.sh; the SDXL and SD2 checkpoints and the LoRA are
 built once into the pytest cache by forge_setup.py unless given. Run pytest with an interpreter
@@ -29,6 +29,7 @@ import base64
 import io
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -46,7 +47,7 @@ FORGE_PY = os.environ.get("FORGE_PY") or (FORGE_DIR and os.path.join(FORGE_DIR, 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ARTIFACTS = Path(os.environ.get("ADVDM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
-SD15_NAME, SDXL_NAME, SD2_NAME, LORA_NAME = "advdm_random_sd15", "advdm_random_sdxl", "advdm_random_sd2", "advdm_random_lora"
+SD15_NAME, SDXL_NAME, LORA_NAME = "advdm_random_sd15", "advdm_random_sdxl", "advdm_random_lora"
 FAST = {"steps": 2, "epsilon": 8, "view": "full", "measure": False}
 TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler", "cfg_scale": 5,
            "override_settings": {"show_progress_type": "Approx cheap"}}
@@ -70,15 +71,19 @@ def server(tmp_path_factory, request):
 
     ckpt = os.environ.get("FORGE_CKPT") or os.path.join(FORGE_DIR, "models", "Stable-diffusion", "random-sd15.safetensors")
     sdxl = built("FORGE_SDXL_CKPT", "sdxl-checkpoint", "random_sdxl.safetensors", FORGE_DIR)
-    sd2 = built("FORGE_SD2_CKPT", "sd2-checkpoint", "random_sd2.safetensors", FORGE_DIR)
+    sd2 = {f: built(f"FORGE_{f.upper()}_CKPT", f"{f}-checkpoint", f"random_{f}.safetensors", FORGE_DIR)
+           for f in ("sd2", "sd2_v")}
     lora = built("FORGE_LORA", "lora", "random_lora.safetensors", ckpt)
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     (data / "models" / "Lora").mkdir()
     for src, dst in ((ckpt, models / f"{SD15_NAME}.safetensors"), (sdxl, models / f"{SDXL_NAME}.safetensors"),
-                     (sd2, models / f"{SD2_NAME}.safetensors"),
+                     *((path, models / f"advdm_random_{f}.safetensors") for f, path in sd2.items()),
                      (lora, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")):
         os.symlink(Path(src).resolve(), dst)
+    # Forge reads SD2's v-prediction from a .yaml beside the file, as for a real 768-v checkpoint
+    # (its own guess looks for the telling key without the UNet's prefix, so a file alone is eps)
+    (models / "advdm_random_sd2_v.yaml").write_text("model:\n  params:\n    parameterization: v\n")
     (data / "config.json").write_text(json.dumps({
         "advdm_input_dir": str(data / "advdm-in"), "advdm_output_dir": str(data / "advdm-out"),
         "live_previews_enable": True}))
@@ -205,18 +210,21 @@ def test_sdxl_textual_inversion_learns_the_word_in_both_encoders_and_leaves_them
         assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
 
 
-def test_sd2_protects_and_its_openclip_learns_the_word_and_is_left_as_it_was(server):
-    """A reduced SD2.x Forge detects as SD2 (its StableDiffusion2 engine, OpenCLIP-H text engine):
-    the protection holds its budget; textual inversion learns 'sks' in the OpenCLIP encoder, and
-    txt2img with the word is bit-identical afterwards."""
-    with checkpoint_loaded(server, SD2_NAME):
+@pytest.mark.parametrize("family,model", [("sd2", "SD2.x"), ("sd2_v", "SD2.x v")])
+def test_sd2_protects_and_its_openclip_learns_the_word_and_is_left_as_it_was(server, family, model):
+    """A reduced SD2.x Forge detects as SD2 (its StableDiffusion2 engine, OpenCLIP-H text engine),
+    eps and v: the protection holds its budget; textual inversion learns 'sks' in the OpenCLIP
+    encoder, on the model and prediction Forge gave it, and txt2img with the word is bit-identical
+    afterwards."""
+    name = f"advdm_random_{family}"
+    with checkpoint_loaded(server, name):
         before = _txt2img(server, SKS_TXT2IMG_PROMPT)
         src = image(40, 72, seed=7)
         item, out = _protect(server, src, name="sd2.png")
-        assert _checkpoint_of(item) == SD2_NAME
+        assert _checkpoint_of(item) == name
         _within_budget(src, out)
         d = textual_inversion_clean_as_protected(server)
-        assert "SD2.x" in d["summary"], d["summary"]
+        assert re.search(rf"; model {name} {re.escape(model)}$", d["summary"], re.M), d["summary"]
         assert np.array_equal(before, _txt2img(server, SKS_TXT2IMG_PROMPT))
 
 
