@@ -16,9 +16,9 @@ channel counts and block depths from the keys, see comfy/model_detection.py):
   sd2, sd2_v SD2 UNet (model_channels 320, context 1024, linear transformer projections
              -> supported_models.SD20) with channel_mult [1,1,1,1] and the SD VAE (~200M
              parameters); sd2 also carries the full-size OpenCLIP ViT-H text tower in its
-             original layout (ComfyUI's SD2 CLIP has a fixed size; +354M, 0.7 GB). ComfyUI takes SD2 for v-prediction when the spread of
-             output_blocks.11.1.transformer_blocks.0.norm1.bias exceeds 0.09 (the 768-v
-             checkpoint's does): sd2_v sets that bias at std 0.2, sd2 leaves it 0 (eps);
+             original layout (ComfyUI's SD2 CLIP has a fixed size; +354M, 0.7 GB). ComfyUI
+             takes SD2 for v-prediction when the spread of SD2_V_KEY's norm bias exceeds 0.09
+             (the 768-v checkpoint's does): sd2_v sets it at std 0.2, sd2 leaves it 0 (eps);
   sd3        SD3-medium layout (MMDiT: x_embedder 16 -> 2x2 patches, context_embedder 4096,
              y_embedder 2048, pos_embed 192x192) with depth 2 (detection reads the hidden
              size as 64 x depth: hidden 128, two heads, two joint blocks, the last one
@@ -80,7 +80,7 @@ SD2_TINY_UNET = dict(
     use_spatial_transformer=True, transformer_depth=1, context_dim=1024, use_checkpoint=False,
     legacy=False, use_linear_in_transformer=True, adm_in_channels=None, use_temporal_attention=False,
 )
-SD2_V_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+SD2_V_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"  # read by SD20.model_type
 FLUX_TINY = dict(
     image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=64,
     hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1,

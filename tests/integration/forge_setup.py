@@ -53,10 +53,7 @@ FAMILIES = {
     "sd2": (SD2_UNET, ("backend", "huggingface", "stabilityai", "stable-diffusion-2-1"),
             {"clip_h.transformer.": ("text_encoder", "CLIPTextModel")}, "SD20", "SD20"),
 }
-FAMILIES["sd2_v"] = FAMILIES["sd2"]
-# SD20 takes a checkpoint for v-prediction when this norm bias spreads by more than 0.09, as the
-# 768-v checkpoint's does (huggingface_guess, like ComfyUI): sd2_v sets it at std 0.2
-SD2_V_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+FAMILIES["sd2_v"] = FAMILIES["sd2"]  # with the norm bias that makes SD20 say v (see comfy_checkpoint's sd2_v)
 
 
 def _forge_path(forge: str) -> None:
@@ -82,6 +79,7 @@ def checkpoint(family: str, forge: str, out: str, seed: int) -> None:
 
     sys.path.insert(0, HERE)
     from a1111_setup import _random_state_dict, _save
+    from comfy_checkpoint import SD2_V_KEY
 
     unet_config, repo_path, encoders, kind, guessed = FAMILIES[family]
     repo = os.path.join(forge, *repo_path)

@@ -11,8 +11,8 @@ checks that POST /interrupt stops a long protection run. Then the other families
 reduced-size random checkpoints that ComfyUI's model detection still classifies as the real
 family (comfy_checkpoint.py): SD2.x (eps, and v as ComfyUI detects it), SDXL, Flux.1 and SD3
 protect through the Protect node (budget held on the saved PNG, the node's model line naming
-the family and prediction ComfyUI gave it), and an EDM model (SDXL layout + edm_mean/edm_std, which ComfyUI loads as
-Playground v2.5) is refused with a one-line node error.
+the family and prediction ComfyUI gave it), and an EDM model (SDXL layout + edm_mean/edm_std,
+which ComfyUI loads as Playground v2.5) is refused with a one-line node error.
 
 Environment: COMFYUI_DIR (required), COMFYUI_PYTHON (default: this interpreter),
 ADVDM_TEST_CACHE (default ~/.cache/advdm-tests) for the checkpoints (~2 GB SD1.5, ~0.5 GB
@@ -423,7 +423,8 @@ def test_view_and_jpeg_eot_reach_the_attack(comfy):
 
 
 @pytest.mark.parametrize("family,model_name", [
-    ("sd2", "ComfyUI SD2.x (eps)"), ("sd2_v", "ComfyUI SD2.x (v)"), ("sdxl", "ComfyUI SDXL (eps)"), ("flux", "ComfyUI Flux (flow)"), ("sd3", "ComfyUI SD3 (flow)")])
+    ("sd2", "ComfyUI SD2.x (eps)"), ("sd2_v", "ComfyUI SD2.x (v)"), ("sdxl", "ComfyUI SDXL (eps)"),
+    ("flux", "ComfyUI Flux (flow)"), ("sd3", "ComfyUI SD3 (flow)")])
 def test_family_protects_with_budget_on_saved_png(comfy, family, model_name):
     h, w = 40, 56  # not multiples of 16: the flow models' 2x2 patches need padding
     src = artwork(h, w, 10)
