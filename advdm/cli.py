@@ -299,11 +299,14 @@ def cmd_protect(args) -> int:
     # torchrun passes a preemption on as SIGTERM: stop as on Ctrl-C, so the image being saved
     # leaves no temporary file behind (a re-run does it again)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    finished = False
     try:
-        return _protect_shared(args, config, items, ranks)
+        code = _protect_shared(args, config, items, ranks)
+        finished = True
+        return code
     finally:
         signal.signal(signal.SIGTERM, previous)
-        ranks.close()
+        ranks.close(finished)
 
 
 def _protect_shared(args, config: ProtectConfig, items: list, ranks: Ranks) -> int:

@@ -81,11 +81,14 @@ class Ranks:
         torch.cuda.set_device(self.local_rank)
         return torch.device("cuda", self.local_rank)
 
-    def close(self) -> None:
-        """Leave the group once every rank is done with it: the barrier lets each rank's gloo
-        worker threads finish with the last collective before any rank tears its group down."""
+    def close(self, finished: bool) -> None:
+        """Leave the group. After a finished run every rank first waits for the others, so each
+        rank's gloo worker threads are done with the last collective before any rank tears its
+        group down; after an error or an interrupt a rank leaves at once (the others may never
+        reach a barrier)."""
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
