@@ -264,7 +264,10 @@ def interrupt_stops_a_long_mimicry_check(client: Client) -> None:
     wide = png(image(64, 128, seed=24))  # no held-out images: its halves (SD1.5 takes multiples of 64 px)
     state, answer = interrupt_while_running(client, "/advdm/v1/mimicry", {
         "train": [wide], "protected": [wide], **QUICK_MIMICRY, "steps": 10000}, "advdm_mimicry")
-    assert state["sampling_steps"] == 3 * 3 * 10000 + 2 * (1 + 3 * 3)
+    # 3 seeds x 3 fine-tunes x 10000 steps; per seed, one block of 4 draws on each of the 2 scored
+    # images (the training half, the held-out half) by the base model and the 3 fine-tuned ones;
+    # 2 sampler steps for the picture of the base model and of each of the 9 fine-tunes
+    assert state["sampling_steps"] == 3 * 3 * 10000 + 3 * 4 * 2 * 1 + 2 * (1 + 3 * 3), state
     assert answer == (200, {"interrupted": True})
 
 
