@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from webui_client import AUTH, LONG_SURROGATE, Client, free_port as _port, interrupt_stops_a_long_protection, stop
 from webui_client import surrogate_protection_holds, wait_for_route
-from webui_client import (checkpoint_loaded, check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
+from webui_client import (checkpoint_loaded, checkpoint_of, check_section_runs_the_img2img_check, check_section_runs_the_mimicry_check,
                           img2img_bad_fields_are_400s, img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           mimicry_bad_fields_are_400s, mimicry_clean_as_protected, SKS_TXT2IMG_PROMPT,
                           textual_inversion_bad_fields_are_400s, textual_inversion_clean_as_protected,
@@ -451,16 +451,12 @@ def test_check_section_runs_textual_inversion_in_chromium(server, tmp_path):
 def _protect_with_checkpoint(server, name, src, label):
     """Protect `src` over HTTP with the loaded checkpoint, `name`, and check the result: made by
     that checkpoint, same size, 8-bit, within the budget, a finite measurement."""
-    from PIL import Image
-
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(src)], "names": [f"{label}.png"], **FAST})
     assert status == 200, d
     assert not d["interrupted"]
     (item,) = d["images"]
-    png = Image.open(io.BytesIO(base64.b64decode(item["image"])))
-    meta = json.loads(png.info["advdm"])
-    assert meta["checkpoint"] == name, meta  # that model was the one used
-    out = np.array(png)
+    assert checkpoint_of(item) == name  # that model was the one used
+    out = _decode(item["image"])
     assert out.shape == src.shape and out.dtype == np.uint8  # same size, 8-bit
     diff = np.abs(out.astype(int) - src.astype(int))
     assert 0 < diff.max() <= 8
@@ -511,12 +507,9 @@ def test_sd2_protect_and_textual_inversion_over_http(server):
 
 def test_the_other_tests_find_sd15_loaded_again(server):
     """After the checkpoint switches above, the web UI is back on the SD1.5 it started with."""
-    from PIL import Image
-
     status, d = server.call("POST", "/advdm/v1/protect", {"images": [_png(_image(32, 32))], "names": ["a.png"], **FAST})
     assert status == 200, d
-    png = Image.open(io.BytesIO(base64.b64decode(d["images"][0]["image"])))
-    assert json.loads(png.info["advdm"])["checkpoint"] == server.checkpoint
+    assert checkpoint_of(d["images"][0]) == server.checkpoint
 
 
 # --- --medvram: the VAE, text encoder and UNet take turns on the device -----------------------------

@@ -25,8 +25,6 @@ The server peaks at about 9 GB RSS with the SDXL checkpoint.
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import re
@@ -35,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webui_client import (AUTH, checkpoint_loaded, start_forge, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
+from webui_client import (AUTH, checkpoint_loaded, checkpoint_of, start_forge, LONG_SURROGATE, Client, check_section_runs_the_img2img_check,
                           check_section_runs_the_mimicry_check, decode, free_port, image, img2img_bad_fields_are_400s,
                           img2img_clean_as_protected, interrupt_stops_a_long_mimicry_check,
                           interrupt_stops_a_long_protection, mimicry_bad_fields_are_400s, mimicry_clean_as_protected,
@@ -105,13 +103,6 @@ def _protect(server, src, name="art.png", **extra):
     assert not d["interrupted"]
     (item,) = d["images"]
     return item, decode(item["image"])
-
-
-def _checkpoint_of(item) -> str:
-    """The checkpoint a protected image says it was made with (its PNG's advdm metadata)."""
-    from PIL import Image
-
-    return json.loads(Image.open(io.BytesIO(base64.b64decode(item["image"]))).info["advdm"])["checkpoint"]
 
 
 def _within_budget(src, out):
@@ -221,7 +212,7 @@ def test_sd2_protects_and_its_openclip_learns_the_word_and_is_left_as_it_was(ser
         before = _txt2img(server, SKS_TXT2IMG_PROMPT)
         src = image(40, 72, seed=7)
         item, out = _protect(server, src, name="sd2.png")
-        assert _checkpoint_of(item) == name
+        assert checkpoint_of(item) == name
         _within_budget(src, out)
         d = textual_inversion_clean_as_protected(server)
         assert re.search(rf"; model {name} {re.escape(model)}$", d["summary"], re.M), d["summary"]
@@ -338,6 +329,6 @@ def test_sdxl_everything_works(server, tmp_path):
     with checkpoint_loaded(server, SDXL_NAME):
         item = _everything_works(server, tmp_path, "a cat")
         assert "'text_encoder_2'" in (server.data / "server.log").read_text()  # split as SDXL: CLIP-L + CLIP-G
-        assert _checkpoint_of(item) == SDXL_NAME  # that model was the one used
+        assert checkpoint_of(item) == SDXL_NAME  # that model was the one used
         src = image(40, 72, seed=5)  # neither side a multiple of the UNet's 32 px
         _within_budget(src, _protect(server, src, name="sdxl.png")[1])

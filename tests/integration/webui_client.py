@@ -481,3 +481,10 @@ def checkpoint_loaded(server, name):
         yield
     finally:
         server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": before})
+
+
+def checkpoint_of(item: dict) -> str:
+    """The checkpoint a protected image from the API says it was made with (its PNG's advdm metadata)."""
+    from PIL import Image
+
+    return json.loads(Image.open(io.BytesIO(base64.b64decode(item["image"]))).info["advdm"])["checkpoint"]
